@@ -1,0 +1,152 @@
+//! The YAML shape of `config/schemas.yaml` and `config/matomo_schemas.yaml`, as serde reads it.
+//!
+//! These structs accept exactly the documented keys (`deny_unknown_fields`) and nothing is
+//! checked here beyond shapes: `super::validate` turns them into a [`super::Config`].
+//! Each file is a map from target table name to a [`RawTable`].
+
+use serde::Deserialize;
+
+/// One target table. Keys of the Python tool are accepted unchanged; the others declare what
+/// the Python tool coded per table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTable {
+    /// MongoDB collection the rows come from (default: the table name).
+    pub mongo_collection: Option<String>,
+    /// MariaDB table the rows come from (Matomo config only; default: the table name).
+    pub matomo_table: Option<String>,
+    /// Adds `id` (primary key, from `_id`), `created_at` (from `creation_date`) and
+    /// `updated_at` (from `update_date`) before the other columns.
+    #[serde(default)]
+    pub include_base: bool,
+    /// Columns of the table, in order (after the base columns when `include_base`).
+    #[serde(default)]
+    pub columns: Vec<RawColumn>,
+    /// More columns, appended after `columns` (the Python tool's name for them).
+    #[serde(default)]
+    pub additional_columns: Vec<RawColumn>,
+    /// Primary key columns, when not the `id` that `include_base` adds.
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// A UNIQUE constraint; the upsert's conflict key when the primary key is generated.
+    #[serde(default)]
+    pub unique: Vec<String>,
+    /// Load order among tables that do not depend on each other (foreign keys come first).
+    pub export_order: Option<i64>,
+    /// Ignore the incremental window: extract every document of the source.
+    #[serde(default)]
+    pub force_reimport: bool,
+    /// Empty the table (TRUNCATE ... CASCADE, inside the load's transaction) before loading.
+    /// Only together with `force_reimport`.
+    #[serde(default)]
+    pub truncate_before_import: bool,
+    /// Name of the Python tool's strategy class. Kept as documentation: the behaviour comes
+    /// from the declarative keys (`explode`, `children`, `dedupe`, `filter`).
+    pub import_strategy: Option<String>,
+    /// One row per element of one or several arrays of each document (link tables).
+    pub explode: Option<RawExplode>,
+    /// For `explode` tables: `replace` (default) deletes a changed parent's rows and inserts
+    /// the current ones, so removals reach PostgreSQL; `upsert` only inserts or updates.
+    pub children: Option<String>,
+    /// Several documents map to one row: keep one row per key, combining columns by rule.
+    pub dedupe: Option<RawDedupe>,
+    /// Documents that do not pass are filtered (counted, not loaded, not rejected).
+    pub filter: Option<RawFilter>,
+    /// Column whose highest value in the target starts the next incremental window
+    /// (Matomo tables; default for MongoDB tables: `GREATEST(created_at, updated_at)`).
+    pub watermark: Option<String>,
+    /// IANA time zone in which `DATE` columns are computed from timestamps (default `UTC`).
+    pub time_zone: Option<String>,
+}
+
+/// One column of a table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawColumn {
+    /// Column name in PostgreSQL.
+    pub name: String,
+    /// PostgreSQL type: VARCHAR[(n)], CHAR(n), TEXT, SMALLINT, INTEGER, BIGINT, SERIAL,
+    /// BIGSERIAL, BOOLEAN, REAL, DOUBLE PRECISION, NUMERIC[(p,s)], TIMESTAMP, TIMESTAMPTZ,
+    /// DATE, TIME, BYTEA, JSONB.
+    pub sql_type: String,
+    /// Whether NULL is allowed (default true). A NULL in a NOT NULL column is a reject.
+    pub nullable: Option<bool>,
+    /// `table(column)` this column references.
+    pub foreign_key: Option<String>,
+    /// Where the value comes from when it differs from the name: a document field path
+    /// (`is_success`, `address.city`), `element` for the array element's id in an `explode`
+    /// table, or `array_type` for the type of the array an element came from.
+    pub source: Option<String>,
+}
+
+/// Which arrays of a document become rows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExplode {
+    /// Column that receives the parent document's `_id`; children are replaced per value.
+    pub parent_column: Option<String>,
+    /// The arrays whose elements become rows; elements are ids or embedded documents with `_id`.
+    pub arrays: Vec<RawArray>,
+}
+
+/// One exploded array.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArray {
+    /// Field path of the array in the document.
+    pub field: String,
+    /// Value of the `array_type` column for elements of this array (multi-array tables).
+    #[serde(rename = "type")]
+    pub type_value: Option<String>,
+}
+
+/// One row per key; other columns combined by rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedupe {
+    /// Columns that identify a row.
+    pub key: Vec<String>,
+    /// Column -> `min`, `max`, `first` or `last` (by document order). Columns not named keep
+    /// the value of the last document.
+    #[serde(default)]
+    pub keep: indexmap_lite::OrderedMap,
+}
+
+/// Rows to leave out, by rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    /// Document fields that must exist and be non-null.
+    #[serde(default)]
+    pub exists: Vec<String>,
+}
+
+/// A YAML map read in file order (serde's HashMap would lose it; error messages and dedupe
+/// rules follow the order the user wrote).
+pub mod indexmap_lite {
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+    use std::fmt;
+
+    #[derive(Debug, Default)]
+    pub struct OrderedMap(pub Vec<(String, String)>);
+
+    impl<'de> Deserialize<'de> for OrderedMap {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct MapVisitor;
+            impl<'de> Visitor<'de> for MapVisitor {
+                type Value = OrderedMap;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a map of column name to rule")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedMap, A::Error> {
+                    let mut entries = Vec::new();
+                    while let Some(entry) = map.next_entry::<String, String>()? {
+                        entries.push(entry);
+                    }
+                    Ok(OrderedMap(entries))
+                }
+            }
+            deserializer.deserialize_map(MapVisitor)
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Config validation: the shipped configs load, and each kind of bad config is refused with a
+//! message naming file, table and key.
+
+use super::*;
+
+fn load_yaml(mongo: &str) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(MONGO_FILE), mongo).unwrap();
+    Config::load(dir.path())
+}
+
+/// Asserts the config is refused with a problem on `table` and `key` whose message has `needle`.
+fn assert_refused(yaml: &str, table: &str, key: &str, needle: &str) {
+    let err = load_yaml(yaml).expect_err("config should be refused");
+    let text = err.to_string();
+    let hit = err.problems.iter().any(|p| {
+        p.table.as_deref() == Some(table)
+            && p.key.as_deref().is_some_and(|k| k.contains(key))
+            && p.message.contains(needle)
+            && p.file.ends_with(MONGO_FILE)
+    });
+    assert!(
+        hit,
+        "expected a problem on table `{table}` key `{key}` with `{needle}`, got:\n{text}"
+    );
+    assert!(
+        text.contains(MONGO_FILE) && text.contains(table) && text.contains(key),
+        "{text}"
+    );
+}
+
+const OK_BASE: &str = "
+users:
+  include_base: true
+  additional_columns:
+    - { name: firstname, sql_type: VARCHAR(255), nullable: false }
+";
+
+#[test]
+fn shipped_configs_load_with_all_tables_in_reference_order() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let config = Config::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let mongo: Vec<&str> = config
+        .tables
+        .iter()
+        .filter(|t| matches!(t.source, Source::Mongo { .. }))
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(mongo.len(), 30, "{mongo:?}");
+    // Every table comes after the tables it references.
+    for (i, t) in config.tables.iter().enumerate() {
+        for dep in t.depends_on() {
+            let j = config.tables.iter().position(|o| o.name == dep).unwrap();
+            assert!(j < i, "{} loads before its dependency {dep}", t.name);
+        }
+    }
+    // The reference's groups keep their order: periods (4) < days (5) < days links (6).
+    let pos = |n: &str| config.tables.iter().position(|t| t.name == n).unwrap();
+    assert!(pos("periods") < pos("days") && pos("days") < pos("days_contents_links"));
+    let targets = config.table("users_targets").unwrap();
+    let explode = targets.explode.as_ref().unwrap();
+    assert_eq!(explode.arrays.len(), 3);
+    assert_eq!(explode.children, Children::Replace);
+    assert_eq!(targets.conflict_key, ["user_id", "target_id", "type"]);
+    let logbook = config.table("users_logbook").unwrap();
+    assert_eq!(logbook.conflict_key, ["user_id", "day"]);
+    assert_eq!(
+        logbook.dedupe.as_ref().unwrap().rule("created_at"),
+        Keep::Min
+    );
+    assert_eq!(logbook.filter_exists, ["user"]);
+    let days = config.table("days").unwrap();
+    assert_eq!(
+        days.column("completed").unwrap().source,
+        ColumnSource::Field("is_success".into())
+    );
+    let visit = config.table("matomo_log_visit").unwrap();
+    assert_eq!(
+        visit.watermark,
+        Watermark::Column("visit_last_action_time".into())
+    );
+    assert_eq!(config.fingerprint.len(), 64);
+}
+
+#[test]
+fn annotated_reference_config_loads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference");
+    let config = Config::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.table("users_targets").is_some());
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    assert_refused(
+        "users:\n  include_base: true\n  colums: []\n",
+        "users",
+        "colums",
+        "unknown field",
+    );
+}
+
+#[test]
+fn unknown_key_inside_a_column_names_its_position() {
+    assert_refused(
+        "users:\n  include_base: true\n  additional_columns:\n    - { name: a, sql_type: TEXT, nulable: true }\n",
+        "users",
+        "additional_columns[0]",
+        "nulable",
+    );
+}
+
+#[test]
+fn unknown_sql_type_is_refused() {
+    assert_refused(
+        "users:\n  include_base: true\n  additional_columns:\n    - { name: a, sql_type: STRING }\n",
+        "users",
+        "additional_columns[0].sql_type",
+        "unknown SQL type `STRING`",
+    );
+}
+
+#[test]
+fn foreign_key_to_missing_table_is_refused() {
+    let yaml = format!(
+        "{OK_BASE}    - {{ name: company_id, sql_type: VARCHAR, foreign_key: companies(id) }}\n"
+    );
+    assert_refused(
+        &yaml,
+        "users",
+        "company_id.foreign_key",
+        "table `companies`",
+    );
+}
+
+#[test]
+fn foreign_key_to_missing_column_is_refused() {
+    let yaml = format!(
+        "{OK_BASE}    - {{ name: company_id, sql_type: VARCHAR, foreign_key: users(uuid) }}\n"
+    );
+    assert_refused(&yaml, "users", "company_id.foreign_key", "no such column");
+}
+
+#[test]
+fn malformed_foreign_key_is_refused() {
+    let yaml =
+        format!("{OK_BASE}    - {{ name: c, sql_type: VARCHAR, foreign_key: companies.id }}\n");
+    assert_refused(
+        &yaml,
+        "users",
+        "additional_columns[1].foreign_key",
+        "table(column)",
+    );
+}
+
+#[test]
+fn dependency_cycle_is_refused_with_its_path() {
+    let yaml = "
+a:
+  include_base: true
+  additional_columns: [{ name: b_id, sql_type: VARCHAR, foreign_key: b(id) }]
+b:
+  include_base: true
+  additional_columns: [{ name: a_id, sql_type: VARCHAR, foreign_key: a(id) }]
+";
+    assert_refused(
+        yaml,
+        "a",
+        "foreign_key",
+        "cycle between tables: a -> b -> a",
+    );
+}
+
+#[test]
+fn self_reference_is_not_a_cycle() {
+    let yaml = "
+categories:
+  include_base: true
+  additional_columns: [{ name: parent_id, sql_type: VARCHAR, foreign_key: categories(id) }]
+";
+    let config = load_yaml(yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.tables.len(), 1);
+}
+
+#[test]
+fn duplicate_column_is_refused() {
+    let yaml =
+        "users:\n  include_base: true\n  additional_columns:\n    - { name: id, sql_type: TEXT }\n";
+    assert_refused(
+        yaml,
+        "users",
+        "additional_columns[0].name",
+        "duplicate column `id`",
+    );
+}
+
+#[test]
+fn link_table_without_parent_column_is_refused() {
+    let yaml = "
+user_events:
+  mongo_collection: users
+  columns:
+    - { name: user_id, sql_type: VARCHAR }
+    - { name: event_id, sql_type: VARCHAR, source: element }
+  unique: [user_id, event_id]
+  explode: { arrays: [{ field: registered_events }] }
+";
+    assert_refused(yaml, "user_events", "explode.parent_column", "parent");
+}
+
+#[test]
+fn bad_time_zone_is_refused() {
+    let yaml = format!("{OK_BASE}  time_zone: Europe/Pariss\n");
+    assert_refused(
+        &yaml,
+        "users",
+        "time_zone",
+        "unknown time zone `Europe/Pariss`",
+    );
+}
+
+#[test]
+fn table_without_key_is_refused() {
+    let yaml = "logs:\n  columns:\n    - { name: line, sql_type: TEXT }\n";
+    assert_refused(yaml, "logs", "primary_key", "no key to upsert on");
+}
+
+#[test]
+fn python_strategy_without_declaration_is_explained() {
+    let yaml = format!("{OK_BASE}  import_strategy: users_targets\n");
+    assert_refused(&yaml, "users", "import_strategy", "explode");
+    let yaml = format!("{OK_BASE}  import_strategy: magic\n");
+    assert_refused(&yaml, "users", "import_strategy", "not a strategy");
+}
+
+#[test]
+fn dedupe_rule_and_column_are_checked() {
+    let yaml = "
+users_logbook:
+  columns:
+    - { name: id, sql_type: SERIAL }
+    - { name: user_id, sql_type: VARCHAR }
+    - { name: day, sql_type: DATE }
+  primary_key: [id]
+  unique: [user_id, day]
+  dedupe: { key: [user_id, day], keep: { day: newest, missing: min } }
+";
+    assert_refused(
+        yaml,
+        "users_logbook",
+        "dedupe.keep.day",
+        "unknown rule `newest`",
+    );
+    assert_refused(
+        yaml,
+        "users_logbook",
+        "dedupe.keep.missing",
+        "no such column",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let yaml = "
+a:
+  include_base: true
+  additional_columns: [{ name: x, sql_type: NOPE }]
+b:
+  include_base: true
+  time_zone: Mars/Olympus
+";
+    let err = load_yaml(yaml).unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+}
+
+#[test]
+fn yaml_syntax_error_names_the_file() {
+    let err = load_yaml("users: [unclosed").unwrap_err();
+    assert!(err.to_string().contains(MONGO_FILE), "{err}");
+}
+
+#[test]
+fn multi_array_table_needs_types() {
+    let yaml = "
+t:
+  mongo_collection: users
+  columns:
+    - { name: user_id, sql_type: VARCHAR }
+    - { name: target_id, sql_type: VARCHAR, source: element }
+  unique: [user_id, target_id]
+  explode: { parent_column: user_id, arrays: [{ field: a }, { field: b }] }
+";
+    assert_refused(yaml, "t", "explode.arrays", "`type` each");
+}

@@ -1,0 +1,776 @@
+//! Raw YAML -> validated [`Config`], collecting every problem before giving up.
+//!
+//! Per file: parse to a YAML map, then each table on its own, so one bad table does not hide
+//! the others. Then cross-table checks (foreign keys, duplicate names) and the load order
+//! (foreign keys first, cycles reported with their path).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::raw::{RawColumn, RawTable};
+use super::*;
+
+/// Python strategy names and what replaces them.
+const STRATEGIES_EXPLODE: &[&str] = &[
+    "array_extraction",
+    "delete_and_insert",
+    "user_events",
+    "users_targets",
+    "quizzs_links_questions",
+    "users_quizzs_links_questions",
+    "users_contents_reads",
+    "days_contents_links",
+    "days_logbooks_links",
+];
+const STRATEGIES_DIRECT: &[&str] = &["direct", "direct_translation"];
+const STRATEGIES_DEDUPE: &[&str] = &["users_logbook"];
+
+#[derive(Clone, Copy, PartialEq)]
+enum FileKind {
+    Mongo,
+    Matomo,
+}
+
+struct Problems {
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    fn add(
+        &mut self,
+        file: &Path,
+        table: Option<&str>,
+        key: Option<&str>,
+        message: impl Into<String>,
+    ) {
+        self.list.push(Problem {
+            file: file.to_path_buf(),
+            table: table.map(str::to_string),
+            key: key.map(str::to_string),
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
+    let mut problems = Problems { list: Vec::new() };
+    let mut warnings = Vec::new();
+    let mut hasher = Sha256::new();
+    let mut tables = Vec::new();
+    let mut found_any = false;
+    for (file_name, kind) in [
+        (MONGO_FILE, FileKind::Mongo),
+        (MATOMO_FILE, FileKind::Matomo),
+    ] {
+        let path = dir.join(file_name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                problems.add(&path, None, None, format!("cannot read: {e}"));
+                continue;
+            }
+        };
+        found_any = true;
+        hasher.update(file_name.as_bytes());
+        hasher.update(text.as_bytes());
+        parse_file(
+            &path,
+            &text,
+            kind,
+            &mut tables,
+            &mut problems,
+            &mut warnings,
+        );
+    }
+    if !found_any && problems.list.is_empty() {
+        problems.add(
+            &dir.join(MONGO_FILE),
+            None,
+            None,
+            format!(
+                "no config found: expected {MONGO_FILE} and/or {MATOMO_FILE} in {}",
+                dir.display()
+            ),
+        );
+    }
+    check_cross_table(&tables, &mut problems);
+    let ordered = if problems.list.is_empty() {
+        load_order(tables, &mut problems)
+    } else {
+        Vec::new()
+    };
+    if !problems.list.is_empty() {
+        return Err(ConfigError {
+            problems: problems.list,
+        });
+    }
+    Ok(Config {
+        tables: ordered,
+        fingerprint: hex::encode(hasher.finalize()),
+        warnings,
+    })
+}
+
+fn parse_file(
+    path: &Path,
+    text: &str,
+    kind: FileKind,
+    tables: &mut Vec<TableSpec>,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) {
+    let map: serde_yaml::Mapping = match serde_yaml::from_str::<Option<serde_yaml::Mapping>>(text) {
+        Ok(Some(map)) => map,
+        Ok(None) => return, // an empty file declares no tables
+        Err(e) => {
+            problems.add(path, None, None, format!("not a YAML map of tables: {e}"));
+            return;
+        }
+    };
+    for (name, value) in map {
+        let Some(name) = name.as_str().map(str::to_string) else {
+            problems.add(
+                path,
+                None,
+                None,
+                format!("table names must be strings, found {name:?}"),
+            );
+            continue;
+        };
+        let raw: RawTable = match serde_path_to_error::deserialize(value) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let key = e.path().to_string();
+                let key = (key != ".").then_some(key);
+                problems.add(
+                    path,
+                    Some(&name),
+                    key.as_deref(),
+                    e.into_inner().to_string(),
+                );
+                continue;
+            }
+        };
+        let before = problems.list.len();
+        let table = build_table(path, &name, raw, kind, problems, warnings);
+        if problems.list.len() == before {
+            tables.push(table);
+        }
+    }
+}
+
+/// Checks one table on its own and builds its spec (meaningful only if no problem was added).
+fn build_table(
+    path: &Path,
+    name: &str,
+    raw: RawTable,
+    kind: FileKind,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> TableSpec {
+    let mut p = |key: &str, message: String| problems.add(path, Some(name), Some(key), message);
+
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        p("name", "table names are letters, digits and `_`".into());
+    }
+    let source = match kind {
+        FileKind::Mongo => {
+            if raw.matomo_table.is_some() {
+                p(
+                    "matomo_table",
+                    format!("belongs in {MATOMO_FILE}, not {MONGO_FILE}"),
+                );
+            }
+            Source::Mongo {
+                collection: raw
+                    .mongo_collection
+                    .clone()
+                    .unwrap_or_else(|| name.to_string()),
+            }
+        }
+        FileKind::Matomo => {
+            for (set, key) in [
+                (raw.mongo_collection.is_some(), "mongo_collection"),
+                (raw.include_base, "include_base"),
+                (raw.explode.is_some(), "explode"),
+                (raw.dedupe.is_some(), "dedupe"),
+                (raw.filter.is_some(), "filter"),
+            ] {
+                if set {
+                    p(
+                        key,
+                        format!("is for MongoDB tables ({MONGO_FILE}), not Matomo tables"),
+                    );
+                }
+            }
+            Source::Matomo {
+                table: raw.matomo_table.clone().unwrap_or_else(|| name.to_string()),
+            }
+        }
+    };
+
+    // Columns: base ones first, then `columns`, then `additional_columns`.
+    let mut columns: Vec<ColumnSpec> = Vec::new();
+    if raw.include_base {
+        for (col, ty, src) in [
+            ("id", SqlType::Varchar(None), "_id"),
+            ("created_at", SqlType::Timestamp, "creation_date"),
+            ("updated_at", SqlType::Timestamp, "update_date"),
+        ] {
+            columns.push(ColumnSpec {
+                name: col.into(),
+                sql_type: ty,
+                nullable: false,
+                foreign_key: None,
+                source: ColumnSource::Field(src.into()),
+            });
+        }
+    }
+    let listed = raw.columns.iter().map(|c| ("columns", c));
+    let additional = raw
+        .additional_columns
+        .iter()
+        .map(|c| ("additional_columns", c));
+    for (i, (list, rc)) in listed.chain(additional).enumerate() {
+        let index = if list == "columns" {
+            i
+        } else {
+            i - raw.columns.len()
+        };
+        let key = |k: &str| format!("{list}[{index}].{k}");
+        match build_column(rc, raw.explode.is_some(), kind) {
+            Ok(col) => {
+                if columns.iter().any(|c| c.name == col.name) {
+                    p(&key("name"), format!("duplicate column `{}`", col.name));
+                } else {
+                    columns.push(col);
+                }
+            }
+            Err((k, message)) => p(&key(k), message),
+        }
+    }
+    if columns.is_empty() {
+        p("columns", "a table needs at least one column".into());
+    }
+    let has = |c: &str| columns.iter().any(|col| col.name == c);
+
+    // Keys.
+    let mut primary_key = raw.primary_key.clone();
+    if raw.include_base {
+        if !primary_key.is_empty() && primary_key != ["id"] {
+            p(
+                "primary_key",
+                "include_base already makes `id` the primary key".into(),
+            );
+        }
+        primary_key = vec!["id".into()];
+    }
+    for (key, cols) in [("primary_key", &primary_key), ("unique", &raw.unique)] {
+        for c in cols.iter().filter(|c| !has(c)) {
+            p(
+                key,
+                format!("names column `{c}`, which the table does not have"),
+            );
+        }
+        if cols.iter().collect::<BTreeSet<_>>().len() != cols.len() {
+            p(key, "lists a column twice".into());
+        }
+    }
+    let generated_pk = primary_key.iter().any(|c| {
+        columns
+            .iter()
+            .any(|col| &col.name == c && col.source == ColumnSource::Generated)
+    });
+    let conflict_key = if !primary_key.is_empty() && !generated_pk {
+        primary_key.clone()
+    } else {
+        raw.unique.clone()
+    };
+    if conflict_key.is_empty() {
+        p(
+            "primary_key",
+            "the table has no key to upsert on: set `include_base`, `primary_key` or `unique` \
+             (a generated SERIAL key needs a `unique` key beside it)"
+                .into(),
+        );
+    }
+    for col in &columns {
+        if col.source == ColumnSource::Generated && !primary_key.contains(&col.name) {
+            p(
+                "columns",
+                format!(
+                    "generated column `{}` ({}) must be the primary key",
+                    col.name, col.sql_type
+                ),
+            );
+        }
+    }
+
+    // Arrays exploded into rows.
+    let explode = raw.explode.as_ref().map(|re| {
+        let parent_column = re.parent_column.clone().unwrap_or_default();
+        if parent_column.is_empty() {
+            p(
+                "explode.parent_column",
+                "a link table needs the column that receives the parent's `_id`".into(),
+            );
+        } else if !has(&parent_column) {
+            p(
+                "explode.parent_column",
+                format!("names column `{parent_column}`, which the table does not have"),
+            );
+        }
+        if re.arrays.is_empty() {
+            p("explode.arrays", "list at least one array field".into());
+        }
+        let typed = re.arrays.iter().filter(|a| a.type_value.is_some()).count();
+        let has_type_column = columns.iter().any(|c| c.source == ColumnSource::ArrayType);
+        if typed != 0 && typed != re.arrays.len() {
+            p(
+                "explode.arrays",
+                "either every array has a `type` or none has".into(),
+            );
+        }
+        if typed > 0 && !has_type_column {
+            p(
+                "explode.arrays",
+                "arrays have a `type` but no column has `source: array_type`".into(),
+            );
+        }
+        if typed == 0 && has_type_column {
+            p(
+                "columns",
+                "a column has `source: array_type` but the arrays have no `type`".into(),
+            );
+        }
+        if re.arrays.len() > 1 && typed == 0 {
+            p(
+                "explode.arrays",
+                "several arrays in one table need a `type` each to tell them apart".into(),
+            );
+        }
+        if !columns.iter().any(|c| c.source == ColumnSource::Element) {
+            p(
+                "columns",
+                "a link table needs a column with `source: element` (the element's id)".into(),
+            );
+        }
+        let children = match raw.children.as_deref() {
+            None | Some("replace") => Children::Replace,
+            Some("upsert") => Children::Upsert,
+            Some(other) => {
+                p(
+                    "children",
+                    format!("unknown mode `{other}`: expected `replace` or `upsert`"),
+                );
+                Children::Replace
+            }
+        };
+        ExplodeSpec {
+            parent_column: parent_column.clone(),
+            arrays: re
+                .arrays
+                .iter()
+                .map(|a| ArraySpec {
+                    field: a.field.clone(),
+                    type_value: a.type_value.clone(),
+                })
+                .collect(),
+            children,
+        }
+    });
+    if raw.explode.is_none() {
+        if raw.children.is_some() {
+            p(
+                "children",
+                "only link tables (`explode`) replace children".into(),
+            );
+        }
+        for c in &columns {
+            if matches!(c.source, ColumnSource::Element | ColumnSource::ArrayType) {
+                p(
+                    "columns",
+                    format!(
+                        "column `{}` takes an array element but the table has no `explode`",
+                        c.name
+                    ),
+                );
+            }
+        }
+    }
+
+    let dedupe = raw.dedupe.as_ref().map(|rd| {
+        if rd.key.is_empty() {
+            p("dedupe.key", "list the columns that identify a row".into());
+        }
+        for c in rd.key.iter().filter(|c| !has(c)) {
+            p(
+                "dedupe.key",
+                format!("names column `{c}`, which the table does not have"),
+            );
+        }
+        let mut keep = Vec::new();
+        for (col, rule) in &rd.keep.0 {
+            if !has(col) {
+                p(&format!("dedupe.keep.{col}"), "no such column".into());
+            }
+            let rule = match rule.as_str() {
+                "min" => Keep::Min,
+                "max" => Keep::Max,
+                "first" => Keep::First,
+                "last" => Keep::Last,
+                other => {
+                    p(
+                        &format!("dedupe.keep.{col}"),
+                        format!("unknown rule `{other}`: min, max, first or last"),
+                    );
+                    Keep::Last
+                }
+            };
+            keep.push((col.clone(), rule));
+        }
+        DedupeSpec {
+            key: rd.key.clone(),
+            keep,
+        }
+    });
+    if let Some(d) = &dedupe {
+        if !d.key.is_empty() && d.key != conflict_key {
+            p(
+                "dedupe.key",
+                format!("must equal the upsert key ({})", conflict_key.join(", ")),
+            );
+        }
+    }
+
+    let filter_exists = raw
+        .filter
+        .as_ref()
+        .map(|f| f.exists.clone())
+        .unwrap_or_default();
+    if raw.filter.is_some() && filter_exists.is_empty() {
+        p(
+            "filter.exists",
+            "list the fields a document must have".into(),
+        );
+    }
+
+    // The Python strategy names: accepted when the declarative form says the same.
+    if let Some(strategy) = raw.import_strategy.as_deref() {
+        let hint = if STRATEGIES_EXPLODE.contains(&strategy) {
+            raw.explode.is_none().then_some(
+                "was a Python class: declare it with `explode: {parent_column, arrays}` and a column with `source: element`",
+            )
+        } else if STRATEGIES_DEDUPE.contains(&strategy) {
+            raw.dedupe.is_none().then_some(
+                "was a Python class: declare it with `dedupe: {key, keep}` and `filter: {exists: [user]}`",
+            )
+        } else if STRATEGIES_DIRECT.contains(&strategy) {
+            None
+        } else {
+            Some("is not a strategy of the Python tool; the behaviour comes from `explode`, `children`, `dedupe` and `filter`")
+        };
+        if let Some(hint) = hint {
+            p("import_strategy", format!("`{strategy}` {hint}"));
+        }
+    }
+
+    let watermark = match (&raw.watermark, kind) {
+        (Some(col), _) => {
+            match columns.iter().find(|c| &c.name == col) {
+                None => p(
+                    "watermark",
+                    format!("names column `{col}`, which the table does not have"),
+                ),
+                Some(c) if !is_watermark_type(c.sql_type) => p(
+                    "watermark",
+                    format!(
+                        "column `{col}` is {}; a watermark is a timestamp, date or integer",
+                        c.sql_type
+                    ),
+                ),
+                Some(_) => {}
+            }
+            Watermark::Column(col.clone())
+        }
+        (None, FileKind::Mongo) if has("created_at") && has("updated_at") => {
+            Watermark::CreatedUpdated
+        }
+        (None, _) => Watermark::None,
+    };
+
+    let time_zone = match raw.time_zone.as_deref() {
+        None => chrono_tz::UTC,
+        Some(tz) => tz.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+            p(
+                "time_zone",
+                format!("unknown time zone `{tz}` (expected an IANA name like Europe/Paris)"),
+            );
+            chrono_tz::UTC
+        }),
+    };
+
+    if raw.truncate_before_import && !raw.force_reimport {
+        warnings.push(format!(
+            "{}: table `{name}`: truncate_before_import has no effect without force_reimport",
+            path.display()
+        ));
+    }
+
+    TableSpec {
+        name: name.to_string(),
+        file: path.to_path_buf(),
+        source,
+        columns,
+        primary_key,
+        unique: raw.unique,
+        conflict_key,
+        export_order: raw.export_order.unwrap_or(0),
+        force_reimport: raw.force_reimport,
+        truncate_before_import: raw.truncate_before_import,
+        explode,
+        dedupe,
+        filter_exists,
+        watermark,
+        time_zone,
+    }
+}
+
+fn is_watermark_type(ty: SqlType) -> bool {
+    matches!(
+        ty,
+        SqlType::Timestamp
+            | SqlType::TimestampTz
+            | SqlType::Date
+            | SqlType::SmallInt
+            | SqlType::Integer
+            | SqlType::BigInt
+            | SqlType::Serial
+            | SqlType::BigSerial
+            | SqlType::Numeric(_)
+    )
+}
+
+/// Checks one column; on error returns the failing sub-key and the message.
+fn build_column(
+    rc: &RawColumn,
+    in_explode: bool,
+    kind: FileKind,
+) -> Result<ColumnSpec, (&'static str, String)> {
+    if rc.name.is_empty() {
+        return Err(("name", "a column needs a name".into()));
+    }
+    let sql_type = SqlType::parse(&rc.sql_type).ok_or_else(|| {
+        (
+            "sql_type",
+            format!(
+                "unknown SQL type `{}` for column `{}`",
+                rc.sql_type, rc.name
+            ),
+        )
+    })?;
+    let foreign_key = match &rc.foreign_key {
+        None => None,
+        Some(text) => Some(parse_foreign_key(text).ok_or_else(|| {
+            (
+                "foreign_key",
+                format!("`{text}` is not of the form `table(column)`"),
+            )
+        })?),
+    };
+    let source = if sql_type.is_generated() {
+        if rc.source.is_some() {
+            return Err((
+                "source",
+                format!("`{}` is {sql_type}: PostgreSQL generates it", rc.name),
+            ));
+        }
+        ColumnSource::Generated
+    } else {
+        match rc.source.as_deref() {
+            Some("element") | Some("element._id") if kind == FileKind::Mongo => {
+                ColumnSource::Element
+            }
+            Some("array_type") if kind == FileKind::Mongo => ColumnSource::ArrayType,
+            Some(s) if s.starts_with("element.") && in_explode => {
+                return Err((
+                    "source",
+                    format!("`{s}`: only the element's id (`element`) can be taken"),
+                ));
+            }
+            Some(s) if !valid_path(s) => {
+                return Err(("source", format!("`{s}` is not a field path")))
+            }
+            Some(s) => ColumnSource::Field(s.to_string()),
+            // The base timestamp names map to the documents' own names, as include_base does.
+            None if kind == FileKind::Mongo && rc.name == "created_at" => {
+                ColumnSource::Field("creation_date".into())
+            }
+            None if kind == FileKind::Mongo && rc.name == "updated_at" => {
+                ColumnSource::Field("update_date".into())
+            }
+            None => ColumnSource::Field(rc.name.clone()),
+        }
+    };
+    Ok(ColumnSpec {
+        name: rc.name.clone(),
+        sql_type,
+        nullable: rc.nullable.unwrap_or(true),
+        foreign_key,
+        source,
+    })
+}
+
+fn valid_path(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .split('.')
+            .all(|part| !part.is_empty() && !part.starts_with('$'))
+}
+
+fn parse_foreign_key(text: &str) -> Option<ForeignKey> {
+    let text = text.trim();
+    let open = text.find('(')?;
+    let column = text[open + 1..].strip_suffix(')')?.trim();
+    let table = text[..open].trim();
+    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    (ident(table) && ident(column)).then(|| ForeignKey {
+        table: table.into(),
+        column: column.into(),
+    })
+}
+
+fn check_cross_table(tables: &[TableSpec], problems: &mut Problems) {
+    let mut seen: HashMap<&str, &Path> = HashMap::new();
+    for t in tables {
+        if let Some(first) = seen.insert(&t.name, &t.file) {
+            problems.add(
+                &t.file,
+                Some(&t.name),
+                None,
+                format!("table also declared in {}", first.display()),
+            );
+        }
+    }
+    for t in tables {
+        for c in &t.columns {
+            let Some(fk) = &c.foreign_key else { continue };
+            let key = format!("{}.foreign_key", c.name);
+            match tables.iter().find(|o| o.name == fk.table) {
+                None => problems.add(
+                    &t.file,
+                    Some(&t.name),
+                    Some(&key),
+                    format!(
+                        "column `{}` references table `{}`, which no config declares",
+                        c.name, fk.table
+                    ),
+                ),
+                Some(target) => match target.column(&fk.column) {
+                    None => problems.add(
+                        &t.file,
+                        Some(&t.name),
+                        Some(&key),
+                        format!(
+                            "column `{}` references `{}({})`, which has no such column",
+                            c.name, fk.table, fk.column
+                        ),
+                    ),
+                    Some(tc) => {
+                        let unique = target.primary_key == [fk.column.clone()]
+                            || target.unique == [fk.column.clone()];
+                        if !unique {
+                            problems.add(
+                                &t.file,
+                                Some(&t.name),
+                                Some(&key),
+                                format!(
+                                    "`{}({})` is neither the primary key nor a unique key of `{}`",
+                                    fk.table, fk.column, fk.table
+                                ),
+                            );
+                        }
+                        if tc.sql_type.referenced_as() != c.sql_type
+                            && !(is_text(tc.sql_type) && is_text(c.sql_type))
+                        {
+                            problems.add(
+                                &t.file,
+                                Some(&t.name),
+                                Some(&key),
+                                format!(
+                                    "column `{}` is {} but `{}({})` is {}",
+                                    c.name, c.sql_type, fk.table, fk.column, tc.sql_type
+                                ),
+                            );
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn is_text(ty: SqlType) -> bool {
+    matches!(ty, SqlType::Varchar(_) | SqlType::Text | SqlType::Char(_))
+}
+
+/// Foreign keys first; among tables ready at the same time the lowest `export_order`, then
+/// file order. A cycle is reported with its path.
+fn load_order(tables: Vec<TableSpec>, problems: &mut Problems) -> Vec<TableSpec> {
+    let mut remaining: Vec<(usize, TableSpec)> = tables.into_iter().enumerate().collect();
+    let mut ordered = Vec::with_capacity(remaining.len());
+    while !remaining.is_empty() {
+        let ready = remaining
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, t))| {
+                t.depends_on()
+                    .all(|dep| !remaining.iter().any(|(_, r)| r.name == dep))
+            })
+            .min_by_key(|(_, (pos, t))| (t.export_order, *pos))
+            .map(|(i, _)| i);
+        match ready {
+            Some(i) => ordered.push(remaining.remove(i).1),
+            None => {
+                let names: Vec<&TableSpec> = remaining.iter().map(|(_, t)| t).collect();
+                let cycle = find_cycle(&names);
+                let first = names
+                    .iter()
+                    .find(|t| t.name == cycle[0])
+                    .copied()
+                    .unwrap_or(names[0]);
+                problems.add(
+                    &first.file,
+                    Some(&first.name),
+                    Some("foreign_key"),
+                    format!("dependency cycle between tables: {}", cycle.join(" -> ")),
+                );
+                break;
+            }
+        }
+    }
+    ordered
+}
+
+/// A cycle among tables that all wait on each other (each has a dependency in the set).
+fn find_cycle(tables: &[&TableSpec]) -> Vec<String> {
+    let mut path: Vec<String> = vec![tables[0].name.clone()];
+    loop {
+        let current = tables
+            .iter()
+            .find(|t| t.name == *path.last().unwrap_or(&String::new()));
+        let next = current
+            .and_then(|t| t.depends_on().find(|d| tables.iter().any(|o| o.name == *d)))
+            .map(str::to_string);
+        let Some(next) = next else { return path };
+        if let Some(start) = path.iter().position(|n| *n == next) {
+            let mut cycle = path.split_off(start);
+            cycle.push(next);
+            return cycle;
+        }
+        path.push(next);
+    }
+}

@@ -1,0 +1,114 @@
+//! Helpers for the integration tests: run the real `etl` binary in a temp dir, and get a fresh
+//! database on the test PostgreSQL that `scripts/services.sh` started.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A temp working folder with a copy of the shipped config.
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new() -> Workdir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("config");
+        std::fs::create_dir_all(&config).unwrap();
+        for file in ["schemas.yaml", "matomo_schemas.yaml"] {
+            std::fs::copy(repo().join("config").join(file), config.join(file)).unwrap();
+        }
+        Workdir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let path = self.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// `etl ARGS` in this folder, with the given extra environment.
+    pub fn etl(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_etl"));
+        cmd.current_dir(self.path())
+            .args(args)
+            .env("ETL_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run etl")
+    }
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The test PostgreSQL's URL. Tests need the real server: a missing one is a failure.
+pub fn postgres_url() -> String {
+    std::env::var("ETL_TEST_POSTGRES_URL").expect(
+        "ETL_TEST_POSTGRES_URL is not set: run the tests with `make test` (it starts the test servers)",
+    )
+}
+
+static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A new empty database on the test server; returns its URL.
+pub fn fresh_database(prefix: &str) -> String {
+    let base = postgres_url();
+    let name = format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        DB_COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    psql(
+        &base,
+        &format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name};"),
+    );
+    let (server, _) = base.rsplit_once('/').expect("URL with a database");
+    format!("{server}/{name}")
+}
+
+/// Runs SQL with psql (stops at the first error) and returns its stdout; panics on failure.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = psql_stdin(url, sql);
+    assert!(
+        out.status.success(),
+        "psql failed: {}\n{}",
+        stderr(&out),
+        sql
+    );
+    stdout(&out)
+}
+
+pub fn psql_stdin(url: &str, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("psql")
+        .args([url, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql on PATH");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
