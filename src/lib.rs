@@ -11,4 +11,5 @@
 
 pub mod cli;
 pub mod config;
+pub mod extract;
 pub mod settings;

@@ -1,0 +1,1 @@
+//! BSON documents to Arrow record batches (being written).

@@ -1,0 +1,155 @@
+//! Which document fields a collection's staged Parquet holds, and as what type.
+//!
+//! The config decides: every field a column, an exploded array or a filter of a table on this
+//! collection reads, typed by the column's `sql_type`. The staged file keeps each field as a
+//! typed column named by its path, plus `<path>__raw` holding the extended JSON of any value
+//! that does not fit that type, so nothing is lost and transform can reject it with its reason.
+
+use arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
+use std::sync::Arc;
+
+use crate::config::{ColumnSource, Config, SqlType, Source};
+
+/// Suffix of the column that keeps values that do not fit the typed column.
+pub const RAW_SUFFIX: &str = "__raw";
+/// The documents' `_id`: ObjectId as 24-char hex, a string as is, anything else as extended JSON.
+pub const ID_FIELD: &str = "_id";
+/// Window fields, always staged.
+pub const CREATION_DATE: &str = "creation_date";
+pub const UPDATE_DATE: &str = "update_date";
+
+/// How a staged field is typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// Utf8: strings as is, ObjectId as 24-char hex.
+    Text,
+    /// Int64: int32, int64, and doubles with an integral value.
+    Int,
+    /// Float64: double, int32, int64.
+    Float,
+    /// Utf8 holding an exact decimal: decimal128, int32, int64, double.
+    Decimal,
+    /// Boolean.
+    Bool,
+    /// Timestamp(ms, UTC): BSON dates.
+    Timestamp,
+    /// Binary: BSON binary.
+    Binary,
+    /// Utf8: any value as relaxed extended JSON.
+    Json,
+    /// List<Struct{id: Utf8, raw: Utf8}>: an array of ids or embedded documents with `_id`;
+    /// `id` is the element's id when it has one, `raw` the element's extended JSON otherwise;
+    /// a null element is a null struct.
+    IdList,
+}
+
+impl FieldKind {
+    pub fn for_sql_type(ty: SqlType) -> FieldKind {
+        match ty {
+            SqlType::Varchar(_) | SqlType::Char(_) | SqlType::Text | SqlType::Time => FieldKind::Text,
+            SqlType::SmallInt | SqlType::Integer | SqlType::BigInt | SqlType::Serial | SqlType::BigSerial => {
+                FieldKind::Int
+            }
+            SqlType::Real | SqlType::Double => FieldKind::Float,
+            SqlType::Numeric(_) => FieldKind::Decimal,
+            SqlType::Boolean => FieldKind::Bool,
+            SqlType::Timestamp | SqlType::TimestampTz | SqlType::Date => FieldKind::Timestamp,
+            SqlType::Bytea => FieldKind::Binary,
+            SqlType::Jsonb => FieldKind::Json,
+        }
+    }
+
+    /// The Arrow type of the typed column.
+    pub fn data_type(self) -> DataType {
+        match self {
+            FieldKind::Text | FieldKind::Decimal | FieldKind::Json => DataType::Utf8,
+            FieldKind::Int => DataType::Int64,
+            FieldKind::Float => DataType::Float64,
+            FieldKind::Bool => DataType::Boolean,
+            FieldKind::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            FieldKind::Binary => DataType::Binary,
+            FieldKind::IdList => DataType::List(Arc::new(Field::new("item", id_element_type(), true))),
+        }
+    }
+}
+
+/// The struct of one `IdList` element.
+pub fn id_element_type() -> DataType {
+    DataType::Struct(Fields::from(vec![
+        Field::new("id", DataType::Utf8, true),
+        Field::new("raw", DataType::Utf8, true),
+    ]))
+}
+
+/// One staged field: a document path and its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedField {
+    /// Dotted path in the document (`a.b` for nested documents).
+    pub path: String,
+    pub kind: FieldKind,
+}
+
+/// The fields staged for a MongoDB collection: `_id`, `creation_date`, `update_date`, then
+/// every field the tables reading this collection use, in config order, each once.
+pub fn fields_for_collection(config: &Config, collection: &str) -> Vec<StagedField> {
+    let mut fields = vec![
+        StagedField { path: ID_FIELD.into(), kind: FieldKind::Text },
+        StagedField { path: CREATION_DATE.into(), kind: FieldKind::Timestamp },
+        StagedField { path: UPDATE_DATE.into(), kind: FieldKind::Timestamp },
+    ];
+    let mut add = |path: &str, kind: FieldKind| {
+        if !fields.iter().any(|f| f.path == path) {
+            fields.push(StagedField { path: path.to_string(), kind });
+        }
+    };
+    let tables = config.tables.iter().filter(|t| t.source == Source::Mongo { collection: collection.to_string() });
+    for t in tables {
+        for c in &t.columns {
+            if let ColumnSource::Field(path) = &c.source {
+                add(path, FieldKind::for_sql_type(c.sql_type));
+            }
+        }
+        for array in t.explode.iter().flat_map(|e| &e.arrays) {
+            add(&array.field, FieldKind::IdList);
+        }
+        for path in &t.filter_exists {
+            add(path, FieldKind::Json);
+        }
+    }
+    fields
+}
+
+/// The Arrow schema of a staged collection: per field, the typed column then its `__raw`
+/// column (not for `_id`, which is always text).
+pub fn staged_schema(fields: &[StagedField]) -> Schema {
+    let mut columns = Vec::with_capacity(fields.len() * 2);
+    for f in fields {
+        columns.push(Field::new(&f.path, f.kind.data_type(), true));
+        if f.path != ID_FIELD {
+            columns.push(Field::new(format!("{}{RAW_SUFFIX}", f.path), DataType::Utf8, true));
+        }
+    }
+    Schema::new(columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_collection_stages_every_field_its_tables_read() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let config = Config::load(&dir).unwrap();
+        let fields = fields_for_collection(&config, "users");
+        let paths: Vec<&str> = fields.iter().map(|f| f.path.as_str()).collect();
+        for expected in ["_id", "creation_date", "firstname", "company", "registered_events", "health_targets"] {
+            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+        }
+        assert_eq!(paths.iter().filter(|p| **p == "_id").count(), 1);
+        let targets = fields.iter().find(|f| f.path == "targets").unwrap();
+        assert_eq!(targets.kind, FieldKind::IdList);
+        let schema = staged_schema(&fields);
+        assert!(schema.field_with_name("firstname__raw").is_ok());
+        assert!(schema.field_with_name("_id__raw").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Matomo tables from MariaDB (being written).

@@ -1,0 +1,1 @@
+//! mongodump folders and archives (being written).
