@@ -13,3 +13,4 @@ pub mod cli;
 pub mod config;
 pub mod extract;
 pub mod settings;
+pub mod staging;
