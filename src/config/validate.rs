@@ -520,6 +520,15 @@ fn build_table(
         ));
     }
 
+    // In a link table the parent column takes the parent's `_id` unless it names another field.
+    if let Some(parent) = explode.as_ref().map(|e| e.parent_column.clone()) {
+        if let Some(col) = columns.iter_mut().find(|c| c.name == parent) {
+            if col.source == ColumnSource::Field(col.name.clone()) {
+                col.source = ColumnSource::Field("_id".into());
+            }
+        }
+    }
+
     TableSpec {
         name: name.to_string(),
         file: path.to_path_buf(),

@@ -131,8 +131,10 @@ impl Manifest {
         std::fs::create_dir_all(dir).map_err(StagingError::io(dir))?;
         let path = dir.join(MANIFEST_FILE);
         let tmp = dir.join(format!(".{MANIFEST_FILE}.tmp"));
-        let json = serde_json::to_vec_pretty(&self)
-            .map_err(|e| StagingError::Invalid { path: path.clone(), message: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(&self).map_err(|e| StagingError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         std::fs::write(&tmp, json).map_err(StagingError::io(&tmp))?;
         super::commit_file(&tmp, &path)?;
         Ok(self)
@@ -146,10 +148,16 @@ impl Manifest {
                 path: dir.to_path_buf(),
                 message: "this stage did not finish (no manifest.json); run it again".into(),
             },
-            _ => StagingError::Io { path: path.clone(), source: e },
+            _ => StagingError::Io {
+                path: path.clone(),
+                source: e,
+            },
         })?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| StagingError::Invalid { path: path.clone(), message: format!("unreadable manifest: {e}") })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| StagingError::Invalid {
+                path: path.clone(),
+                message: format!("unreadable manifest: {e}"),
+            })?;
         if manifest.format != MANIFEST_FORMAT {
             return Err(StagingError::Invalid {
                 path,
@@ -165,5 +173,9 @@ impl Manifest {
 
 /// Arrow schema as (name, type) pairs for the manifest.
 pub fn schema_pairs(schema: &arrow::datatypes::Schema) -> Vec<(String, String)> {
-    schema.fields().iter().map(|f| (f.name().clone(), f.data_type().to_string())).collect()
+    schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().to_string()))
+        .collect()
 }

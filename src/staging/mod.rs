@@ -13,30 +13,48 @@
 //! is not a stage: readers refuse it, and `latest_run` skips it, so a killed stage leaves the
 //! previous runs as they were.
 
+pub mod fields;
 mod manifest;
 mod parquet_io;
+mod rejects;
 
 use std::path::{Path, PathBuf};
 
-pub use manifest::{schema_pairs, Counts, FileEntry, Manifest, ManifestEntry, Stage, MANIFEST_FORMAT};
+pub use manifest::{
+    schema_pairs, Counts, FileEntry, Manifest, ManifestEntry, Stage, MANIFEST_FORMAT,
+};
 pub use parquet_io::{read_batches, verify_file, PartWriter};
+pub use rejects::{rejects_schema, write_rejects, RejectRow};
 
 /// Problems with staged files, each naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StagingError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("{path}: {source}")]
-    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
     #[error("no staged run in {staging} has a finished {stage} stage{hint}")]
-    NoRun { staging: PathBuf, stage: Stage, hint: String },
+    NoRun {
+        staging: PathBuf,
+        stage: Stage,
+        hint: String,
+    },
 }
 
 impl StagingError {
     pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StagingError + '_ {
-        move |source| StagingError::Io { path: path.to_path_buf(), source }
+        move |source| StagingError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -53,12 +71,21 @@ impl RunDir {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         std::fs::create_dir_all(staging).map_err(StagingError::io(staging))?;
         for n in 0.. {
-            let id = if n == 0 { stamp.clone() } else { format!("{stamp}-{n}") };
+            let id = if n == 0 {
+                stamp.clone()
+            } else {
+                format!("{stamp}-{n}")
+            };
             let root = staging.join(&id);
             match std::fs::create_dir(&root) {
                 Ok(()) => return Ok(RunDir { id, root }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(StagingError::Io { path: root, source: e }),
+                Err(e) => {
+                    return Err(StagingError::Io {
+                        path: root,
+                        source: e,
+                    })
+                }
             }
         }
         unreachable!("an unbounded range always yields")
@@ -67,7 +94,10 @@ impl RunDir {
     /// An existing run by id, or the latest one whose `stage` finished.
     pub fn open(staging: &Path, id: Option<&str>, stage: Stage) -> Result<RunDir, StagingError> {
         let run = match id {
-            Some(id) => RunDir { id: id.to_string(), root: staging.join(id) },
+            Some(id) => RunDir {
+                id: id.to_string(),
+                root: staging.join(id),
+            },
             None => latest_run(staging, stage)?.ok_or_else(|| StagingError::NoRun {
                 staging: staging.to_path_buf(),
                 stage,
@@ -79,7 +109,10 @@ impl RunDir {
             })?,
         };
         if !run.root.is_dir() {
-            return Err(StagingError::Invalid { path: run.root, message: "no such run".into() });
+            return Err(StagingError::Invalid {
+                path: run.root,
+                message: "no such run".into(),
+            });
         }
         Ok(run)
     }
@@ -98,7 +131,9 @@ impl RunDir {
     }
 
     pub fn has_finished(&self, stage: Stage) -> bool {
-        self.stage_dir(stage).join(manifest::MANIFEST_FILE).is_file()
+        self.stage_dir(stage)
+            .join(manifest::MANIFEST_FILE)
+            .is_file()
     }
 
     /// Empties a stage folder before it is written again: the manifest goes first, so a crash
@@ -122,12 +157,22 @@ pub fn list_runs(staging: &Path) -> Result<Vec<RunDir>, StagingError> {
     let entries = match std::fs::read_dir(staging) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StagingError::Io { path: staging.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(StagingError::Io {
+                path: staging.to_path_buf(),
+                source: e,
+            })
+        }
     };
     let mut runs: Vec<RunDir> = entries
         .filter_map(Result::ok)
         .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().to_str().map(|id| RunDir { id: id.to_string(), root: e.path() }))
+        .filter_map(|e| {
+            e.file_name().to_str().map(|id| RunDir {
+                id: id.to_string(),
+                root: e.path(),
+            })
+        })
         .filter(|r| !r.id.starts_with('.'))
         .collect();
     runs.sort_by(|a, b| a.id.cmp(&b.id));
@@ -136,7 +181,10 @@ pub fn list_runs(staging: &Path) -> Result<Vec<RunDir>, StagingError> {
 
 /// The newest run whose `stage` finished.
 pub fn latest_run(staging: &Path, stage: Stage) -> Result<Option<RunDir>, StagingError> {
-    Ok(list_runs(staging)?.into_iter().rev().find(|r| r.has_finished(stage)))
+    Ok(list_runs(staging)?
+        .into_iter()
+        .rev()
+        .find(|r| r.has_finished(stage)))
 }
 
 /// Renames `tmp` to `path` after syncing it, so a finished name always has complete content.
@@ -159,10 +207,17 @@ mod tests {
     fn latest_run_skips_unfinished_stages() {
         let dir = tempfile::tempdir().unwrap();
         let first = RunDir::create(dir.path()).unwrap();
-        Manifest::new(Stage::Extract, &first.id, "fp").write(&first.stage_dir(Stage::Extract)).unwrap();
+        Manifest::new(Stage::Extract, &first.id, "fp")
+            .write(&first.stage_dir(Stage::Extract))
+            .unwrap();
         let second = RunDir::create(dir.path()).unwrap();
         std::fs::create_dir_all(second.stage_dir(Stage::Extract)).unwrap();
-        assert!(second.id > first.id, "run ids sort by creation: {} {}", first.id, second.id);
+        assert!(
+            second.id > first.id,
+            "run ids sort by creation: {} {}",
+            first.id,
+            second.id
+        );
         let latest = latest_run(dir.path(), Stage::Extract).unwrap().unwrap();
         assert_eq!(latest.id, first.id);
         assert!(latest_run(dir.path(), Stage::Transform).unwrap().is_none());

@@ -40,9 +40,19 @@ struct OpenPart {
 
 impl PartWriter {
     /// `rel_prefix` is how the manifest names `dir` relative to the stage folder.
-    pub fn new(dir: &Path, rel_prefix: &str, schema: SchemaRef) -> Result<PartWriter, StagingError> {
+    pub fn new(
+        dir: &Path,
+        rel_prefix: &str,
+        schema: SchemaRef,
+    ) -> Result<PartWriter, StagingError> {
         std::fs::create_dir_all(dir).map_err(StagingError::io(dir))?;
-        Ok(PartWriter { dir: dir.to_path_buf(), schema, current: None, files: Vec::new(), rel_prefix: rel_prefix.into() })
+        Ok(PartWriter {
+            dir: dir.to_path_buf(),
+            schema,
+            current: None,
+            files: Vec::new(),
+            rel_prefix: rel_prefix.into(),
+        })
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -59,7 +69,10 @@ impl PartWriter {
         let part = self.current.as_mut().expect("opened above");
         part.writer
             .write(batch)
-            .map_err(|source| StagingError::Parquet { path: part.tmp.clone(), source })?;
+            .map_err(|source| StagingError::Parquet {
+                path: part.tmp.clone(),
+                source,
+            })?;
         part.rows += batch.num_rows() as u64;
         if part.rows >= FILE_ROWS {
             self.close_current()?;
@@ -86,22 +99,64 @@ impl PartWriter {
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .build();
-        let sink = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
-        let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(props))
-            .map_err(|source| StagingError::Parquet { path: tmp.clone(), source })?;
-        self.current = Some(OpenPart { writer, tmp, path, rows: 0 });
+        let sink = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let writer =
+            ArrowWriter::try_new(sink, self.schema.clone(), Some(props)).map_err(|source| {
+                StagingError::Parquet {
+                    path: tmp.clone(),
+                    source,
+                }
+            })?;
+        self.current = Some(OpenPart {
+            writer,
+            tmp,
+            path,
+            rows: 0,
+        });
         Ok(())
     }
 
     fn close_current(&mut self) -> Result<(), StagingError> {
-        let Some(part) = self.current.take() else { return Ok(()) };
-        let sink = part.writer.into_inner().map_err(|source| StagingError::Parquet { path: part.tmp.clone(), source })?;
-        let HashingWriter { inner, hasher, bytes } = sink;
-        inner.into_inner().map_err(|e| StagingError::Io { path: part.tmp.clone(), source: e.into_error() })?;
+        let Some(part) = self.current.take() else {
+            return Ok(());
+        };
+        let sink = part
+            .writer
+            .into_inner()
+            .map_err(|source| StagingError::Parquet {
+                path: part.tmp.clone(),
+                source,
+            })?;
+        let HashingWriter {
+            inner,
+            hasher,
+            bytes,
+        } = sink;
+        inner.into_inner().map_err(|e| StagingError::Io {
+            path: part.tmp.clone(),
+            source: e.into_error(),
+        })?;
         commit_file(&part.tmp, &part.path)?;
-        let file_name = part.path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let rel = if self.rel_prefix.is_empty() { file_name.to_string() } else { format!("{}/{file_name}", self.rel_prefix) };
-        self.files.push(FileEntry { path: rel, rows: part.rows, sha256: hex::encode(hasher.finalize()), bytes });
+        let file_name = part
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let rel = if self.rel_prefix.is_empty() {
+            file_name.to_string()
+        } else {
+            format!("{}/{file_name}", self.rel_prefix)
+        };
+        self.files.push(FileEntry {
+            path: rel,
+            rows: part.rows,
+            sha256: hex::encode(hasher.finalize()),
+            bytes,
+        });
         Ok(())
     }
 }
@@ -154,13 +209,19 @@ pub fn verify_file(stage_dir: &Path, entry: &FileEntry) -> Result<(), StagingErr
 /// Reads every batch of one staged file.
 pub fn read_batches(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), StagingError> {
     let file = File::open(path).map_err(StagingError::io(path))?;
-    let to_err = |source| StagingError::Parquet { path: path.to_path_buf(), source };
+    let to_err = |source| StagingError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(to_err)?;
     let schema = builder.schema().clone();
     let reader = builder.with_batch_size(64 * 1024).build().map_err(to_err)?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StagingError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| StagingError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     Ok((Arc::clone(&schema), batches))
 }
 
@@ -179,19 +240,28 @@ mod tests {
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
-            vec![Arc::new(StringArray::from(vec!["a", "b"])), Arc::new(Int64Array::from(vec![Some(1), None]))],
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(Int64Array::from(vec![Some(1), None])),
+            ],
         )
         .unwrap();
         let mut writer = PartWriter::new(&dir.path().join("users"), "users", schema).unwrap();
         writer.write(&batch).unwrap();
         let files = writer.finish().unwrap();
         assert_eq!(files.len(), 1);
-        assert_eq!((files[0].path.as_str(), files[0].rows), ("users/part-00000.parquet", 2));
+        assert_eq!(
+            (files[0].path.as_str(), files[0].rows),
+            ("users/part-00000.parquet", 2)
+        );
         verify_file(dir.path(), &files[0]).unwrap();
         let (_, batches) = read_batches(&dir.path().join(&files[0].path)).unwrap();
         assert_eq!(batches, vec![batch]);
         // No temp file is left behind.
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("users")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("users"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
 
         let path = dir.path().join(&files[0].path);
@@ -200,14 +270,20 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
         let err = verify_file(dir.path(), &files[0]).unwrap_err();
-        assert!(err.to_string().contains("checksum mismatch") && err.to_string().contains("part-00000"), "{err}");
+        assert!(
+            err.to_string().contains("checksum mismatch") && err.to_string().contains("part-00000"),
+            "{err}"
+        );
     }
 
     #[test]
     fn an_empty_table_still_gets_a_file_with_its_schema() {
         let dir = tempfile::tempdir().unwrap();
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
-        let files = PartWriter::new(dir.path(), "", schema.clone()).unwrap().finish().unwrap();
+        let files = PartWriter::new(dir.path(), "", schema.clone())
+            .unwrap()
+            .finish()
+            .unwrap();
         assert_eq!(files[0].rows, 0);
         let (read_schema, batches) = read_batches(&dir.path().join(&files[0].path)).unwrap();
         assert_eq!(read_schema.fields(), schema.fields());

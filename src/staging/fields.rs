@@ -1,4 +1,5 @@
-//! Which document fields a collection's staged Parquet holds, and as what type.
+//! Which document fields a MongoDB collection's staged Parquet holds, and as what type: the
+//! extract side of the contract that transform reads.
 //!
 //! The config decides: every field a column, an exploded array or a filter of a table on this
 //! collection reads, typed by the column's `sql_type`. The staged file keeps each field as a
@@ -8,7 +9,7 @@
 use arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
 use std::sync::Arc;
 
-use crate::config::{ColumnSource, Config, SqlType, Source};
+use crate::config::{ColumnSource, Config, Source, SqlType};
 
 /// Suffix of the column that keeps values that do not fit the typed column.
 pub const RAW_SUFFIX: &str = "__raw";
@@ -46,10 +47,14 @@ pub enum FieldKind {
 impl FieldKind {
     pub fn for_sql_type(ty: SqlType) -> FieldKind {
         match ty {
-            SqlType::Varchar(_) | SqlType::Char(_) | SqlType::Text | SqlType::Time => FieldKind::Text,
-            SqlType::SmallInt | SqlType::Integer | SqlType::BigInt | SqlType::Serial | SqlType::BigSerial => {
-                FieldKind::Int
+            SqlType::Varchar(_) | SqlType::Char(_) | SqlType::Text | SqlType::Time => {
+                FieldKind::Text
             }
+            SqlType::SmallInt
+            | SqlType::Integer
+            | SqlType::BigInt
+            | SqlType::Serial
+            | SqlType::BigSerial => FieldKind::Int,
             SqlType::Real | SqlType::Double => FieldKind::Float,
             SqlType::Numeric(_) => FieldKind::Decimal,
             SqlType::Boolean => FieldKind::Bool,
@@ -68,7 +73,9 @@ impl FieldKind {
             FieldKind::Bool => DataType::Boolean,
             FieldKind::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
             FieldKind::Binary => DataType::Binary,
-            FieldKind::IdList => DataType::List(Arc::new(Field::new("item", id_element_type(), true))),
+            FieldKind::IdList => {
+                DataType::List(Arc::new(Field::new("item", id_element_type(), true)))
+            }
         }
     }
 }
@@ -93,16 +100,33 @@ pub struct StagedField {
 /// every field the tables reading this collection use, in config order, each once.
 pub fn fields_for_collection(config: &Config, collection: &str) -> Vec<StagedField> {
     let mut fields = vec![
-        StagedField { path: ID_FIELD.into(), kind: FieldKind::Text },
-        StagedField { path: CREATION_DATE.into(), kind: FieldKind::Timestamp },
-        StagedField { path: UPDATE_DATE.into(), kind: FieldKind::Timestamp },
+        StagedField {
+            path: ID_FIELD.into(),
+            kind: FieldKind::Text,
+        },
+        StagedField {
+            path: CREATION_DATE.into(),
+            kind: FieldKind::Timestamp,
+        },
+        StagedField {
+            path: UPDATE_DATE.into(),
+            kind: FieldKind::Timestamp,
+        },
     ];
     let mut add = |path: &str, kind: FieldKind| {
         if !fields.iter().any(|f| f.path == path) {
-            fields.push(StagedField { path: path.to_string(), kind });
+            fields.push(StagedField {
+                path: path.to_string(),
+                kind,
+            });
         }
     };
-    let tables = config.tables.iter().filter(|t| t.source == Source::Mongo { collection: collection.to_string() });
+    let tables = config.tables.iter().filter(|t| {
+        t.source
+            == Source::Mongo {
+                collection: collection.to_string(),
+            }
+    });
     for t in tables {
         for c in &t.columns {
             if let ColumnSource::Field(path) = &c.source {
@@ -126,7 +150,11 @@ pub fn staged_schema(fields: &[StagedField]) -> Schema {
     for f in fields {
         columns.push(Field::new(&f.path, f.kind.data_type(), true));
         if f.path != ID_FIELD {
-            columns.push(Field::new(format!("{}{RAW_SUFFIX}", f.path), DataType::Utf8, true));
+            columns.push(Field::new(
+                format!("{}{RAW_SUFFIX}", f.path),
+                DataType::Utf8,
+                true,
+            ));
         }
     }
     Schema::new(columns)
@@ -142,8 +170,18 @@ mod tests {
         let config = Config::load(&dir).unwrap();
         let fields = fields_for_collection(&config, "users");
         let paths: Vec<&str> = fields.iter().map(|f| f.path.as_str()).collect();
-        for expected in ["_id", "creation_date", "firstname", "company", "registered_events", "health_targets"] {
-            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+        for expected in [
+            "_id",
+            "creation_date",
+            "firstname",
+            "company",
+            "registered_events",
+            "health_targets",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
         }
         assert_eq!(paths.iter().filter(|p| **p == "_id").count(), 1);
         let targets = fields.iter().find(|f| f.path == "targets").unwrap();

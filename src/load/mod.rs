@@ -1,0 +1,192 @@
+//! Load stage: a transformed run into PostgreSQL (one transaction, COPY + upsert), or into
+//! SQL files that `psql -1` applies on another host. Reads only the transform manifest and
+//! files.
+
+mod copy_text;
+mod plan;
+mod postgres;
+mod sql_files;
+
+use std::path::{Path, PathBuf};
+
+pub use copy_text::{encode_batch, escape_text};
+pub use plan::{plan_table, TablePlan};
+pub use postgres::connect;
+
+use crate::config::{Config, TableSpec};
+use crate::settings::PostgresSettings;
+use crate::staging::{
+    self, Counts, Manifest, ManifestEntry, RejectRow, RunDir, Stage, StagingError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Staging(#[from] StagingError),
+    #[error("cannot connect to {target}: {message}")]
+    Connect { target: String, message: String },
+    #[error("table `{table}`: {message}\n  in: {statement}")]
+    Sql {
+        table: String,
+        statement: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What happened to one table.
+#[derive(Debug, Clone, Default)]
+pub struct TableLoad {
+    pub table: String,
+    /// Rows in the transform output.
+    pub rows: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub orphans: Vec<OrphanReject>,
+    pub seconds: f64,
+}
+
+/// A row whose foreign key points nowhere, left out of the load.
+#[derive(Debug, Clone)]
+pub struct OrphanReject {
+    /// The row's conflict key values, comma-separated.
+    pub key: String,
+    pub column: String,
+    pub value: String,
+    pub references: String,
+}
+
+/// Where `etl load` writes.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    Postgres(PostgresSettings),
+    /// SQL files in this folder.
+    SqlFiles(PathBuf),
+}
+
+/// The tables of the run's transform manifest that the user selected, in load order.
+fn planned<'a>(
+    config: &'a Config,
+    manifest: &'a Manifest,
+    tables: Option<&[String]>,
+) -> Result<Vec<(&'a TableSpec, &'a ManifestEntry)>, LoadError> {
+    let selected = config.select(tables).map_err(LoadError::Internal)?;
+    Ok(selected
+        .into_iter()
+        .filter_map(|t| manifest.entry(&t.name).map(|e| (t, e)))
+        .collect())
+}
+
+/// `etl load --dry-run`: the plan and every statement, touching nothing.
+pub fn dry_run(
+    config: &Config,
+    staging_dir: &Path,
+    run: Option<&str>,
+    tables: Option<&[String]>,
+) -> Result<String, LoadError> {
+    let run = RunDir::open(staging_dir, run, Stage::Transform)?;
+    let manifest = run.manifest(Stage::Transform)?;
+    let mut out = format!(
+        "-- etl load plan for run {} (dry run: nothing is executed)\nBEGIN;\n",
+        run.id
+    );
+    for (table, entry) in planned(config, &manifest, tables)? {
+        out.push_str(&format!(
+            "\n-- {}: {} rows from {} file(s)\n",
+            table.name,
+            entry.rows,
+            entry.files.len()
+        ));
+        for s in plan_table(table).statements() {
+            out.push_str(&s);
+            out.push_str(";\n");
+        }
+    }
+    out.push_str("COMMIT;\n");
+    Ok(out)
+}
+
+/// Loads a transformed run into `sink`; returns the run and per-table results, and writes the
+/// run's load manifest (the JSON report) and orphan rejects.
+pub async fn run(
+    config: &Config,
+    staging_dir: &Path,
+    run: Option<&str>,
+    tables: Option<&[String]>,
+    sink: &Sink,
+) -> Result<(RunDir, Vec<TableLoad>, PathBuf), LoadError> {
+    let run = RunDir::open(staging_dir, run, Stage::Transform)?;
+    let manifest = run.manifest(Stage::Transform)?;
+    let planned = planned(config, &manifest, tables)?;
+    let transform_dir = run.stage_dir(Stage::Transform);
+    let (loads, written_to) = match sink {
+        Sink::Postgres(settings) => {
+            let mut client = postgres::connect(settings).await?;
+            let loads = postgres::load(&mut client, config, &transform_dir, &planned).await?;
+            (loads, PathBuf::from(settings.to_string()))
+        }
+        Sink::SqlFiles(out_dir) => {
+            let file = sql_files::write_bundle(config, &run.id, &transform_dir, &planned, out_dir)?;
+            let loads = planned
+                .iter()
+                .map(|(t, e)| TableLoad {
+                    table: t.name.clone(),
+                    rows: e.rows,
+                    ..Default::default()
+                })
+                .collect();
+            (loads, file)
+        }
+    };
+    write_orphans(&run, &loads)?;
+    let mut report = Manifest::new(Stage::Load, &run.id, &manifest.config_fingerprint);
+    for ((_, entry), load) in planned.iter().zip(&loads) {
+        report.entries.push(ManifestEntry {
+            name: load.table.clone(),
+            rows: load.rows,
+            watermarks: entry.watermarks.clone(),
+            counts: Counts {
+                inserted: load.inserted,
+                updated: load.updated,
+                deleted: load.deleted,
+                rejected: load.orphans.len() as u64,
+                transformed: entry.rows,
+                ..entry.counts
+            },
+            notes: [
+                ("target".to_string(), written_to.display().to_string()),
+                ("seconds".to_string(), format!("{:.3}", load.seconds)),
+            ]
+            .into(),
+            ..Default::default()
+        });
+    }
+    report.write(&run.stage_dir(Stage::Load))?;
+    Ok((run, loads, written_to))
+}
+
+/// `rejects/<table>.orphans.parquet`, in the same shape as transform rejects.
+fn write_orphans(run: &RunDir, loads: &[TableLoad]) -> Result<(), StagingError> {
+    for load in loads {
+        let rows: Vec<RejectRow> = load
+            .orphans
+            .iter()
+            .map(|o| RejectRow {
+                document_id: o.key.clone(),
+                column: o.column.clone(),
+                reason: format!(
+                    "{}: foreign key `{}` not found in {}",
+                    o.column, o.value, o.references
+                ),
+                raw_value: Some(serde_json::json!({ &o.column: o.value }).to_string()),
+            })
+            .collect();
+        let path = run
+            .rejects_dir()
+            .join(format!("{}.orphans.parquet", load.table));
+        staging::write_rejects(&path, &load.table, &rows)?;
+    }
+    Ok(())
+}

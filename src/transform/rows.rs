@@ -1,0 +1,365 @@
+//! One staged batch -> rows of one target table, as pure functions.
+//!
+//! Direct tables map one document (or Matomo row) to one row; `explode` tables map each array
+//! element to one row, with the parent's fields repeated. Every input row ends in exactly one
+//! place: an output row, a reject (with all its reasons), or a filtered count.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, StringArray, StringBuilder, UInt32Array,
+};
+use arrow::compute::{filter_record_batch, take};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+
+use super::convert::{convert_column, display_value, target_type, CellError};
+use super::TransformError;
+use crate::config::{ColumnSource, Source, TableSpec};
+use crate::staging::fields::{ID_FIELD, RAW_SUFFIX};
+
+/// A source row that did not make it, with every reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reject {
+    pub document_id: String,
+    pub errors: Vec<CellError>,
+}
+
+/// What one staged batch gave for one table.
+#[derive(Debug)]
+pub struct BatchOutput {
+    pub rows: RecordBatch,
+    pub rejects: Vec<Reject>,
+    /// Rows (or array elements) counted in.
+    pub extracted: u64,
+    /// Rows left out by a stated rule, by rule.
+    pub filtered: BTreeMap<String, u64>,
+    /// For replace-per-parent tables: every parent seen, whatever its arrays hold.
+    pub parents: Vec<String>,
+}
+
+/// The Arrow schema of a table's transform output: its loaded columns, PostgreSQL-ready types.
+pub fn output_schema(table: &TableSpec) -> SchemaRef {
+    Arc::new(Schema::new(
+        table
+            .loaded_columns()
+            .map(|c| Field::new(&c.name, target_type(c.sql_type), c.nullable))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Maps one staged batch to `table`'s rows.
+pub fn transform_batch(
+    table: &TableSpec,
+    batch: &RecordBatch,
+) -> Result<BatchOutput, TransformError> {
+    let mut filtered = BTreeMap::new();
+    let batch = apply_filter(table, batch, &mut filtered)?;
+    let ids = document_ids(table, &batch)?;
+    let mut output = match &table.explode {
+        None => direct_rows(table, &batch, &ids)?,
+        Some(_) => explode_rows(table, &batch, &ids)?,
+    };
+    for (rule, n) in filtered {
+        *output.filtered.entry(rule).or_default() += n;
+    }
+    Ok(output)
+}
+
+/// Drops documents missing a field the table's filter requires.
+fn apply_filter(
+    table: &TableSpec,
+    batch: &RecordBatch,
+    filtered: &mut BTreeMap<String, u64>,
+) -> Result<RecordBatch, TransformError> {
+    if table.filter_exists.is_empty() {
+        return Ok(batch.clone());
+    }
+    let mut keep = vec![true; batch.num_rows()];
+    for path in &table.filter_exists {
+        let (values, raw) = staged_column(table, batch, path)?;
+        let mut dropped = 0;
+        for (row, k) in keep.iter_mut().enumerate() {
+            let present = values.is_valid(row) || raw.is_some_and(|r| r.is_valid(row));
+            if *k && !present {
+                *k = false;
+                dropped += 1;
+            }
+        }
+        *filtered
+            .entry(format!("filter: `{path}` missing or null"))
+            .or_default() += dropped;
+    }
+    filter_record_batch(batch, &BooleanArray::from(keep)).map_err(|e| arrow_error(table, e))
+}
+
+/// A staged column and its `__raw` companion (MongoDB sources only).
+fn staged_column<'a>(
+    table: &TableSpec,
+    batch: &'a RecordBatch,
+    path: &str,
+) -> Result<(&'a ArrayRef, Option<&'a StringArray>), TransformError> {
+    let values = batch
+        .column_by_name(path)
+        .ok_or_else(|| TransformError::MissingField {
+            table: table.name.clone(),
+            source_name: table.source.name().to_string(),
+            field: path.to_string(),
+        })?;
+    let raw = batch
+        .column_by_name(&format!("{path}{RAW_SUFFIX}"))
+        .and_then(|a| a.as_string_opt::<i32>());
+    Ok((values, raw))
+}
+
+/// Per input row, the id a reject names: `_id`, or the Matomo primary key.
+fn document_ids(table: &TableSpec, batch: &RecordBatch) -> Result<Vec<String>, TransformError> {
+    let key_sources: Vec<String> = match &table.source {
+        Source::Mongo { .. } => vec![ID_FIELD.to_string()],
+        Source::Matomo { .. } => table
+            .primary_key
+            .iter()
+            .filter_map(|k| table.column(k))
+            .filter_map(|c| match &c.source {
+                ColumnSource::Field(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect(),
+    };
+    let columns = key_sources
+        .iter()
+        .map(|k| staged_column(table, batch, k).map(|(v, _)| v))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((0..batch.num_rows())
+        .map(|row| {
+            columns
+                .iter()
+                .map(|c| display_value(c, row))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect())
+}
+
+/// Converts every `Field` column of the table on `batch`; errors grouped by row.
+fn convert_fields(
+    table: &TableSpec,
+    batch: &RecordBatch,
+) -> Result<(BTreeMap<String, ArrayRef>, BTreeMap<usize, Vec<CellError>>), TransformError> {
+    let mut arrays = BTreeMap::new();
+    let mut errors: BTreeMap<usize, Vec<CellError>> = BTreeMap::new();
+    for col in table.loaded_columns() {
+        let ColumnSource::Field(path) = &col.source else {
+            continue;
+        };
+        let (values, raw) = staged_column(table, batch, path)?;
+        let (array, cell_errors) = convert_column(col, values, raw, table.time_zone);
+        for e in cell_errors {
+            errors.entry(e.row).or_default().push(e);
+        }
+        arrays.insert(col.name.clone(), array);
+    }
+    Ok((arrays, errors))
+}
+
+fn direct_rows(
+    table: &TableSpec,
+    batch: &RecordBatch,
+    ids: &[String],
+) -> Result<BatchOutput, TransformError> {
+    let (arrays, errors) = convert_fields(table, batch)?;
+    let keep = BooleanArray::from(
+        (0..batch.num_rows())
+            .map(|r| !errors.contains_key(&r))
+            .collect::<Vec<_>>(),
+    );
+    let columns = table
+        .loaded_columns()
+        .map(|c| arrow::compute::filter(&arrays[&c.name], &keep).map_err(|e| arrow_error(table, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows =
+        RecordBatch::try_new(output_schema(table), columns).map_err(|e| arrow_error(table, e))?;
+    let rejects = errors
+        .into_iter()
+        .map(|(row, errors)| Reject {
+            document_id: ids[row].clone(),
+            errors,
+        })
+        .collect();
+    Ok(BatchOutput {
+        rows,
+        rejects,
+        extracted: batch.num_rows() as u64,
+        filtered: BTreeMap::new(),
+        parents: Vec::new(),
+    })
+}
+
+fn explode_rows(
+    table: &TableSpec,
+    batch: &RecordBatch,
+    ids: &[String],
+) -> Result<BatchOutput, TransformError> {
+    let explode = table
+        .explode
+        .as_ref()
+        .expect("explode_rows is called for explode tables");
+    let element_col = table
+        .columns
+        .iter()
+        .find(|c| c.source == ColumnSource::Element)
+        .expect("validated");
+    let (parent_arrays, parent_errors) = convert_fields(table, batch)?;
+
+    let mut parent_index: Vec<u32> = Vec::new();
+    let mut elements = StringBuilder::new();
+    let mut types = StringBuilder::new();
+    let mut rejects = Vec::new();
+    let mut filtered: BTreeMap<String, u64> = BTreeMap::new();
+    let mut extracted = 0u64;
+    let mut lists = Vec::new();
+    for array in &explode.arrays {
+        let (values, raw) = staged_column(table, batch, &array.field)?;
+        let list = values
+            .as_list_opt::<i32>()
+            .ok_or_else(|| TransformError::MissingField {
+                table: table.name.clone(),
+                source_name: table.source.name().to_string(),
+                field: format!(
+                    "{} (staged as {}, expected a list)",
+                    array.field,
+                    values.data_type()
+                ),
+            })?;
+        lists.push((array, list, raw));
+    }
+    for row in 0..batch.num_rows() {
+        let mut seen: HashSet<(&str, Option<&str>)> = HashSet::new();
+        for (array, list, raw) in &lists {
+            let type_value = array.type_value.as_deref();
+            let reject = |reason: String, raw: Option<String>| Reject {
+                document_id: ids[row].clone(),
+                errors: vec![CellError {
+                    row,
+                    column: element_col.name.clone(),
+                    reason,
+                    raw,
+                }],
+            };
+            if let Some(raw) = raw.filter(|r| r.is_valid(row)) {
+                extracted += 1;
+                rejects.push(reject(
+                    format!("`{}` is not an array", array.field),
+                    Some(raw.value(row).to_string()),
+                ));
+                continue;
+            }
+            if list.is_null(row) {
+                continue;
+            }
+            // Elements of all rows are one flat struct array; this row's are a range of it.
+            let items = list.values().as_struct();
+            let (item_ids, item_raws) = (
+                items.column(0).as_string::<i32>(),
+                items.column(1).as_string::<i32>(),
+            );
+            let offsets = list.value_offsets();
+            let range = offsets[row] as usize..offsets[row + 1] as usize;
+            for i in range {
+                extracted += 1;
+                if items.is_null(i) {
+                    *filtered
+                        .entry(format!("null element in `{}`", array.field))
+                        .or_default() += 1;
+                } else if item_ids.is_null(i) {
+                    let raw = item_raws
+                        .is_valid(i)
+                        .then(|| item_raws.value(i).to_string());
+                    rejects.push(reject(
+                        format!(
+                            "element of `{}` is neither an id nor a document with `_id`",
+                            array.field
+                        ),
+                        raw,
+                    ));
+                } else if !seen.insert((item_ids.value(i), type_value)) {
+                    *filtered
+                        .entry(format!("duplicate element in `{}`", array.field))
+                        .or_default() += 1;
+                } else if let Some(errors) = parent_errors.get(&row) {
+                    rejects.push(Reject {
+                        document_id: ids[row].clone(),
+                        errors: errors.clone(),
+                    });
+                } else {
+                    parent_index.push(
+                        u32::try_from(row)
+                            .map_err(|_| TransformError::TooLarge(table.name.clone()))?,
+                    );
+                    elements.append_value(item_ids.value(i));
+                    types.append_option(type_value);
+                }
+            }
+        }
+    }
+
+    // Element ids and type values get the same checks as any column (length, NOT NULL).
+    let indices = UInt32Array::from(parent_index);
+    let element_values: ArrayRef = Arc::new(elements.finish());
+    let type_values: ArrayRef = Arc::new(types.finish());
+    let mut columns = Vec::new();
+    let mut late_errors: BTreeMap<usize, Vec<CellError>> = BTreeMap::new();
+    for col in table.loaded_columns() {
+        let array = match &col.source {
+            ColumnSource::Field(_) => take(&parent_arrays[&col.name], &indices, None)
+                .map_err(|e| arrow_error(table, e))?,
+            ColumnSource::Element | ColumnSource::ArrayType => {
+                let values = if col.source == ColumnSource::Element {
+                    &element_values
+                } else {
+                    &type_values
+                };
+                let (array, errors) = convert_column(col, values, None, table.time_zone);
+                for e in errors {
+                    late_errors.entry(e.row).or_default().push(e);
+                }
+                array
+            }
+            ColumnSource::Generated => continue,
+        };
+        columns.push(array);
+    }
+    let mut rows =
+        RecordBatch::try_new(output_schema(table), columns).map_err(|e| arrow_error(table, e))?;
+    if !late_errors.is_empty() {
+        let keep = BooleanArray::from(
+            (0..rows.num_rows())
+                .map(|r| !late_errors.contains_key(&r))
+                .collect::<Vec<_>>(),
+        );
+        rows = filter_record_batch(&rows, &keep).map_err(|e| arrow_error(table, e))?;
+        for (out_row, errors) in late_errors {
+            let parent = indices.value(out_row) as usize;
+            rejects.push(Reject {
+                document_id: ids[parent].clone(),
+                errors,
+            });
+        }
+    }
+    let parents = ids.to_vec();
+    Ok(BatchOutput {
+        rows,
+        rejects,
+        extracted,
+        filtered,
+        parents,
+    })
+}
+
+fn arrow_error(table: &TableSpec, e: arrow::error::ArrowError) -> TransformError {
+    TransformError::Arrow {
+        table: table.name.clone(),
+        source: e,
+    }
+}
