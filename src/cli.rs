@@ -8,7 +8,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use std::time::Instant;
+
+use anyhow::Context;
+
 use crate::config::{ddl, Config, ConfigError};
+use crate::settings::{MatomoSettings, MongoSettings, PostgresSettings};
+use crate::staging::{self, Stage};
+use crate::{extract, load, progress, transform};
 
 /// Migrate a MongoDB application database and its Matomo analytics into PostgreSQL,
 /// in three replayable stages with Parquet files in between.
@@ -194,11 +201,240 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             print!("{}", ddl::schema_sql(&config));
             Ok(())
         }
-        Command::Extract(_) => Err(CliError::NotBuilt("extract")),
-        Command::Transform(_) => Err(CliError::NotBuilt("transform")),
-        Command::Load(_) => Err(CliError::NotBuilt("load")),
-        Command::Run(_) => Err(CliError::NotBuilt("run")),
-        Command::Status => Err(CliError::NotBuilt("status")),
+        Command::Extract(args) => runtime()?.block_on(extract(cli, &config, args)).map(|_| ()),
+        Command::Transform(args) => {
+            transform(cli, &config, args.run.as_deref(), args.tables.as_deref())
+        }
+        Command::Load(args) => runtime()?.block_on(load(cli, &config, args)),
+        Command::Run(args) => runtime()?.block_on(async {
+            let run_id = extract(cli, &config, &args.extract).await?;
+            transform(cli, &config, Some(&run_id), args.extract.tables.as_deref())?;
+            let load_args = LoadArgs {
+                run: Some(run_id),
+                to: args.to,
+                out: args.out.clone(),
+                tables: args.extract.tables.clone(),
+                dry_run: args.dry_run,
+            };
+            load(cli, &config, &load_args).await
+        }),
+        Command::Status => status(cli),
         Command::Verify => Err(CliError::NotBuilt("verify")),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot start the async runtime: {e}")))
+}
+
+/// `etl extract`; returns the new run's id.
+async fn extract(cli: &Cli, config: &Config, args: &ExtractArgs) -> Result<String, CliError> {
+    let mongo = match (args.source, &args.dump) {
+        (SourceArg::Dump, None) => {
+            return Err(CliError::Usage("--source dump needs --dump PATH".into()))
+        }
+        (SourceArg::Dump | SourceArg::All, Some(path)) => {
+            Some(extract::MongoInput::Dump(path.clone()))
+        }
+        (SourceArg::Mongo | SourceArg::All, _) => {
+            Some(extract::MongoInput::Live(MongoSettings::from_env()))
+        }
+        (SourceArg::Matomo, _) => None,
+    };
+    let matomo = match args.source {
+        SourceArg::Matomo | SourceArg::All => {
+            Some(MatomoSettings::from_env().map_err(CliError::Usage)?)
+        }
+        _ => None,
+    };
+    let opts = extract::ExtractOptions {
+        mongo,
+        matomo,
+        tables: args.tables.clone(),
+        full: args.full,
+        since: args.since,
+        quiet: cli.quiet,
+    };
+    let started = Instant::now();
+    let (run, reports) = extract::run(config, &cli.staging, &opts)
+        .await
+        .context("extract")?;
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.source.clone(),
+                r.rows.to_string(),
+                r.window.clone(),
+            ]
+        })
+        .collect();
+    println!(
+        "extract: run {} ({:.1}s)",
+        run.id,
+        started.elapsed().as_secs_f64()
+    );
+    print!(
+        "{}",
+        progress::table(
+            &["collection/table", "source", "extracted", "window from"],
+            &rows
+        )
+    );
+    Ok(run.id)
+}
+
+fn transform(
+    cli: &Cli,
+    config: &Config,
+    run: Option<&str>,
+    tables: Option<&[String]>,
+) -> Result<(), CliError> {
+    let started = Instant::now();
+    let (run, reports) = transform::run(config, &cli.staging, run, tables).context("transform")?;
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            let c = &r.counts;
+            vec![
+                r.table.clone(),
+                c.extracted.to_string(),
+                c.transformed.to_string(),
+                c.rejected.to_string(),
+                c.filtered.to_string(),
+                format!("{:.2}", r.seconds),
+                r.skipped.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!(
+        "transform: run {} ({:.1}s)",
+        run.id,
+        started.elapsed().as_secs_f64()
+    );
+    print!(
+        "{}",
+        progress::table(
+            &[
+                "table",
+                "extracted",
+                "transformed",
+                "rejected",
+                "filtered",
+                "seconds",
+                "note"
+            ],
+            &rows
+        )
+    );
+    let rejected: u64 = reports.iter().map(|r| r.counts.rejected).sum();
+    if rejected > 0 {
+        println!(
+            "{rejected} row(s) rejected: see {}",
+            run.rejects_dir().display()
+        );
+    }
+    Ok(())
+}
+
+async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliError> {
+    if args.dry_run {
+        print!(
+            "{}",
+            load::dry_run(
+                config,
+                &cli.staging,
+                args.run.as_deref(),
+                args.tables.as_deref()
+            )
+            .context("load")?
+        );
+        return Ok(());
+    }
+    let sink = match args.to {
+        SinkArg::Postgres => {
+            load::Sink::Postgres(PostgresSettings::from_env().map_err(CliError::Usage)?)
+        }
+        SinkArg::Sql => load::Sink::SqlFiles(args.out.clone()),
+    };
+    let started = Instant::now();
+    let (run, loads, target) = load::run(
+        config,
+        &cli.staging,
+        args.run.as_deref(),
+        args.tables.as_deref(),
+        &sink,
+    )
+    .await
+    .context("load")?;
+    let rows: Vec<Vec<String>> = loads
+        .iter()
+        .map(|l| {
+            vec![
+                l.table.clone(),
+                l.rows.to_string(),
+                l.inserted.to_string(),
+                l.updated.to_string(),
+                l.deleted.to_string(),
+                l.orphans.len().to_string(),
+                format!("{:.2}", l.seconds),
+            ]
+        })
+        .collect();
+    println!(
+        "load: run {} into {} ({:.1}s)",
+        run.id,
+        target.display(),
+        started.elapsed().as_secs_f64()
+    );
+    print!(
+        "{}",
+        progress::table(
+            &["table", "rows", "inserted", "updated", "deleted", "rejected", "seconds"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// `etl status`: every run, its finished stages, rows and watermarks.
+fn status(cli: &Cli) -> Result<(), CliError> {
+    let runs = staging::list_runs(&cli.staging).context("status")?;
+    if runs.is_empty() {
+        println!("no staged runs in {}", cli.staging.display());
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for run in &runs {
+        let mut cells = vec![run.id.clone()];
+        for stage in [Stage::Extract, Stage::Transform, Stage::Load] {
+            cells.push(match run.manifest(stage) {
+                Ok(m) => format!("{} rows", m.entries.iter().map(|e| e.rows).sum::<u64>()),
+                Err(_) if run.stage_dir(stage).exists() => "unfinished".into(),
+                Err(_) => "-".into(),
+            });
+        }
+        let watermarks = run
+            .manifest(Stage::Extract)
+            .map(|m| {
+                m.entries
+                    .iter()
+                    .flat_map(|e| e.watermarks.values().cloned())
+                    .max()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        cells.push(watermarks);
+        rows.push(cells);
+    }
+    print!(
+        "{}",
+        progress::table(
+            &["run", "extract", "transform", "load", "latest watermark"],
+            &rows
+        )
+    );
+    Ok(())
 }

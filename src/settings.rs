@@ -85,6 +85,36 @@ impl PostgresSettings {
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()
     }
+
+    /// Connects (the connection task runs on the tokio runtime). Errors never carry the
+    /// password: tokio-postgres does not print it.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, String> {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.database);
+        pg.connect_timeout(std::time::Duration::from_secs(10));
+        if let Some(password) = self.password() {
+            pg.password(password);
+        }
+        if self.sslmode == "require" || self.sslmode.starts_with("verify") {
+            return Err(format!(
+                "sslmode={} is not supported by this build yet (no TLS compiled in)",
+                self.sslmode
+            ));
+        }
+        let (client, connection) = pg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!("PostgreSQL connection: {e}");
+            }
+        });
+        Ok(client)
+    }
 }
 
 impl fmt::Display for PostgresSettings {
@@ -172,6 +202,17 @@ impl MongoSettings {
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
     }
+
+    /// `text` with the URL's password replaced, for driver errors that might quote it.
+    pub fn scrub(&self, text: &str) -> String {
+        let full = &self.url;
+        let redacted = self.redacted_url();
+        let text = text.replace(full.as_str(), &redacted);
+        match url_password(full) {
+            Some(p) if !p.is_empty() => text.replace(&p, "***"),
+            _ => text,
+        }
+    }
 }
 
 impl fmt::Debug for MongoSettings {
@@ -204,6 +245,12 @@ pub fn redact_url(url: &str) -> String {
         },
         None => url.to_string(),
     }
+}
+
+fn url_password(url: &str) -> Option<String> {
+    UrlParts::parse(url, &["mongodb", "mongodb+srv"])
+        .ok()
+        .and_then(|p| p.password)
 }
 
 struct UrlParts {

@@ -1,1 +1,1072 @@
-//! BSON documents to Arrow record batches (being written).
+//! BSON documents to Arrow record batches: the one converter behind both the mongodump reader
+//! and the live MongoDB path.
+//!
+//! A [`DocBatchBuilder`] is made from a collection's [`StagedField`]s and appends raw documents
+//! (`bson::RawDocument`, never a decoded `bson::Document`) into per-column Arrow builders. Every
+//! conversion rule, one `match` on the BSON element type per [`FieldKind`], lives in
+//! [`typed_value`]; a value that does not fit its kind goes, as relaxed extended JSON, to the
+//! field's `__raw` column so transform can reject it with its reason. A missing field and a
+//! BSON null are NULL in both columns, whatever the kind. Reading files or cursors, filtering
+//! beyond the date window and writing Parquet are the callers' business.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, ListArray,
+    StringBuilder, StructArray, TimestampMillisecondBuilder,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::{DataType, FieldRef, Fields, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use bson::oid::ObjectId;
+use bson::raw::{RawBsonRef, RawDocument};
+use bson::{Bson, Decimal128};
+use chrono::{DateTime, Utc};
+
+use super::fields::{self, FieldKind, StagedField, CREATION_DATE, ID_FIELD, UPDATE_DATE};
+
+/// A document the converter cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// The document's bytes are not valid BSON where this field is read.
+    #[error("document {}: malformed BSON at field `{path}`: {source}", display_id(.id))]
+    Malformed {
+        /// The document's `_id` as staged, when it can be read.
+        id: Option<String>,
+        /// The staged field (or, before any field was reached, the key) being read.
+        path: String,
+        source: bson::raw::Error,
+    },
+    /// One batch would hold more array elements than an Arrow `List` can index.
+    #[error(
+        "document {}: field `{path}` would put more than {} array elements in one batch; \
+         use smaller batches",
+        display_id(.id),
+        i32::MAX
+    )]
+    ListOverflow { id: Option<String>, path: String },
+}
+
+fn display_id(id: &Option<String>) -> &str {
+    id.as_deref().unwrap_or("with unreadable _id")
+}
+
+/// Whether a document falls in the extract window: `creation_date >= since OR update_date >=
+/// since`, inclusive, compared in milliseconds like the MongoDB query the live path sends (only
+/// BSON dates match, as with `$gte` on a date). `None` takes everything. A document too
+/// malformed to read the two dates is let through, so that [`DocBatchBuilder::push`] reports it.
+pub fn in_window(doc: &RawDocument, since: Option<DateTime<Utc>>) -> bool {
+    let Some(since) = since else {
+        return true;
+    };
+    let since = since.timestamp_millis();
+    // One pass over the top-level keys, stopping once both dates were seen.
+    let mut remaining = 2;
+    for element in doc.iter_elements() {
+        let Ok(element) = element else {
+            return true;
+        };
+        if element.key() != CREATION_DATE && element.key() != UPDATE_DATE {
+            continue;
+        }
+        match element.value() {
+            Ok(RawBsonRef::DateTime(date)) if date.timestamp_millis() >= since => return true,
+            Ok(_) => {}
+            Err(_) => return true,
+        }
+        remaining -= 1;
+        if remaining == 0 {
+            break;
+        }
+    }
+    false
+}
+
+/// Appends raw BSON documents as rows of the staged schema of a set of fields.
+pub struct DocBatchBuilder {
+    schema: SchemaRef,
+    columns: Vec<Column>,
+    /// Fields grouped by the first segment of their path, so one pass over a document's
+    /// top-level keys finds all of them.
+    groups: Vec<Group>,
+    /// Per group, whether the current document had its key (scratch, reused).
+    seen: Vec<bool>,
+    rows: usize,
+}
+
+struct Group {
+    key: String,
+    members: Vec<Member>,
+}
+
+struct Member {
+    column: usize,
+    /// Path segments below the group's key (empty for a top-level field).
+    rest: Vec<String>,
+}
+
+impl DocBatchBuilder {
+    pub fn new(fields: &[StagedField]) -> DocBatchBuilder {
+        let schema = Arc::new(fields::staged_schema(fields));
+        let mut groups: Vec<Group> = Vec::new();
+        let mut columns = Vec::with_capacity(fields.len());
+        for (index, field) in fields.iter().enumerate() {
+            let mut segments = field.path.split('.').map(str::to_string);
+            let key = segments.next().unwrap_or_default();
+            let member = Member {
+                column: index,
+                rest: segments.collect(),
+            };
+            match groups.iter_mut().find(|g| g.key == key) {
+                Some(group) => group.members.push(member),
+                None => groups.push(Group {
+                    key,
+                    members: vec![member],
+                }),
+            }
+            columns.push(Column::new(field));
+        }
+        let seen = vec![false; groups.len()];
+        DocBatchBuilder {
+            schema,
+            columns,
+            groups,
+            seen,
+            rows: 0,
+        }
+    }
+
+    /// Appends one document (raw BSON).
+    ///
+    /// On error nothing was appended: the document is read and converted first, then written
+    /// into the builders, which cannot fail.
+    pub fn push(&mut self, doc: &RawDocument) -> Result<(), ConvertError> {
+        let DocBatchBuilder {
+            columns,
+            groups,
+            seen,
+            ..
+        } = self;
+        let mut cells: Vec<Cell<'_>> = columns.iter().map(|_| Cell::NULL).collect();
+        seen.fill(false);
+        let mut remaining = groups.len();
+        for element in doc.iter_elements() {
+            let element = element.map_err(|e| {
+                let path = e.key().unwrap_or("(document)").to_string();
+                malformed(doc, path, e)
+            })?;
+            let Some(g) = groups.iter().position(|g| g.key == element.key()) else {
+                continue;
+            };
+            // A repeated key: the first one wins, as with `RawDocument::get`.
+            if seen[g] {
+                continue;
+            }
+            seen[g] = true;
+            let value = element
+                .value()
+                .map_err(|e| malformed(doc, groups[g].key.clone(), e))?;
+            for member in &groups[g].members {
+                let column = &columns[member.column];
+                cells[member.column] = descend(value, &member.rest)
+                    .and_then(|v| v.map_or(Ok(Cell::NULL), |v| convert(column, v)))
+                    .map_err(|e| malformed(doc, column.path.clone(), e))?;
+            }
+            remaining -= 1;
+            if remaining == 0 {
+                break;
+            }
+        }
+        for (column, cell) in columns.iter().zip(&cells) {
+            if !column.typed.fits(&cell.typed) {
+                return Err(ConvertError::ListOverflow {
+                    id: doc_id(doc),
+                    path: column.path.clone(),
+                });
+            }
+        }
+        for (column, cell) in columns.iter_mut().zip(cells) {
+            column.append(cell);
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Documents appended since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Builds the batch (schema = `fields::staged_schema(fields)`) and resets the builder.
+    pub fn finish(&mut self) -> RecordBatch {
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        for column in &mut self.columns {
+            arrays.push(column.typed.finish());
+            if let Some(raw) = &mut column.raw {
+                arrays.push(Arc::new(raw.finish()));
+            }
+        }
+        self.rows = 0;
+        // Each builder was made from the field that `staged_schema` types, and every push
+        // appends exactly one value to every builder: a mismatch is a bug here, not bad data.
+        RecordBatch::try_new(self.schema.clone(), arrays)
+            .expect("column builders match the staged schema")
+    }
+}
+
+fn malformed(doc: &RawDocument, path: String, source: bson::raw::Error) -> ConvertError {
+    ConvertError::Malformed {
+        id: doc_id(doc),
+        path,
+        source,
+    }
+}
+
+/// The document's `_id` as staged, for error messages.
+fn doc_id(doc: &RawDocument) -> Option<String> {
+    let value = doc.get(ID_FIELD).ok()??;
+    match value {
+        RawBsonRef::ObjectId(oid) => Some(oid.to_hex()),
+        RawBsonRef::String(s) => Some(s.to_string()),
+        other => ext_json(other).ok(),
+    }
+}
+
+/// Follows the rest of a dotted path down embedded documents. A missing key, or an
+/// intermediate value that is not a document, is a missing field.
+fn descend<'a>(
+    value: RawBsonRef<'a>,
+    rest: &[String],
+) -> Result<Option<RawBsonRef<'a>>, bson::raw::Error> {
+    let mut value = value;
+    for segment in rest {
+        let RawBsonRef::Document(doc) = value else {
+            return Ok(None);
+        };
+        match doc.get(segment)? {
+            Some(v) => value = v,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(value))
+}
+
+/// One field of one document, converted and ready to append.
+struct Cell<'a> {
+    typed: Typed<'a>,
+    raw: Option<String>,
+}
+
+impl Cell<'_> {
+    /// Typed NULL, raw NULL: a missing field or a BSON null.
+    const NULL: Cell<'static> = Cell {
+        typed: Typed::Null,
+        raw: None,
+    };
+}
+
+/// A value for a typed column. Which variants a column takes follows from its kind (see
+/// [`TypedBuilder::append`]).
+enum Typed<'a> {
+    Null,
+    Str(&'a str),
+    Oid(ObjectId),
+    Text(String),
+    I64(i64),
+    F64(f64),
+    Decimal(Decimal128),
+    Bool(bool),
+    Millis(i64),
+    Bytes(&'a [u8]),
+    Ids(Vec<IdElement<'a>>),
+}
+
+/// One element of an `IdList` array.
+enum IdElement<'a> {
+    Null,
+    Str(&'a str),
+    Oid(ObjectId),
+    Raw(String),
+}
+
+/// Converts a present, possibly null value of a field.
+fn convert<'a>(column: &Column, value: RawBsonRef<'a>) -> Result<Cell<'a>, bson::raw::Error> {
+    if let RawBsonRef::Null = value {
+        return Ok(Cell::NULL);
+    }
+    Ok(match typed_value(column.kind, value)? {
+        Some(typed) => Cell { typed, raw: None },
+        // `_id` has no raw column: whatever it is, it is text.
+        None if column.raw.is_none() => Cell {
+            typed: Typed::Text(ext_json(value)?),
+            raw: None,
+        },
+        None => Cell {
+            typed: Typed::Null,
+            raw: Some(ext_json(value)?),
+        },
+    })
+}
+
+/// The conversion rules: the typed value of a non-null BSON value for a kind, or `None` when
+/// it does not fit (the value then goes to the raw column).
+fn typed_value<'a>(
+    kind: FieldKind,
+    value: RawBsonRef<'a>,
+) -> Result<Option<Typed<'a>>, bson::raw::Error> {
+    use RawBsonRef as B;
+    let typed = match (kind, value) {
+        (FieldKind::Text, B::String(s) | B::Symbol(s)) => Typed::Str(s),
+        (FieldKind::Text, B::ObjectId(oid)) => Typed::Oid(oid),
+
+        (FieldKind::Int, B::Int32(v)) => Typed::I64(i64::from(v)),
+        (FieldKind::Int, B::Int64(v)) => Typed::I64(v),
+        (FieldKind::Int, B::Double(v)) => match exact_i64(v) {
+            Some(v) => Typed::I64(v),
+            None => return Ok(None),
+        },
+
+        (FieldKind::Float, B::Double(v)) => Typed::F64(v),
+        (FieldKind::Float, B::Int32(v)) => Typed::F64(f64::from(v)),
+        (FieldKind::Float, B::Int64(v)) => match exact_f64(v) {
+            Some(v) => Typed::F64(v),
+            None => return Ok(None),
+        },
+
+        // Decimal128 is kept as bson prints it ("12.50", "1.05E+3", "-0.001"): exact, and
+        // accepted by PostgreSQL's NUMERIC input. NaN and infinities do not fit NUMERIC columns.
+        (FieldKind::Decimal, B::Decimal128(d)) if decimal128_is_finite(d) => Typed::Decimal(d),
+        (FieldKind::Decimal, B::Int32(v)) => Typed::I64(i64::from(v)),
+        (FieldKind::Decimal, B::Int64(v)) => Typed::I64(v),
+        // Rust prints the shortest text that reads back as the same double, never in exponent
+        // form (1e21 is "1000000000000000000000").
+        (FieldKind::Decimal, B::Double(v)) if v.is_finite() => Typed::F64(v),
+
+        (FieldKind::Bool, B::Boolean(v)) => Typed::Bool(v),
+
+        (FieldKind::Timestamp, B::DateTime(d)) => Typed::Millis(d.timestamp_millis()),
+
+        (FieldKind::Binary, B::Binary(b)) => Typed::Bytes(b.bytes),
+
+        (FieldKind::Json, _) => Typed::Text(ext_json(value)?),
+
+        (FieldKind::IdList, B::Array(array)) => {
+            let mut ids = Vec::new();
+            for element in array {
+                ids.push(id_element(element?)?);
+            }
+            Typed::Ids(ids)
+        }
+
+        _ => return Ok(None),
+    };
+    Ok(Some(typed))
+}
+
+/// An `IdList` element: an id, an embedded document's `_id`, null, or raw JSON otherwise.
+fn id_element(value: RawBsonRef<'_>) -> Result<IdElement<'_>, bson::raw::Error> {
+    use RawBsonRef as B;
+    Ok(match value {
+        B::Null => IdElement::Null,
+        B::ObjectId(oid) => IdElement::Oid(oid),
+        B::String(s) => IdElement::Str(s),
+        B::Document(doc) => match doc.get(ID_FIELD)? {
+            Some(B::ObjectId(oid)) => IdElement::Oid(oid),
+            Some(B::String(s)) => IdElement::Str(s),
+            _ => IdElement::Raw(ext_json(value)?),
+        },
+        _ => IdElement::Raw(ext_json(value)?),
+    })
+}
+
+/// A double with an integral value inside the i64 range, as i64.
+fn exact_i64(v: f64) -> Option<i64> {
+    // -2^63 is exact as f64; 2^63 is the first value past i64::MAX.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    if v.fract() == 0.0 && (-LIMIT..LIMIT).contains(&v) {
+        // Integral and in range: the cast is exact.
+        #[allow(clippy::cast_possible_truncation)]
+        Some(v as i64)
+    } else {
+        None
+    }
+}
+
+/// An i64 that a double holds exactly (|v| <= 2^53), as f64.
+fn exact_f64(v: i64) -> Option<f64> {
+    const LIMIT: i64 = 1 << 53;
+    if (-LIMIT..=LIMIT).contains(&v) {
+        // Within 53 bits: the cast is exact.
+        #[allow(clippy::cast_precision_loss)]
+        Some(v as f64)
+    } else {
+        None
+    }
+}
+
+fn decimal128_is_finite(d: Decimal128) -> bool {
+    // The combination field (bits 6..2 of the most significant byte, stored last) is 11110 for
+    // infinities and 11111 for NaNs; every finite value has a 0 in its first four bits.
+    let high = d.bytes()[15];
+    high & 0x78 != 0x78
+}
+
+/// The relaxed extended JSON text of a value (`{"$date": "..."}`, `42`, `{"$oid": "..."}`).
+fn ext_json(value: RawBsonRef<'_>) -> Result<String, bson::raw::Error> {
+    let bson = Bson::try_from(value)?;
+    Ok(bson.into_relaxed_extjson().to_string())
+}
+
+/// 24-char lowercase hex of an ObjectId, written into `buf` without allocating.
+fn oid_hex(oid: ObjectId, buf: &mut [u8; 24]) -> &str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in oid.bytes().iter().enumerate() {
+        buf[2 * i] = HEX[usize::from(byte >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+    }
+    // Only ASCII hex digits were written, so this is never the empty default.
+    std::str::from_utf8(buf).unwrap_or_default()
+}
+
+/// The builders of one staged field: its typed column and, except for `_id`, its raw column.
+struct Column {
+    path: String,
+    kind: FieldKind,
+    typed: TypedBuilder,
+    raw: Option<StringBuilder>,
+}
+
+impl Column {
+    fn new(field: &StagedField) -> Column {
+        let raw = (field.path != ID_FIELD).then(StringBuilder::new);
+        Column {
+            path: field.path.clone(),
+            kind: field.kind,
+            typed: TypedBuilder::new(field.kind),
+            raw,
+        }
+    }
+
+    fn append(&mut self, cell: Cell<'_>) {
+        self.typed.append(cell.typed);
+        if let Some(raw) = &mut self.raw {
+            raw.append_option(cell.raw);
+        }
+    }
+}
+
+enum TypedBuilder {
+    Utf8(StringBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Timestamp(TimestampMillisecondBuilder),
+    Binary(BinaryBuilder),
+    IdList(IdListBuilder),
+}
+
+impl TypedBuilder {
+    fn new(kind: FieldKind) -> TypedBuilder {
+        match kind {
+            FieldKind::Text | FieldKind::Decimal | FieldKind::Json => {
+                TypedBuilder::Utf8(StringBuilder::new())
+            }
+            FieldKind::Int => TypedBuilder::Int(Int64Builder::new()),
+            FieldKind::Float => TypedBuilder::Float(Float64Builder::new()),
+            FieldKind::Bool => TypedBuilder::Bool(BooleanBuilder::new()),
+            FieldKind::Timestamp => {
+                TypedBuilder::Timestamp(TimestampMillisecondBuilder::new().with_timezone("UTC"))
+            }
+            FieldKind::Binary => TypedBuilder::Binary(BinaryBuilder::new()),
+            FieldKind::IdList => TypedBuilder::IdList(IdListBuilder::new(kind.data_type())),
+        }
+    }
+
+    /// Whether appending this value keeps the batch within Arrow's limits.
+    fn fits(&self, value: &Typed<'_>) -> bool {
+        match (self, value) {
+            (TypedBuilder::IdList(b), Typed::Ids(ids)) => b.next_offset(ids.len()).is_some(),
+            _ => true,
+        }
+    }
+
+    fn append(&mut self, value: Typed<'_>) {
+        use std::fmt::Write;
+        match (self, value) {
+            (TypedBuilder::Utf8(b), Typed::Str(s)) => b.append_value(s),
+            (TypedBuilder::Utf8(b), Typed::Oid(oid)) => b.append_value(oid_hex(oid, &mut [0; 24])),
+            (TypedBuilder::Utf8(b), Typed::Text(s)) => b.append_value(s),
+            // Decimal text of numbers, written straight into the builder's buffer; its
+            // `fmt::Write` never fails, and `append_value("")` ends the value.
+            (TypedBuilder::Utf8(b), Typed::I64(v)) => {
+                let _ = write!(b, "{v}");
+                b.append_value("");
+            }
+            (TypedBuilder::Utf8(b), Typed::F64(v)) => {
+                let _ = write!(b, "{v}");
+                b.append_value("");
+            }
+            (TypedBuilder::Utf8(b), Typed::Decimal(d)) => {
+                let _ = write!(b, "{d}");
+                b.append_value("");
+            }
+            (TypedBuilder::Int(b), Typed::I64(v)) => b.append_value(v),
+            (TypedBuilder::Float(b), Typed::F64(v)) => b.append_value(v),
+            (TypedBuilder::Bool(b), Typed::Bool(v)) => b.append_value(v),
+            (TypedBuilder::Timestamp(b), Typed::Millis(v)) => b.append_value(v),
+            (TypedBuilder::Binary(b), Typed::Bytes(v)) => b.append_value(v),
+            (TypedBuilder::IdList(b), Typed::Ids(ids)) => b.append(ids),
+            (builder, value) => {
+                // `typed_value` only produces values its kind's builder takes.
+                debug_assert!(
+                    matches!(value, Typed::Null),
+                    "typed value does not match its column"
+                );
+                builder.append_null();
+            }
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            TypedBuilder::Utf8(b) => b.append_null(),
+            TypedBuilder::Int(b) => b.append_null(),
+            TypedBuilder::Float(b) => b.append_null(),
+            TypedBuilder::Bool(b) => b.append_null(),
+            TypedBuilder::Timestamp(b) => b.append_null(),
+            TypedBuilder::Binary(b) => b.append_null(),
+            TypedBuilder::IdList(b) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            TypedBuilder::Utf8(b) => Arc::new(b.finish()),
+            TypedBuilder::Int(b) => Arc::new(b.finish()),
+            TypedBuilder::Float(b) => Arc::new(b.finish()),
+            TypedBuilder::Bool(b) => Arc::new(b.finish()),
+            TypedBuilder::Timestamp(b) => Arc::new(b.finish()),
+            TypedBuilder::Binary(b) => Arc::new(b.finish()),
+            TypedBuilder::IdList(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Builds `List<Struct{id, raw}>` from offsets and two string columns.
+struct IdListBuilder {
+    item: FieldRef,
+    struct_fields: Fields,
+    offsets: Vec<i32>,
+    valid: Vec<bool>,
+    item_valid: Vec<bool>,
+    id: StringBuilder,
+    raw: StringBuilder,
+}
+
+impl IdListBuilder {
+    fn new(data_type: DataType) -> IdListBuilder {
+        let item = match data_type {
+            DataType::List(item) => item,
+            other => Arc::new(arrow::datatypes::Field::new("item", other, true)),
+        };
+        let struct_fields = match item.data_type() {
+            DataType::Struct(fields) => fields.clone(),
+            _ => Fields::empty(),
+        };
+        IdListBuilder {
+            item,
+            struct_fields,
+            offsets: vec![0],
+            valid: Vec::new(),
+            item_valid: Vec::new(),
+            id: StringBuilder::new(),
+            raw: StringBuilder::new(),
+        }
+    }
+
+    /// The end offset after appending `n` more elements, if it fits in i32.
+    fn next_offset(&self, n: usize) -> Option<i32> {
+        let last = self.offsets.last().copied().unwrap_or(0);
+        i32::try_from(n).ok().and_then(|n| last.checked_add(n))
+    }
+
+    fn append(&mut self, ids: Vec<IdElement<'_>>) {
+        let mut hex = [0; 24];
+        for element in &ids {
+            let (id, raw) = match element {
+                IdElement::Null => (None, None),
+                IdElement::Str(s) => (Some(*s), None),
+                IdElement::Oid(oid) => (Some(oid_hex(*oid, &mut hex)), None),
+                IdElement::Raw(json) => (None, Some(json.as_str())),
+            };
+            self.id.append_option(id);
+            self.raw.append_option(raw);
+            self.item_valid.push(!matches!(element, IdElement::Null));
+        }
+        // `push` checked `fits` before appending anything.
+        let end = self.next_offset(ids.len()).unwrap_or(i32::MAX);
+        self.offsets.push(end);
+        self.valid.push(true);
+    }
+
+    fn append_null(&mut self) {
+        let last = self.offsets.last().copied().unwrap_or(0);
+        self.offsets.push(last);
+        self.valid.push(false);
+    }
+
+    fn finish(&mut self) -> ListArray {
+        let items = StructArray::new(
+            self.struct_fields.clone(),
+            vec![Arc::new(self.id.finish()), Arc::new(self.raw.finish())],
+            nulls(std::mem::take(&mut self.item_valid)),
+        );
+        let offsets = OffsetBuffer::new(std::mem::replace(&mut self.offsets, vec![0]).into());
+        ListArray::new(
+            self.item.clone(),
+            offsets,
+            Arc::new(items),
+            nulls(std::mem::take(&mut self.valid)),
+        )
+    }
+}
+
+fn nulls(valid: Vec<bool>) -> Option<NullBuffer> {
+    valid.contains(&false).then(|| NullBuffer::from(valid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+    use arrow::util::pretty::pretty_format_batches;
+    use bson::{doc, spec::BinarySubtype, Binary, RawDocumentBuf};
+    use std::str::FromStr;
+
+    fn field(path: &str, kind: FieldKind) -> StagedField {
+        StagedField {
+            path: path.into(),
+            kind,
+        }
+    }
+
+    fn raw(doc: bson::Document) -> RawDocumentBuf {
+        RawDocumentBuf::from_document(&doc).unwrap()
+    }
+
+    fn convert_docs(fields: &[StagedField], docs: Vec<bson::Document>) -> RecordBatch {
+        let mut builder = DocBatchBuilder::new(fields);
+        for d in docs {
+            builder.push(&raw(d)).unwrap();
+        }
+        builder.finish()
+    }
+
+    fn oid(hex: &str) -> ObjectId {
+        ObjectId::parse_str(hex).unwrap()
+    }
+
+    fn date(ms: i64) -> bson::DateTime {
+        bson::DateTime::from_millis(ms)
+    }
+
+    fn dec(s: &str) -> Decimal128 {
+        Decimal128::from_str(s).unwrap()
+    }
+
+    fn assert_batch(batch: &RecordBatch, expected: &str) {
+        let actual = pretty_format_batches(std::slice::from_ref(batch))
+            .unwrap()
+            .to_string();
+        assert_eq!(actual.trim(), expected.trim(), "\nactual:\n{actual}\n");
+    }
+
+    #[test]
+    fn batch_schema_is_the_staged_schema() {
+        let fields = vec![
+            field("_id", FieldKind::Text),
+            field("creation_date", FieldKind::Timestamp),
+            field("a.b", FieldKind::Int),
+            field("targets", FieldKind::IdList),
+            field("bytes", FieldKind::Binary),
+            field("ok", FieldKind::Bool),
+            field("f", FieldKind::Float),
+            field("d", FieldKind::Decimal),
+            field("j", FieldKind::Json),
+        ];
+        let batch = convert_docs(&fields, vec![doc! {}, doc! { "targets": [1] }]);
+        assert_eq!(batch.schema().as_ref(), &fields::staged_schema(&fields));
+        assert_eq!(batch.num_rows(), 2);
+    }
+
+    #[test]
+    fn ids_and_text() {
+        let fields = vec![
+            field("_id", FieldKind::Text),
+            field("name", FieldKind::Text),
+        ];
+        let batch = convert_docs(
+            &fields,
+            vec![
+                doc! { "_id": oid("5f1d7a3b9c8e4a0012345678"), "name": "Ana" },
+                doc! { "_id": "custom-id", "name": oid("0123456789abcdefABCDEF01") },
+                doc! { "_id": 42_i32, "name": bson::Bson::Symbol("sym".into()) },
+                doc! { "_id": { "k": 1_i32 }, "name": date(0) },
+                doc! { "name": bson::Bson::Null },
+                doc! { "_id": bson::Bson::Null, "name": 7_i64 },
+            ],
+        );
+        assert_batch(
+            &batch,
+            r#"
++--------------------------+--------------------------+----------------------------------+
+| _id                      | name                     | name__raw                        |
++--------------------------+--------------------------+----------------------------------+
+| 5f1d7a3b9c8e4a0012345678 | Ana                      |                                  |
+| custom-id                | 0123456789abcdefabcdef01 |                                  |
+| 42                       | sym                      |                                  |
+| {"k":1}                  |                          | {"$date":"1970-01-01T00:00:00Z"} |
+|                          |                          |                                  |
+|                          |                          | 7                                |
++--------------------------+--------------------------+----------------------------------+"#,
+        );
+    }
+
+    #[test]
+    fn numbers() {
+        let fields = vec![
+            field("i", FieldKind::Int),
+            field("f", FieldKind::Float),
+            field("d", FieldKind::Decimal),
+        ];
+        let batch = convert_docs(
+            &fields,
+            vec![
+                doc! { "i": 5_i32, "f": 1.5, "d": dec("12.50") },
+                doc! { "i": 9_007_199_254_740_993_i64, "f": 9_007_199_254_740_993_i64, "d": 7_i32 },
+                doc! { "i": 3.0, "f": 9_007_199_254_740_992_i64, "d": 0.1 },
+                doc! { "i": 3.5, "f": 2_i32, "d": 1e21 },
+                doc! { "i": "12", "f": "1.5", "d": dec("1.05E+3") },
+                doc! { "i": dec("4"), "f": dec("4"), "d": dec("NaN") },
+                doc! { "i": 1e19, "f": f64::NAN, "d": f64::INFINITY },
+                doc! { "i": -0.0, "d": -12_345_678_901_234_i64 },
+                doc! { "d": dec("-0.001") },
+                doc! { "d": dec("-Infinity") },
+            ],
+        );
+        assert_batch(
+            &batch,
+            r#"
++------------------+------------------------+--------------------+------------------------+------------------------+--------------------------------+
+| i                | i__raw                 | f                  | f__raw                 | d                      | d__raw                         |
++------------------+------------------------+--------------------+------------------------+------------------------+--------------------------------+
+| 5                |                        | 1.5                |                        | 12.50                  |                                |
+| 9007199254740993 |                        |                    | 9007199254740993       | 7                      |                                |
+| 3                |                        | 9007199254740992.0 |                        | 0.1                    |                                |
+|                  | 3.5                    | 2.0                |                        | 1000000000000000000000 |                                |
+|                  | "12"                   |                    | "1.5"                  | 1.05E+3                |                                |
+|                  | {"$numberDecimal":"4"} |                    | {"$numberDecimal":"4"} |                        | {"$numberDecimal":"NaN"}       |
+|                  | 1e+19                  | NaN                |                        |                        | {"$numberDouble":"Infinity"}   |
+| 0                |                        |                    |                        | -12345678901234        |                                |
+|                  |                        |                    |                        | -0.001                 |                                |
+|                  |                        |                    |                        |                        | {"$numberDecimal":"-Infinity"} |
++------------------+------------------------+--------------------+------------------------+------------------------+--------------------------------+"#,
+        );
+    }
+
+    #[test]
+    fn bool_dates_binary_json() {
+        let fields = vec![
+            field("ok", FieldKind::Bool),
+            field("at", FieldKind::Timestamp),
+            field("blob", FieldKind::Binary),
+            field("extra", FieldKind::Json),
+        ];
+        let blob = Binary {
+            subtype: BinarySubtype::Generic,
+            bytes: vec![0xde, 0xad],
+        };
+        let uuid = Binary {
+            subtype: BinarySubtype::Uuid,
+            bytes: vec![1; 16],
+        };
+        let batch = convert_docs(
+            &fields,
+            vec![
+                doc! { "ok": true, "at": date(1_600_000_000_123), "blob": blob, "extra": { "a": [1_i32, "x"] } },
+                doc! { "ok": 1_i32, "at": "2020-09-13", "blob": uuid, "extra": oid("5f1d7a3b9c8e4a0012345678") },
+                doc! { "ok": "true", "at": 1_600_000_000_i64, "blob": "dead", "extra": bson::Bson::Null },
+            ],
+        );
+        let ok = batch.column(0).as_boolean();
+        assert!(ok.value(0) && ok.is_null(1) && ok.is_null(2));
+        assert_eq!(batch.column(1).as_string::<i32>().value(1), "1");
+        let at = batch.column(2).as_primitive::<TimestampMillisecondType>();
+        assert_eq!(at.value(0), 1_600_000_000_123);
+        assert!(at.is_null(1) && at.is_null(2));
+        assert_eq!(
+            batch.column(3).as_string::<i32>().value(1),
+            r#""2020-09-13""#
+        );
+        assert_eq!(batch.column(3).as_string::<i32>().value(2), "1600000000");
+        let blob = batch.column(4).as_binary::<i32>();
+        assert_eq!(blob.value(0), [0xde, 0xad]);
+        assert_eq!(blob.value(1), [1; 16]);
+        assert!(blob.is_null(2));
+        assert_eq!(batch.column(5).as_string::<i32>().value(2), r#""dead""#);
+        let extra = batch.column(6).as_string::<i32>();
+        assert_eq!(extra.value(0), r#"{"a":[1,"x"]}"#);
+        assert_eq!(extra.value(1), r#"{"$oid":"5f1d7a3b9c8e4a0012345678"}"#);
+        assert!(extra.is_null(2));
+        assert_eq!(
+            batch.column(7).null_count(),
+            3,
+            "Json values never go to raw"
+        );
+    }
+
+    #[test]
+    fn nested_paths_and_missing_intermediates() {
+        let fields = vec![
+            field("profile.age", FieldKind::Int),
+            field("profile.name.first", FieldKind::Text),
+            field("profile", FieldKind::Json),
+        ];
+        let batch = convert_docs(
+            &fields,
+            vec![
+                doc! { "profile": { "age": 30_i32, "name": { "first": "Ana" } } },
+                doc! { "profile": { "name": "flat" } },
+                doc! { "profile": "not a document" },
+                doc! { "other": 1_i32 },
+                doc! { "profile": { "age": "thirty" } },
+            ],
+        );
+        assert_batch(
+            &batch,
+            r#"
++-------------+------------------+--------------------+-------------------------+-----------------------------------+--------------+
+| profile.age | profile.age__raw | profile.name.first | profile.name.first__raw | profile                           | profile__raw |
++-------------+------------------+--------------------+-------------------------+-----------------------------------+--------------+
+| 30          |                  | Ana                |                         | {"age":30,"name":{"first":"Ana"}} |              |
+|             |                  |                    |                         | {"name":"flat"}                   |              |
+|             |                  |                    |                         | "not a document"                  |              |
+|             |                  |                    |                         |                                   |              |
+|             | "thirty"         |                    |                         | {"age":"thirty"}                  |              |
++-------------+------------------+--------------------+-------------------------+-----------------------------------+--------------+"#,
+        );
+    }
+
+    #[test]
+    fn id_lists() {
+        let fields = vec![field("targets", FieldKind::IdList)];
+        let a = oid("5f1d7a3b9c8e4a00000000aa");
+        let b = oid("5f1d7a3b9c8e4a00000000bb");
+        let batch = convert_docs(
+            &fields,
+            vec![
+                doc! { "targets": [a, "s1", bson::Bson::Null, b] },
+                doc! { "targets": [{ "_id": a, "w": 1_i32 }, { "_id": "s2" }, { "w": 2_i32 }, { "_id": 3_i32 }] },
+                doc! { "targets": [5_i32, [a], date(0)] },
+                doc! { "targets": [] },
+                doc! { "targets": "not an array" },
+                doc! { "targets": bson::Bson::Null },
+                doc! {},
+            ],
+        );
+        assert_batch(
+            &batch,
+            r#"
++---------------------------------------------------------------------------------------------------------------------+----------------+
+| targets                                                                                                             | targets__raw   |
++---------------------------------------------------------------------------------------------------------------------+----------------+
+| [{id: 5f1d7a3b9c8e4a00000000aa, raw: }, {id: s1, raw: }, , {id: 5f1d7a3b9c8e4a00000000bb, raw: }]                   |                |
+| [{id: 5f1d7a3b9c8e4a00000000aa, raw: }, {id: s2, raw: }, {id: , raw: {"w":2}}, {id: , raw: {"_id":3}}]              |                |
+| [{id: , raw: 5}, {id: , raw: [{"$oid":"5f1d7a3b9c8e4a00000000aa"}]}, {id: , raw: {"$date":"1970-01-01T00:00:00Z"}}] |                |
+| []                                                                                                                  |                |
+|                                                                                                                     | "not an array" |
+|                                                                                                                     |                |
+|                                                                                                                     |                |
++---------------------------------------------------------------------------------------------------------------------+----------------+"#,
+        );
+        let list = batch.column(0).as_list::<i32>();
+        assert!(list.is_valid(3) && list.is_null(4) && list.is_null(5) && list.is_null(6));
+        let first = list.value(0);
+        let first = first.as_struct();
+        assert!(first.is_null(2), "a BSON null element is a null struct");
+        assert_eq!(
+            first.column(0).as_string::<i32>().value(3),
+            "5f1d7a3b9c8e4a00000000bb"
+        );
+    }
+
+    #[test]
+    fn a_field_with_different_types_in_different_docs() {
+        let fields = vec![field("age", FieldKind::Int)];
+        let batch = convert_docs(
+            &fields,
+            vec![
+                doc! { "age": 30_i32 },
+                doc! { "age": "30" },
+                doc! { "age": 31_i64 },
+                doc! { "age": 29.0 },
+            ],
+        );
+        let age = batch.column(0).as_primitive::<Int64Type>();
+        assert_eq!(
+            age.iter().collect::<Vec<_>>(),
+            [Some(30), None, Some(31), Some(29)]
+        );
+        assert_eq!(batch.column(1).as_string::<i32>().value(1), r#""30""#);
+    }
+
+    /// A document as the SmartDiet app writes it, every BSON type it uses in one place.
+    #[test]
+    fn a_realistic_user_document() {
+        let fields = vec![
+            field("_id", FieldKind::Text),
+            field("creation_date", FieldKind::Timestamp),
+            field("update_date", FieldKind::Timestamp),
+            field("firstname", FieldKind::Text),
+            field("company", FieldKind::Text),
+            field("weight", FieldKind::Float),
+            field("height", FieldKind::Int),
+            field("budget", FieldKind::Decimal),
+            field("active", FieldKind::Bool),
+            field("address.city", FieldKind::Text),
+            field("registered_events", FieldKind::IdList),
+            field("health_targets", FieldKind::IdList),
+            field("missing", FieldKind::Text),
+        ];
+        let user = doc! {
+            "_id": oid("5f1d7a3b9c8e4a0012345678"),
+            "firstname": "Zoé",
+            "company": oid("5f1d7a3b9c8e4a00000000cc"),
+            "creation_date": date(1_577_836_800_000),
+            "update_date": bson::Bson::Null,
+            "weight": 72_i32,
+            "height": 180_i64,
+            "budget": dec("12.50"),
+            "active": false,
+            "address": { "city": "Lyon", "zip": "69001" },
+            "registered_events": [oid("5f1d7a3b9c8e4a00000000e1"), bson::Bson::Null],
+            "health_targets": [{ "_id": oid("5f1d7a3b9c8e4a00000000f1"), "value": 1.5 }, 3_i32],
+            "picture": Binary { subtype: BinarySubtype::Generic, bytes: vec![1, 2] },
+        };
+        let batch = convert_docs(&fields, vec![user]);
+        // arrow prints "UTC" timestamps only with its chrono-tz feature: check the dates as
+        // values and print the rest.
+        let created = batch.column(1).as_primitive::<TimestampMillisecondType>();
+        assert_eq!(created.value(0), 1_577_836_800_000);
+        assert!(batch.column(3).is_null(0), "a null update_date is NULL");
+        assert!(
+            batch.column(4).is_null(0),
+            "a null update_date has no raw value"
+        );
+        let rest: Vec<usize> = (5..batch.num_columns()).collect();
+        assert_batch(
+            &batch.project(&rest).unwrap(),
+            r#"
++-----------+----------------+--------------------------+--------------+--------+-------------+--------+-------------+--------+-------------+--------+-------------+--------------+-------------------+-------------------------------------------+------------------------+---------------------------------------------------------+---------------------+---------+--------------+
+| firstname | firstname__raw | company                  | company__raw | weight | weight__raw | height | height__raw | budget | budget__raw | active | active__raw | address.city | address.city__raw | registered_events                         | registered_events__raw | health_targets                                          | health_targets__raw | missing | missing__raw |
++-----------+----------------+--------------------------+--------------+--------+-------------+--------+-------------+--------+-------------+--------+-------------+--------------+-------------------+-------------------------------------------+------------------------+---------------------------------------------------------+---------------------+---------+--------------+
+| Zoé       |                | 5f1d7a3b9c8e4a00000000cc |              | 72.0   |             | 180    |             | 12.50  |             | false  |             | Lyon         |                   | [{id: 5f1d7a3b9c8e4a00000000e1, raw: }, ] |                        | [{id: 5f1d7a3b9c8e4a00000000f1, raw: }, {id: , raw: 3}] |                     |         |              |
++-----------+----------------+--------------------------+--------------+--------+-------------+--------+-------------+--------+-------------+--------+-------------+--------------+-------------------+-------------------------------------------+------------------------+---------------------------------------------------------+---------------------+---------+--------------+"#,
+        );
+    }
+
+    #[test]
+    fn finish_resets_the_builder() {
+        let fields = vec![
+            field("_id", FieldKind::Text),
+            field("targets", FieldKind::IdList),
+        ];
+        let mut builder = DocBatchBuilder::new(&fields);
+        builder
+            .push(&raw(doc! { "_id": "a", "targets": ["x", "y"] }))
+            .unwrap();
+        assert_eq!(builder.len(), 1);
+        assert_eq!(builder.finish().num_rows(), 1);
+        assert!(builder.is_empty());
+        builder
+            .push(&raw(doc! { "_id": "b", "targets": ["z"] }))
+            .unwrap();
+        let batch = builder.finish();
+        assert_eq!(batch.num_rows(), 1);
+        let list = batch.column(1).as_list::<i32>();
+        assert_eq!(list.value(0).len(), 1);
+    }
+
+    #[test]
+    fn a_malformed_document_names_its_id_and_field_and_appends_nothing() {
+        let fields = vec![
+            field("_id", FieldKind::Text),
+            field("name", FieldKind::Text),
+        ];
+        let mut bytes = raw(doc! { "_id": "doc-1", "name": "Ana" }).into_bytes();
+        // Break the string length of `name` (the last element): claim 100 bytes.
+        let at = bytes.len() - 1 - 4 - 4;
+        bytes[at..at + 4].copy_from_slice(&100_i32.to_le_bytes());
+        let doc = RawDocument::from_bytes(&bytes).unwrap();
+        let mut builder = DocBatchBuilder::new(&fields);
+        let err = builder.push(doc).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("doc-1"), "{message}");
+        assert!(message.contains("`name`"), "{message}");
+        assert!(builder.is_empty());
+        builder
+            .push(&raw(doc! { "_id": "doc-2", "name": "Bo" }))
+            .unwrap();
+        assert_eq!(builder.finish().num_rows(), 1);
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_the_first_value() {
+        let mut doc = RawDocumentBuf::new();
+        doc.append("n", 1_i32);
+        doc.append("n", 2_i32);
+        let batch = {
+            let mut builder = DocBatchBuilder::new(&[field("n", FieldKind::Int)]);
+            builder.push(&doc).unwrap();
+            builder.finish()
+        };
+        assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), 1);
+    }
+
+    #[test]
+    fn window_is_inclusive_on_either_date() {
+        let since = DateTime::from_timestamp_millis(1_000).unwrap();
+        let d = |created: Option<i64>, updated: Option<i64>| {
+            let mut doc = doc! { "_id": 1_i32 };
+            if let Some(ms) = created {
+                doc.insert("creation_date", date(ms));
+            }
+            if let Some(ms) = updated {
+                doc.insert("update_date", date(ms));
+            }
+            raw(doc)
+        };
+        assert!(
+            in_window(&d(Some(1_000), None), Some(since)),
+            "equal creation_date is in"
+        );
+        assert!(
+            in_window(&d(Some(0), Some(1_000)), Some(since)),
+            "equal update_date is in"
+        );
+        assert!(in_window(&d(None, Some(1_001)), Some(since)));
+        assert!(!in_window(&d(Some(999), Some(999)), Some(since)));
+        assert!(!in_window(&d(None, None), Some(since)));
+        assert!(in_window(&d(None, None), None));
+        let as_string = raw(doc! { "creation_date": "1970-01-01T00:00:02Z" });
+        assert!(
+            !in_window(&as_string, Some(since)),
+            "only BSON dates compare, as in the query"
+        );
+    }
+}

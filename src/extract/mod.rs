@@ -1,8 +1,306 @@
 //! Extract stage: MongoDB (live or mongodump) and Matomo tables into staged Parquet.
+//!
+//! Per source collection or table: pick the window (target watermark, or the one recorded by
+//! the last loaded run; `--since` and `GLOBAL_DATE_THRESHOLD` move it back; `--full` and
+//! `force_reimport` take all), stream the matching documents or rows into Arrow batches, write
+//! them as Parquet parts, and record everything in `extract/manifest.json`, written last.
 
 /// The staged format lives in `staging`; extract writes it.
 pub use crate::staging::fields;
 
 pub mod bson_arrow;
 pub mod matomo;
+mod mongo_live;
 pub mod mongodump;
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bson::raw::{RawBsonRef, RawDocument};
+use chrono::{DateTime, Utc};
+
+use crate::config::{Config, Source, TableSpec};
+use crate::progress::Progress;
+use crate::settings::{MatomoSettings, MongoSettings};
+use crate::staging::{self, Manifest, ManifestEntry, PartWriter, RunDir, Stage, StagingError};
+use bson_arrow::DocBatchBuilder;
+use window::Window;
+
+/// Documents per Arrow batch (and Parquet write).
+const BATCH_ROWS: usize = 32 * 1024;
+
+/// Where documents come from.
+#[derive(Debug, Clone)]
+pub enum MongoInput {
+    Live(MongoSettings),
+    Dump(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    /// MongoDB source, if MongoDB tables are extracted.
+    pub mongo: Option<MongoInput>,
+    /// Matomo source, if Matomo tables are extracted.
+    pub matomo: Option<MatomoSettings>,
+    pub tables: Option<Vec<String>>,
+    pub full: bool,
+    pub since: Option<chrono::NaiveDate>,
+    pub quiet: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error(transparent)]
+    Staging(#[from] StagingError),
+    #[error(transparent)]
+    Dump(#[from] mongodump::DumpError),
+    #[error(transparent)]
+    Matomo(#[from] matomo::MatomoError),
+    #[error("collection `{collection}`: {message}")]
+    Mongo { collection: String, message: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What was extracted from one collection or table.
+#[derive(Debug, Clone)]
+pub struct ExtractReport {
+    pub name: String,
+    pub source: String,
+    pub rows: u64,
+    pub window: String,
+    pub seconds: f64,
+}
+
+/// Extracts into a new run folder; returns it with one report per collection or table.
+pub async fn run(
+    config: &Config,
+    staging_dir: &Path,
+    opts: &ExtractOptions,
+) -> Result<(RunDir, Vec<ExtractReport>), ExtractError> {
+    let tables = config
+        .select(opts.tables.as_deref())
+        .map_err(ExtractError::Usage)?;
+    let windows = window::windows(config, staging_dir, &tables, opts).await;
+    let run = RunDir::create(staging_dir)?;
+    let stage_dir = run.stage_dir(Stage::Extract);
+    let progress = Progress::new(opts.quiet);
+    let mut manifest = Manifest::new(Stage::Extract, &run.id, &config.fingerprint);
+    tracing::info!(run = %run.id, "extract started");
+
+    // MongoDB: one entry per collection, with the earliest window of its tables.
+    if let Some(input) = &opts.mongo {
+        let mut collections: BTreeMap<&str, Vec<&TableSpec>> = BTreeMap::new();
+        for t in tables
+            .iter()
+            .filter(|t| matches!(t.source, Source::Mongo { .. }))
+        {
+            collections.entry(t.source.name()).or_default().push(t);
+        }
+        let dump = match input {
+            MongoInput::Dump(path) => Some(mongodump::list_collections(path)?),
+            MongoInput::Live(_) => None,
+        };
+        for (collection, tables) in collections {
+            let window = Window::earliest(tables.iter().map(|t| &windows[&t.name]));
+            let fields = fields::fields_for_collection(config, collection);
+            let (source, rel) = match input {
+                MongoInput::Dump(_) => ("dump", format!("dump/{collection}")),
+                MongoInput::Live(_) => ("mongo", format!("mongo/{collection}")),
+            };
+            let schema = Arc::new(fields::staged_schema(&fields));
+            let mut writer = PartWriter::new(&stage_dir.join(&rel), &rel, schema.clone())?;
+            let bar = progress.rows(collection);
+            let started = Instant::now();
+            let since = window.since_utc();
+            let stats = match (input, &dump) {
+                (MongoInput::Dump(_), Some(dump)) => {
+                    extract_dump_collection(dump, collection, &fields, since, &mut writer, &bar)?
+                }
+                (MongoInput::Live(settings), _) => {
+                    mongo_live::extract_collection(
+                        settings,
+                        collection,
+                        &fields,
+                        since,
+                        &mut writer,
+                        &bar,
+                    )
+                    .await?
+                }
+                _ => unreachable!("dump listed above"),
+            };
+            bar.finish();
+            let files = writer.finish()?;
+            let mut watermarks = BTreeMap::new();
+            if let Some(max) = stats.max_timestamp {
+                for t in &tables {
+                    watermarks.insert(t.name.clone(), max.to_rfc3339());
+                }
+            }
+            let mut notes = BTreeMap::new();
+            if stats.missing {
+                notes.insert(
+                    "missing".into(),
+                    format!("collection `{collection}` is not in the dump"),
+                );
+                tracing::warn!(
+                    collection,
+                    "not in the dump: its tables get no rows from this run"
+                );
+            }
+            notes.insert("scanned".into(), stats.scanned.to_string());
+            manifest.entries.push(ManifestEntry {
+                name: collection.to_string(),
+                source: source.into(),
+                rows: stats.rows,
+                files,
+                schema: staging::schema_pairs(&schema),
+                window_since: window.since_text(),
+                window_reason: window.reason.clone(),
+                watermarks,
+                notes,
+                ..Default::default()
+            });
+            tracing::info!(collection, rows = stats.rows, window = %window, "extracted");
+            let _ = started;
+        }
+    }
+
+    if let Some(settings) = &opts.matomo {
+        let matomo_tables: Vec<&&TableSpec> = tables
+            .iter()
+            .filter(|t| matches!(t.source, Source::Matomo { .. }))
+            .collect();
+        if !matomo_tables.is_empty() {
+            let mut conn = matomo::connect(settings).await?;
+            for table in matomo_tables {
+                let window = &windows[&table.name];
+                let rel = format!("matomo/{}", table.source.name());
+                let bar = progress.rows(&table.name);
+                let dir = stage_dir.join(&rel);
+                let mut writer: Option<PartWriter> = None;
+                let stats =
+                    matomo::extract_table(&mut conn, table, window.matomo(), BATCH_ROWS, |batch| {
+                        bar.inc(batch.num_rows() as u64);
+                        if writer.is_none() {
+                            writer = Some(PartWriter::new(&dir, &rel, batch.schema())?);
+                        }
+                        writer.as_mut().map(|w| w.write(&batch)).transpose()?;
+                        Ok(())
+                    })
+                    .await?;
+                bar.finish();
+                let (files, schema) = match writer {
+                    Some(w) => {
+                        let schema = w.schema().clone();
+                        (w.finish()?, staging::schema_pairs(&schema))
+                    }
+                    // No rows in the window: no file (transform reads zero rows).
+                    None => (Vec::new(), Vec::new()),
+                };
+                let mut watermarks = BTreeMap::new();
+                if let Some(max) = &stats.max_watermark {
+                    watermarks.insert(table.name.clone(), max.to_string());
+                }
+                let mut notes = BTreeMap::new();
+                if stats.zero_dates > 0 {
+                    notes.insert("zero_dates_as_null".into(), stats.zero_dates.to_string());
+                }
+                manifest.entries.push(ManifestEntry {
+                    name: table.source.name().to_string(),
+                    source: "matomo".into(),
+                    rows: stats.rows,
+                    files,
+                    schema,
+                    window_since: window.since_text(),
+                    window_reason: window.reason.clone(),
+                    watermarks,
+                    notes,
+                    ..Default::default()
+                });
+                tracing::info!(table = %table.name, rows = stats.rows, window = %window, "extracted");
+            }
+        }
+    }
+
+    let reports = manifest
+        .entries
+        .iter()
+        .map(|e| ExtractReport {
+            name: e.name.clone(),
+            source: e.source.clone(),
+            rows: e.rows,
+            window: e.window_since.clone().unwrap_or_else(|| "all".into()),
+            seconds: 0.0,
+        })
+        .collect();
+    manifest.write(&stage_dir)?;
+    Ok((run, reports))
+}
+
+/// What reading one collection gave.
+#[derive(Debug, Default)]
+pub struct CollectionStats {
+    /// Documents in the window (staged).
+    pub rows: u64,
+    /// Documents read.
+    pub scanned: u64,
+    /// Highest `GREATEST(creation_date, update_date)` among staged documents.
+    pub max_timestamp: Option<DateTime<Utc>>,
+    /// The dump has no such collection.
+    pub missing: bool,
+}
+
+/// Streams one dump collection through the converter into `writer`.
+fn extract_dump_collection(
+    dump: &[mongodump::DumpCollection],
+    collection: &str,
+    fields: &[fields::StagedField],
+    since: Option<DateTime<Utc>>,
+    writer: &mut PartWriter,
+    bar: &indicatif::ProgressBar,
+) -> Result<CollectionStats, ExtractError> {
+    let mut stats = CollectionStats::default();
+    let Some(found) = mongodump::find_collection(dump, collection)? else {
+        stats.missing = true;
+        return Ok(stats);
+    };
+    let mut builder = DocBatchBuilder::new(fields);
+    mongodump::for_each_document(
+        found,
+        |doc| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            stats.scanned += 1;
+            if !bson_arrow::in_window(doc, since) {
+                return Ok(());
+            }
+            builder.push(doc)?;
+            stats.rows += 1;
+            stats.max_timestamp = stats.max_timestamp.max(document_timestamp(doc));
+            if builder.len() >= BATCH_ROWS {
+                bar.inc(builder.len() as u64);
+                writer.write(&builder.finish())?;
+            }
+            Ok(())
+        },
+    )?;
+    bar.inc(builder.len() as u64);
+    writer.write(&builder.finish())?;
+    Ok(stats)
+}
+
+/// `GREATEST(creation_date, update_date)` of a document (what the target's watermark is).
+pub fn document_timestamp(doc: &RawDocument) -> Option<DateTime<Utc>> {
+    [fields::CREATION_DATE, fields::UPDATE_DATE]
+        .iter()
+        .filter_map(|k| match doc.get(k) {
+            Ok(Some(RawBsonRef::DateTime(d))) => {
+                DateTime::<Utc>::from_timestamp_millis(d.timestamp_millis())
+            }
+            _ => None,
+        })
+        .max()
+}

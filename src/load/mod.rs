@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 pub use copy_text::{encode_batch, escape_text};
 pub use plan::{plan_table, TablePlan};
-pub use postgres::connect;
 
 use crate::config::{Config, TableSpec};
 use crate::settings::PostgresSettings;
@@ -123,7 +122,13 @@ pub async fn run(
     let transform_dir = run.stage_dir(Stage::Transform);
     let (loads, written_to) = match sink {
         Sink::Postgres(settings) => {
-            let mut client = postgres::connect(settings).await?;
+            let mut client = settings
+                .connect()
+                .await
+                .map_err(|message| LoadError::Connect {
+                    target: settings.to_string(),
+                    message,
+                })?;
             let loads = postgres::load(&mut client, config, &transform_dir, &planned).await?;
             (loads, PathBuf::from(settings.to_string()))
         }

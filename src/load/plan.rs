@@ -32,7 +32,7 @@ pub struct TablePlan {
 pub struct ParentsPlan {
     pub create_stage: String,
     pub copy: String,
-    /// Returns the number of rows deleted.
+    /// Deletes the replaced parents' children that are not in the stage; returns the count.
     pub delete_children: String,
 }
 
@@ -104,9 +104,13 @@ pub fn plan_table(t: &TableSpec) -> TablePlan {
         ParentsPlan {
             create_stage: format!("CREATE TEMP TABLE {pstage} (parent {parent_type}) ON COMMIT DROP"),
             copy: format!("COPY {pstage} (parent) FROM STDIN"),
+            // Only the children that are gone: the ones still there are upserted, so a
+            // rerun of the same run deletes and rewrites nothing.
             delete_children: format!(
-                "DELETE FROM {target} t USING (SELECT DISTINCT parent FROM {pstage}) p WHERE t.{} = p.parent",
-                ident(parent)
+                "DELETE FROM {target} t USING (SELECT DISTINCT parent FROM {pstage}) p WHERE t.{} = p.parent \
+                 AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {})",
+                ident(parent),
+                t.conflict_key.iter().map(|k| format!("s.{k} = t.{k}", k = ident(k))).collect::<Vec<_>>().join(" AND ")
             ),
         }
     });

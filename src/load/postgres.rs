@@ -9,44 +9,15 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, Transaction};
 
 use super::plan::{plan_table, TablePlan};
 use super::{copy_text, LoadError, OrphanReject, TableLoad};
 use crate::config::{ddl, Config, TableSpec};
-use crate::settings::PostgresSettings;
 use crate::staging::{self, FileEntry, ManifestEntry, StagingError};
 
 /// Bytes of COPY data per message to PostgreSQL.
 const COPY_CHUNK: usize = 1 << 20;
-
-pub async fn connect(settings: &PostgresSettings) -> Result<Client, LoadError> {
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&settings.host)
-        .port(settings.port)
-        .user(&settings.user)
-        .dbname(&settings.database);
-    if let Some(password) = settings.password() {
-        pg.password(password);
-    }
-    if settings.sslmode == "require" || settings.sslmode == "verify-full" {
-        return Err(LoadError::Connect {
-            target: settings.to_string(),
-            message: "sslmode=require is not supported by this build yet (TLS is not compiled in)"
-                .into(),
-        });
-    }
-    let (client, connection) = pg.connect(NoTls).await.map_err(|e| LoadError::Connect {
-        target: settings.to_string(),
-        message: e.to_string(),
-    })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::error!("PostgreSQL connection: {e}");
-        }
-    });
-    Ok(client)
-}
 
 /// Loads `tables` (in load order) from the transform folder in one transaction.
 pub async fn load(

@@ -112,3 +112,53 @@ pub fn psql_stdin(url: &str, input: &str) -> Output {
         .unwrap();
     child.wait_with_output().unwrap()
 }
+
+pub mod smartdiet;
+
+/// `md5` of a table's rows in a stable order: equal digests mean equal contents.
+pub fn table_digest(url: &str, table: &str) -> String {
+    psql(url, &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t"))
+        .trim()
+        .to_string()
+}
+
+pub fn count(url: &str, sql: &str) -> i64 {
+    psql(url, sql)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a count: {sql}"))
+}
+
+/// Every table of the shipped config with its MongoDB collection, in load order.
+pub const SMARTDIET_TABLES: &[&str] = &[
+    "ingredients",
+    "appointment_types",
+    "companies",
+    "offers",
+    "categories",
+    "targets",
+    "recipes",
+    "quizzs",
+    "quizzs_questions",
+    "contents",
+    "events",
+    "users",
+    "menus",
+    "quizzs_links_questions",
+    "user_events",
+    "users_targets",
+    "messages",
+    "coachings",
+    "users_logbook",
+    "menu_recipes",
+    "users_quizzs",
+    "users_quizzs_questions",
+    "users_contents_reads",
+    "appointments",
+    "periods",
+    "items",
+    "users_quizzs_links_questions",
+    "days",
+    "days_contents_links",
+    "days_logbooks_links",
+];

@@ -1,0 +1,232 @@
+//! A deterministic SmartDiet-like MongoDB database written as a real mongodump folder
+//! (`<dir>/<db>/<collection>.bson`), for tests, `make demo` and `make bench`.
+//!
+//! Every collection of `config/schemas.yaml` gets documents whose references point at each
+//! other, so a full load has no orphans; `users` scales with `users` and is streamed to disk.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bson::oid::ObjectId;
+use bson::{doc, Bson, DateTime, Document};
+
+pub const DB: &str = "smartdiet";
+
+/// A small pseudo-random generator (no extra crate, same output everywhere).
+pub struct Lcg(u64);
+
+impl Lcg {
+    pub fn new(seed: u64) -> Lcg {
+        Lcg(seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// A deterministic ObjectId: collection tag + index.
+pub fn oid(tag: u8, i: usize) -> ObjectId {
+    let mut bytes = [0u8; 12];
+    bytes[0] = 0x65;
+    bytes[1] = tag;
+    bytes[4..12].copy_from_slice(&(i as u64).to_be_bytes());
+    ObjectId::from_bytes(bytes)
+}
+
+/// 2024-03-01T00:00:00Z plus `minutes`.
+pub fn at(minutes: i64) -> DateTime {
+    DateTime::from_millis(1_709_251_200_000 + minutes * 60_000)
+}
+
+fn stamp(d: &mut Document, created: i64, updated: i64) {
+    d.insert("creation_date", at(created));
+    d.insert("update_date", at(updated));
+}
+
+/// Sizes of the other collections, derived from the number of users.
+pub struct Sizes {
+    pub users: usize,
+    pub small: usize,
+}
+
+impl Sizes {
+    pub fn for_users(users: usize) -> Sizes {
+        Sizes {
+            users,
+            small: (users / 10).clamp(5, 1000),
+        }
+    }
+}
+
+const TAG_COMPANY: u8 = 1;
+const TAG_EVENT: u8 = 2;
+const TAG_TARGET: u8 = 3;
+const TAG_USER: u8 = 4;
+const TAG_RECIPE: u8 = 5;
+const TAG_MENU: u8 = 6;
+const TAG_QUIZZ: u8 = 7;
+const TAG_QUESTION: u8 = 8;
+const TAG_CONTENT: u8 = 9;
+const TAG_COACHING: u8 = 10;
+const TAG_USERQUIZZ: u8 = 11;
+const TAG_USERQUESTION: u8 = 12;
+const TAG_PERIOD: u8 = 13;
+const TAG_DAY: u8 = 14;
+const TAG_OTHER: u8 = 15;
+
+/// One user document (ids of the other collections stay within `s.small`).
+pub fn user(i: usize, s: &Sizes, rng: &mut Lcg) -> Document {
+    let ids = |tag: u8, n: usize, rng: &mut Lcg| -> Vec<Bson> {
+        (0..n)
+            .map(|_| Bson::ObjectId(oid(tag, rng.below(s.small))))
+            .collect()
+    };
+    let mut d = doc! {
+        "_id": oid(TAG_USER, i),
+        "firstname": format!("Prénom{i}"),
+        "lastname": format!("Nom {i}"),
+        "email": format!("user{i}@example.org"),
+        "role": if i % 10 == 0 { "coach" } else { "member" },
+        "birthday": at(-(20 * 365 * 24 * 60) - (i as i64 % 9000) * 24 * 60),
+        "company": oid(TAG_COMPANY, i % s.small),
+    };
+    let mut events = ids(TAG_EVENT, rng.below(4), rng);
+    events.dedup();
+    d.insert("registered_events", events);
+    d.insert("targets", ids(TAG_TARGET, 1 + rng.below(3), rng));
+    d.insert("specificity_targets", ids(TAG_TARGET, rng.below(2), rng));
+    d.insert("health_targets", ids(TAG_TARGET, rng.below(3), rng));
+    stamp(&mut d, i as i64, i as i64 + rng.below(1000) as i64);
+    d
+}
+
+/// Every collection but `users` (small, referencing valid ids).
+pub fn other_collections(s: &Sizes) -> Vec<(&'static str, Vec<Document>)> {
+    let n = s.small;
+    let mut rng = Lcg::new(7);
+    let mut out: Vec<(&'static str, Vec<Document>)> = Vec::new();
+    let simple = |tag: u8, f: &dyn Fn(usize) -> Document| -> Vec<Document> {
+        (0..n)
+            .map(|i| {
+                let mut d = doc! { "_id": oid(tag, i) };
+                d.extend(f(i));
+                stamp(&mut d, i as i64, i as i64 + 5);
+                d
+            })
+            .collect()
+    };
+    out.push(("companies", simple(TAG_COMPANY, &|i| doc! { "name": format!("Company {i}"), "code": format!("C{i:04}"), "size": (i * 10) as i32 })));
+    out.push(("ingredients", simple(TAG_OTHER, &|i| doc! { "name": format!("Ingredient {i}"), "unit": "g", "calories": 1.5 * i as f64 })));
+    out.push((
+        "appointmenttypes",
+        simple(
+            TAG_OTHER,
+            &|i| doc! { "title": format!("Type {i}"), "duration": 30 },
+        ),
+    ));
+    out.push(("offers", simple(TAG_OTHER, &|i| doc! { "name": format!("Offer {i}"), "price": format!("{}.99", i).parse::<f64>().unwrap_or(0.0), "duration": 12 })));
+    out.push((
+        "categories",
+        simple(TAG_OTHER, &|i| {
+            let mut d = doc! { "name": format!("Category {i}") };
+            if i > 0 {
+                d.insert("parent", oid(TAG_OTHER, (i - 1) / 2));
+            }
+            d
+        }),
+    ));
+    out.push(("targets", simple(TAG_TARGET, &|i| doc! { "name": format!("Target {i}"), "type": (["weight", "sleep", "sport"][i % 3]) })));
+    out.push(("recipes", simple(TAG_RECIPE, &|i| doc! { "name": format!("Recipe {i}"), "description": "Mix.\nBake\tat 180°C.", "duration": 20 })));
+    out.push((
+        "quizzs",
+        simple(TAG_QUIZZ, &|i| doc! { "name": format!("Quizz {i}"), "type": "logbook", "questions": [oid(TAG_QUESTION, i), oid(TAG_QUESTION, (i + 1) % n)] }),
+    ));
+    out.push((
+        "quizzquestions",
+        simple(
+            TAG_QUESTION,
+            &|i| doc! { "title": format!("Question {i}?"), "type": "single_enum" },
+        ),
+    ));
+    out.push((
+        "contents",
+        simple(TAG_CONTENT, &|i| doc! { "name": format!("Content {i}"), "type": "article", "url": format!("https://example.org/c/{i}"), "viewed_by": [oid(TAG_USER, i % n)] }),
+    ));
+    out.push(("events", simple(TAG_EVENT, &|i| doc! { "name": format!("Event {i}"), "start_date": at(i as i64 * 60), "end_date": at(i as i64 * 60 + 90) })));
+    out.push((
+        "menus",
+        simple(TAG_MENU, &|i| doc! { "name": format!("Menu {i}"), "start_date": at(0), "end_date": at(7 * 24 * 60), "recipes": [oid(TAG_RECIPE, i), oid(TAG_RECIPE, (i + 3) % n)] }),
+    ));
+    out.push(("messages", simple(TAG_OTHER, &|i| doc! { "sender": oid(TAG_USER, i % n), "receiver": oid(TAG_USER, (i + 1) % n), "content": format!("Bonjour n°{i} 👋") })));
+    out.push((
+        "coachings",
+        simple(
+            TAG_COACHING,
+            &|i| doc! { "user": oid(TAG_USER, i % n), "status": "active", "start_date": at(0) },
+        ),
+    ));
+    out.push(("userquizzs", simple(TAG_USERQUIZZ, &|i| doc! { "user": oid(TAG_USER, i % n), "quizz": oid(TAG_QUIZZ, i), "name": format!("Logbook {i}"), "type": "logbook", "questions": [oid(TAG_USERQUESTION, i)] })));
+    out.push(("userquizzquestions", simple(TAG_USERQUESTION, &|i| doc! { "quizz_question": oid(TAG_QUESTION, i), "single_enum_answer": "yes", "boolean_answer": i % 2 == 0 })));
+    out.push(("appointments", simple(TAG_OTHER, &|i| doc! { "user": oid(TAG_USER, i % n), "coaching": oid(TAG_COACHING, i), "appointment_type": oid(TAG_OTHER, i), "start_date": at(i as i64 * 30), "end_date": at(i as i64 * 30 + 45) })));
+    out.push(("periods", simple(TAG_PERIOD, &|i| doc! { "number_of_days": 14, "coaching": oid(TAG_COACHING, i), "order": (i % 4) as i32 + 1, "status": "active" })));
+    out.push(("items", simple(TAG_OTHER, &|i| doc! { "label": format!("Item {i}"), "quizz_question": oid(TAG_QUESTION, i), "position": (i % 5) as i32 })));
+    out.push((
+        "days",
+        simple(TAG_DAY, &|i| doc! {
+            "period": oid(TAG_PERIOD, i), "is_success": i % 3 != 0, "date": at(i as i64 * 24 * 60),
+            "userQuizz": oid(TAG_USERQUIZZ, i), "contents": [oid(TAG_CONTENT, i)], "main_logbooks": [oid(TAG_USERQUIZZ, i)],
+        }),
+    ));
+    // Logbooks: several per user and day, some without `user`.
+    let logbooks = (0..n * 3)
+        .map(|i| {
+            let mut d = doc! { "_id": oid(TAG_OTHER, 100_000 + i), "day": at((i / 3) as i64 * 24 * 60 - 60), "logbook": oid(TAG_USERQUIZZ, i % n), "coaching": oid(TAG_COACHING, i % n) };
+            if i % 7 != 6 {
+                d.insert("user", oid(TAG_USER, (i / 3) % n));
+            }
+            stamp(&mut d, i as i64 * 10 + rng.below(5) as i64, i as i64 * 10 + 8);
+            d
+        })
+        .collect();
+    out.push(("coachinglogbooks", logbooks));
+    out
+}
+
+/// Writes the whole database as `<dir>/smartdiet/<collection>.bson`; returns the db folder.
+pub fn write_dump(dir: &Path, users: usize) -> PathBuf {
+    let s = Sizes::for_users(users);
+    let db = dir.join(DB);
+    std::fs::create_dir_all(&db).unwrap();
+    for (name, docs) in other_collections(&s) {
+        write_collection(&db, name, docs.iter());
+    }
+    let mut rng = Lcg::new(42);
+    let file = std::fs::File::create(db.join("users.bson")).unwrap();
+    let mut w = std::io::BufWriter::new(file);
+    for i in 0..users {
+        w.write_all(&bson::to_vec(&user(i, &s, &mut rng)).unwrap())
+            .unwrap();
+    }
+    w.flush().unwrap();
+    db
+}
+
+/// `<db>/<name>.bson`: documents back to back, as mongodump writes them.
+pub fn write_collection<'a>(db: &Path, name: &str, docs: impl Iterator<Item = &'a Document>) {
+    let mut bytes = Vec::new();
+    for d in docs {
+        bytes.extend(bson::to_vec(d).unwrap());
+    }
+    std::fs::write(db.join(format!("{name}.bson")), bytes).unwrap();
+}
