@@ -1,4 +1,5 @@
-//! Writes a SmartDiet-like mongodump: `cargo run --release --example gen_dump -- DIR USERS`.
+//! Writes a SmartDiet-like mongodump: `cargo run --release --example gen_dump -- DIR USERS [CHANGED]`
+//! (CHANGED: how many users were edited since, for a second, incremental run).
 //! Used by `make demo` (a small sample) and `make bench` (1M users).
 
 #[path = "../tests/util/smartdiet.rs"]
@@ -12,9 +13,13 @@ fn main() {
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(200),
     ) else {
-        eprintln!("usage: gen_dump DIR [USERS]");
+        eprintln!("usage: gen_dump DIR [USERS [CHANGED]]");
         std::process::exit(2);
     };
-    let db = smartdiet::write_dump(std::path::Path::new(dir), users);
+    let changed = args
+        .get(3)
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let db = smartdiet::write_dump_changed(std::path::Path::new(dir), users, changed);
     println!("{}", db.display());
 }

@@ -205,6 +205,12 @@ pub fn other_collections(s: &Sizes) -> Vec<(&'static str, Vec<Document>)> {
 
 /// Writes the whole database as `<dir>/smartdiet/<collection>.bson`; returns the db folder.
 pub fn write_dump(dir: &Path, users: usize) -> PathBuf {
+    write_dump_changed(dir, users, 0)
+}
+
+/// The same database where the first `changed` users were edited later: their first target
+/// removed, their events emptied, their update_date moved forward.
+pub fn write_dump_changed(dir: &Path, users: usize, changed: usize) -> PathBuf {
     let s = Sizes::for_users(users);
     let db = dir.join(DB);
     std::fs::create_dir_all(&db).unwrap();
@@ -215,8 +221,15 @@ pub fn write_dump(dir: &Path, users: usize) -> PathBuf {
     let file = std::fs::File::create(db.join("users.bson")).unwrap();
     let mut w = std::io::BufWriter::new(file);
     for i in 0..users {
-        w.write_all(&bson::to_vec(&user(i, &s, &mut rng)).unwrap())
-            .unwrap();
+        let mut u = user(i, &s, &mut rng);
+        if i < changed {
+            if let Ok(targets) = u.get_array_mut("targets") {
+                targets.remove(0);
+            }
+            u.insert("registered_events", Vec::<Bson>::new());
+            u.insert("update_date", at(500_000));
+        }
+        w.write_all(&bson::to_vec(&u).unwrap()).unwrap();
     }
     w.flush().unwrap();
     db
