@@ -18,8 +18,17 @@ use super::{commit_file, part_name, FileEntry, StagingError};
 
 /// Rows per Parquet row group: bounds the writer's memory and gives readers units to share.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
-/// Rows per part file before a new one starts.
+/// Rows per part file before a new one starts (`ETL_PART_ROWS` overrides it, e.g. to test
+/// behaviour across files on small data).
 const FILE_ROWS: u64 = 1_000_000;
+
+fn file_rows() -> u64 {
+    std::env::var("ETL_PART_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(FILE_ROWS)
+}
 
 /// Writes batches into `dir/part-NNNNN.parquet` files.
 pub struct PartWriter {
@@ -29,6 +38,7 @@ pub struct PartWriter {
     files: Vec<FileEntry>,
     /// Prefix of file paths in the manifest (relative to the stage folder).
     rel_prefix: String,
+    file_rows: u64,
 }
 
 struct OpenPart {
@@ -52,6 +62,7 @@ impl PartWriter {
             current: None,
             files: Vec::new(),
             rel_prefix: rel_prefix.into(),
+            file_rows: file_rows(),
         })
     }
 
@@ -60,22 +71,27 @@ impl PartWriter {
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), StagingError> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        if self.current.is_none() {
-            self.open_next()?;
-        }
-        let part = self.current.as_mut().expect("opened above");
-        part.writer
-            .write(batch)
-            .map_err(|source| StagingError::Parquet {
-                path: part.tmp.clone(),
-                source,
-            })?;
-        part.rows += batch.num_rows() as u64;
-        if part.rows >= FILE_ROWS {
-            self.close_current()?;
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            if self.current.is_none() {
+                self.open_next()?;
+            }
+            let part = self.current.as_mut().expect("opened above");
+            let room = usize::try_from(self.file_rows.saturating_sub(part.rows))
+                .unwrap_or(usize::MAX)
+                .max(1);
+            let slice = batch.slice(offset, room.min(batch.num_rows() - offset));
+            part.writer
+                .write(&slice)
+                .map_err(|source| StagingError::Parquet {
+                    path: part.tmp.clone(),
+                    source,
+                })?;
+            part.rows += slice.num_rows() as u64;
+            offset += slice.num_rows();
+            if part.rows >= self.file_rows {
+                self.close_current()?;
+            }
         }
         Ok(())
     }

@@ -55,11 +55,16 @@ pub fn transform_batch(
     batch: &RecordBatch,
 ) -> Result<BatchOutput, TransformError> {
     let mut filtered = BTreeMap::new();
-    let batch = apply_filter(table, batch, &mut filtered)?;
-    let ids = document_ids(table, &batch)?;
+    let kept = apply_filter(table, batch, &mut filtered)?;
+    let ids = document_ids(table, &kept)?;
     let mut output = match &table.explode {
-        None => direct_rows(table, &batch, &ids)?,
-        Some(_) => explode_rows(table, &batch, &ids)?,
+        None => {
+            let mut out = direct_rows(table, &kept, &ids)?;
+            // Filtered documents were extracted too.
+            out.extracted = batch.num_rows() as u64;
+            out
+        }
+        Some(_) => explode_rows(table, &kept, &ids)?,
     };
     for (rule, n) in filtered {
         *output.filtered.entry(rule).or_default() += n;
