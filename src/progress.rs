@@ -103,6 +103,6 @@ mod tests {
                 vec!["days".into(), "120".into()],
             ],
         );
-        assert_eq!(t, "table  rows\n-----  ----\nusers     5\ndays     120\n");
+        assert_eq!(t, "table  rows\n-----  ----\nusers     5\ndays    120\n");
     }
 }

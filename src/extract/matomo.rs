@@ -1911,7 +1911,7 @@ mod tests {
                    (idlink_va, idsite, idvisitor, idvisit, idaction_url_ref, idaction_name_ref,
                     custom_float, pageview_position, server_time, idpageview, idaction_name,
                     idaction_url, time_spent_ref_action, time_spent, custom_dimension_1)
-                 SELECT seq, 1, UNHEX(LPAD(HEX(seq), 16, '0')), seq DIV 5, seq - 1, seq - 2,
+                 SELECT seq, 1, UNHEX(LPAD(HEX(seq), 16, '0')), seq DIV 5, seq + 1, seq + 2,
                     NULL, seq MOD 5 + 1, '2024-01-01' + INTERVAL seq SECOND,
                     LEFT(MD5(seq), 6), seq MOD 1000, seq MOD 997, seq MOD 60, seq MOD 120,
                     IF(seq MOD 3 = 0, 'segment A', NULL)
