@@ -223,7 +223,7 @@ fn dates_in_zone(
             (Some(ms), _) => DateTime::<Utc>::from_timestamp_millis(ms),
             (None, Some(r)) => {
                 // A bare `YYYY-MM-DD` is already a date: no zone applies.
-                if let Some(d) = NaiveDate::parse_from_str(unquote(r), "%Y-%m-%d").ok() {
+                if let Ok(d) = NaiveDate::parse_from_str(unquote(r), "%Y-%m-%d") {
                     out.append_value(Date32Type::from_naive_date(d));
                     continue;
                 }

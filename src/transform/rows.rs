@@ -147,11 +147,11 @@ fn document_ids(table: &TableSpec, batch: &RecordBatch) -> Result<Vec<String>, T
         .collect())
 }
 
-/// Converts every `Field` column of the table on `batch`; errors grouped by row.
-fn convert_fields(
-    table: &TableSpec,
-    batch: &RecordBatch,
-) -> Result<(BTreeMap<String, ArrayRef>, BTreeMap<usize, Vec<CellError>>), TransformError> {
+/// Converted columns by name, and the refused cells grouped by row.
+type Converted = (BTreeMap<String, ArrayRef>, BTreeMap<usize, Vec<CellError>>);
+
+/// Converts every `Field` column of the table on `batch`.
+fn convert_fields(table: &TableSpec, batch: &RecordBatch) -> Result<Converted, TransformError> {
     let mut arrays = BTreeMap::new();
     let mut errors: BTreeMap<usize, Vec<CellError>> = BTreeMap::new();
     for col in table.loaded_columns() {

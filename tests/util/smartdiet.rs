@@ -97,7 +97,7 @@ pub fn user(i: usize, s: &Sizes, rng: &mut Lcg) -> Document {
         "firstname": format!("Prénom{i}"),
         "lastname": format!("Nom {i}"),
         "email": format!("user{i}@example.org"),
-        "role": if i % 10 == 0 { "coach" } else { "member" },
+        "role": if i.is_multiple_of(10) { "coach" } else { "member" },
         "birthday": at(-(20 * 365 * 24 * 60) - (i as i64 % 9000) * 24 * 60),
         "company": oid(TAG_COMPANY, i % s.small),
     };
