@@ -1893,47 +1893,4 @@ mod tests {
             ))
         );
     }
-
-    /// Throughput of `extract_table` on log_link_visit_action rows:
-    /// `ETL_BENCH_ROWS=1000000 scripts/with-services.sh cargo test --release --lib
-    /// extract::matomo::tests::throughput -- --ignored --nocapture`.
-    #[tokio::test]
-    #[ignore = "measures speed; run explicitly in release mode"]
-    async fn throughput() {
-        let rows: u64 = std::env::var("ETL_BENCH_ROWS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(200_000);
-        let mut db = TestDb::new(false).await;
-        db.conn
-            .query_drop(format!(
-                "INSERT INTO matomo_log_link_visit_action
-                   (idlink_va, idsite, idvisitor, idvisit, idaction_url_ref, idaction_name_ref,
-                    custom_float, pageview_position, server_time, idpageview, idaction_name,
-                    idaction_url, time_spent_ref_action, time_spent, custom_dimension_1)
-                 SELECT seq, 1, UNHEX(LPAD(HEX(seq), 16, '0')), seq DIV 5, seq + 1, seq + 2,
-                    NULL, seq MOD 5 + 1, '2024-01-01' + INTERVAL seq SECOND,
-                    LEFT(MD5(seq), 6), seq MOD 1000, seq MOD 997, seq MOD 60, seq MOD 120,
-                    IF(seq MOD 3 = 0, 'segment A', NULL)
-                 FROM seq_1_to_{rows}"
-            ))
-            .await
-            .unwrap();
-        let table = spec("matomo_log_link_visit_action");
-        let started = std::time::Instant::now();
-        let mut seen = 0usize;
-        let stats = extract_table(&mut db.conn, &table, None, 65_536, |b| {
-            seen += b.num_rows();
-            Ok(())
-        })
-        .await
-        .unwrap();
-        let seconds = started.elapsed().as_secs_f64();
-        db.drop().await;
-        assert_eq!((stats.rows, seen as u64), (rows, rows));
-        eprintln!(
-            "extract_table: {rows} log_link_visit_action rows in {seconds:.2}s = {:.0} rows/s",
-            rows as f64 / seconds
-        );
-    }
 }
