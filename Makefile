@@ -14,6 +14,8 @@ demo: build
 
 test:
 	$(WITH_SERVICES) $(CARGO) test --all-targets
+	@if [ -n "$$ETL_TEST_MONGODB_URL" ]; then $(CARGO) test --test mongo_live -- --ignored; \
+	else echo "live MongoDB tests not run: ETL_TEST_MONGODB_URL is not set"; fi
 
 lint:
 	$(CARGO) fmt --check
@@ -21,3 +23,6 @@ lint:
 
 services-stop:
 	scripts/services.sh stop
+
+bench:
+	$(WITH_SERVICES) scripts/bench.sh

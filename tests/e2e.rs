@@ -553,3 +553,123 @@ fn a_load_killed_mid_way_changes_nothing_and_the_rerun_completes_it() {
     let q = "SELECT md5(string_agg(user_id || day || created_at || updated_at, '|' ORDER BY user_id, day)) FROM users_logbook";
     assert_eq!(psql(&killed, q), psql(&clean, q));
 }
+
+#[test]
+fn global_date_threshold_moves_the_window_back_and_a_malformed_one_is_ignored() {
+    let case = Case::new("e2e_threshold");
+    case.run_dump();
+    let dump = case.db_dir.to_str().unwrap().to_string();
+    let users_extracted = |env: &[(&str, &str)]| -> usize {
+        let out = case.etl_env(&["extract", "--source", "dump", "--dump", &dump], env);
+        let text = stdout(&out);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("users "))
+            .unwrap_or_default()
+            .to_string();
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let incremental = users_extracted(&[]);
+    assert!(incremental < USERS, "{incremental}");
+    // Every generated document is on or after 2024-03-01.
+    assert_eq!(
+        users_extracted(&[("GLOBAL_DATE_THRESHOLD", "2024-03-01")]),
+        USERS
+    );
+    // A later threshold does not narrow the window; a malformed one is ignored with a warning.
+    assert_eq!(
+        users_extracted(&[("GLOBAL_DATE_THRESHOLD", "2030-01-01")]),
+        incremental
+    );
+    let out = case.etl_env(
+        &["extract", "--source", "dump", "--dump", &dump],
+        &[("GLOBAL_DATE_THRESHOLD", "2024/03/01")],
+    );
+    assert!(
+        stderr(&out).contains("GLOBAL_DATE_THRESHOLD is not YYYY-MM-DD"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        users_extracted(&[("GLOBAL_DATE_THRESHOLD", "01-03-2024")]),
+        incremental
+    );
+}
+
+#[test]
+fn a_killed_extract_leaves_the_previous_run_usable() {
+    let work = Workdir::new();
+    let small = smartdiet::write_dump(&work.path().join("small"), 20);
+    let out = work.etl(
+        &[
+            "extract",
+            "--source",
+            "dump",
+            "--dump",
+            small.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first =
+        etl::staging::latest_run(&work.path().join("staging"), etl::staging::Stage::Extract)
+            .unwrap()
+            .unwrap();
+
+    let big = smartdiet::write_dump(&work.path().join("big"), 300_000);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_etl"))
+        .current_dir(work.path())
+        .args([
+            "--quiet",
+            "extract",
+            "--source",
+            "dump",
+            "--dump",
+            big.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once the new run has started writing users.
+    let started = std::time::Instant::now();
+    let users_dir = loop {
+        let runs = etl::staging::list_runs(&work.path().join("staging")).unwrap();
+        let dir = runs.last().unwrap().root.join("extract/dump/users");
+        if runs.len() == 2 && dir.is_dir() {
+            break dir;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "extract finished before it could be killed"
+        );
+        assert!(started.elapsed().as_secs() < 60);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(users_dir.is_dir());
+
+    // The killed run has no manifest: it is not a finished extract, and transform takes the first.
+    let latest =
+        etl::staging::latest_run(&work.path().join("staging"), etl::staging::Stage::Extract)
+            .unwrap()
+            .unwrap();
+    assert_eq!(latest.id, first.id);
+    let out = work.etl(&["transform"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("transform: run {}", first.id)),
+        "{}",
+        stdout(&out)
+    );
+    // Naming the killed run explicitly is refused with a message.
+    let killed = etl::staging::list_runs(&work.path().join("staging"))
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id != first.id)
+        .unwrap();
+    let out = work.etl(&["transform", "--run", &killed.id], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("did not finish"), "{}", stderr(&out));
+}
