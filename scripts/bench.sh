@@ -185,8 +185,8 @@ out() {
     printf '%s\n' "$*"
     printf '%s\n' "$*" >>"$report.partial"
 }
-table() {
-    awk -F'\t' '
+table() { # [left]: no right-aligned numbers
+    awk -F'\t' -v left="${1:-}" '
         { n = NR; for (i = 1; i <= NF; i++) { c[n, i] = $i; if (length($i) > w[i]) w[i] = length($i) }
           if (NF > nf) nf = NF; cols[n] = NF }
         END {
@@ -194,7 +194,7 @@ table() {
                 line = ""
                 for (i = 1; i <= cols[r]; i++) {
                     v = c[r, i]
-                    num = (i > 1 && v ~ /^(-|n\/a|[-+]?[0-9][0-9,]*(\.[0-9]+)?x?)$/)
+                    num = (left == "" && i > 1 && v ~ /^(-|n\/a|[-+]?[0-9][0-9,]*(\.[0-9]+)?x?)$/)
                     cell = num ? sprintf("%" w[i] "s", v) : sprintf("%-" w[i] "s", v)
                     line = line (i > 1 ? "  " : "") cell
                 }
@@ -248,7 +248,7 @@ out "etl benchmark -- $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     printf 'BENCH_USERS\t%s\n' "$BENCH_USERS"
     printf 'BENCH_ACTIONS\t%s\n' "$BENCH_ACTIONS"
     printf 'BENCH_RSS_SCALE\t%s\n' "$BENCH_RSS_SCALE"
-} | table
+} | table left
 note "Test servers (scripts/services.sh): fsync off, shared_buffers 256MB, InnoDB buffer pool 256M."
 note "Wall seconds are measured around each command; peak RSS is /usr/bin/time -v's maximum RSS."
 note "Other users of the same test servers (e.g. a concurrent make test) would disturb these figures."
@@ -391,6 +391,7 @@ SELECT seq, 1 + (1 + (seq - 1) DIV 10) % 3,
 FROM seq_${lo}_to_${hi};
 EOF
     done
+    echo "ANALYZE TABLE matomo_log_action, matomo_log_visit, matomo_log_link_visit_action;"
 } >"$gen_sql"
 run_timed gen_matomo bash -c 'mariadb --no-defaults -h "$0" -P "$1" -u "$2" --batch "$3" <"$4"' \
     "$MATOMO_HOST" "$MATOMO_PORT" "$MATOMO_USER" "$MY_DB" "$gen_sql"
@@ -400,7 +401,10 @@ n_lva=$(my_value "SELECT COUNT(*) FROM $LVA")
 n_visit=$(my_value "SELECT COUNT(*) FROM matomo_log_visit")
 n_action=$(my_value "SELECT COUNT(*) FROM matomo_log_action")
 ((n_lva == N)) || die "$LVA has $n_lva rows, expected $N"
-lva_bytes=$(my_value "SELECT DATA_LENGTH FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '$LVA'")
+table_bytes() { my_value "SELECT DATA_LENGTH + INDEX_LENGTH FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '$1'"; }
+lva_bytes=$(table_bytes $LVA)
+visit_bytes=$(table_bytes matomo_log_visit)
+action_bytes=$(table_bytes matomo_log_action)
 lva_nulls=$(my_value "SELECT ROUND(100 * SUM(time_spent IS NULL) / COUNT(*), 1) FROM $LVA")
 lva_span=$(my_value "SELECT CONCAT(MIN(server_time), ' .. ', MAX(server_time)) FROM $LVA")
 
@@ -408,9 +412,9 @@ lva_span=$(my_value "SELECT CONCAT(MIN(server_time), ' .. ', MAX(server_time)) F
     printf 'dataset\trows\tMB\tgenerated in s\tdetail\n'
     printf 'mongodump users.bson\t%s\t%s\t%s\t%s\n' "$(int "$BENCH_USERS")" "$(mb "$users_bytes")" "$(secs "$gen_wall")" "gen_dump $BENCH_USERS"
     printf 'mongodump, all %s collections\t-\t%s\t-\t%s\n' "$dump_files" "$(mb "$dump_bytes")" "users.bson is $(awk -v a="$users_bytes" -v b="$dump_bytes" 'BEGIN { printf "%.0f", 100 * a / b }')% of the bytes"
-    printf '%s\t%s\t%s\t%s\t%s\n' "$LVA" "$(int "$n_lva")" "$(mb "$lva_bytes")" "$(secs "$gen_matomo_wall")" "InnoDB data; server_time $lva_span; time_spent ${lva_nulls}% NULL"
-    printf 'matomo_log_visit\t%s\t-\t(same)\t%s\n' "$(int "$n_visit")" "10 actions per visit"
-    printf 'matomo_log_action\t%s\t-\t(same)\t%s\n' "$(int "$n_action")" "URLs/titles 30-60 chars"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$LVA" "$(int "$n_lva")" "$(mb "$lva_bytes")" "$(secs "$gen_matomo_wall")" "InnoDB data+indexes (estimate); server_time $lva_span; time_spent ${lva_nulls}% NULL"
+    printf 'matomo_log_visit\t%s\t%s\t(same)\t%s\n' "$(int "$n_visit")" "$(mb "$visit_bytes")" "10 actions per visit"
+    printf 'matomo_log_action\t%s\t%s\t(same)\t%s\n' "$(int "$n_action")" "$(mb "$action_bytes")" "URLs/titles 30-60 chars"
 } | table
 note "Matomo rows: MariaDB $MY_DB = tests/fixtures/matomo/schema.sql (columns checked against"
 note "config/matomo_schemas.yaml) + INSERT ... SELECT FROM seq_1_to_N (pure SQL)."
@@ -468,8 +472,8 @@ note "Dump floor: cat of the .bson files (already in the page cache, as they are
 note "raw read throughput, not BSON parsing: no Rust may be added for a bson-crate-only floor."
 note "etl's dump rows/s counts all staged documents of all $dump_files collections (per users.bson alone:"
 note "$(rate "$ext_users" "$ext_wall") users/s over the whole command). Staged Parquet: $(mb "$staged_bytes") MB."
-note "OUTFILE floor: tab-separated, idvisitor as \\\\x hex (for PostgreSQL), $(mb "$outfile_bytes") MB;"
-note "etl's Matomo Parquet: $(mb "$mstaged_bytes") MB."
+note "OUTFILE floor: tab-separated, idvisitor as \\x hex (for PostgreSQL), $(mb "$outfile_bytes") MB written"
+note "(its MB/s is of that output); etl's Matomo Parquet: $(mb "$mstaged_bytes") MB."
 
 # ================================================================ 3. Transform
 section "3. Transform"
@@ -495,8 +499,9 @@ note "(one collection feeds several tables) and rejected $(int "$tr_rejected")."
 out ""
 out "   slowest tables (RAYON_NUM_THREADS=2, per etl's summary):"
 awk 'seen && $6 ~ /^[0-9.]+$/ { printf "%s\t%s\t%s\t%s\n", $1, $2, $3, $6 } /^-+( |$)/ { seen = 1 }' "$logs/transform_2t.out" |
-    sort -t$'\t' -k4,4gr | head -n 6 |
-    { printf 'table\tread\twritten\tseconds\n'; cat; } | table
+    sort -t$'\t' -k4,4gr | head -n 6 | while IFS=$'\t' read -r t r w sec; do
+    printf '%s\t%s\t%s\t%s\n' "$t" "$(int "$r")" "$(int "$w")" "$sec"
+done | { printf 'table\tread\twritten\tseconds\n'; cat; } | table
 
 # RSS scaling: the same pipeline on a dump with RSS_FACTOR x the users.
 if [[ $BENCH_RSS_SCALE == 1 ]]; then

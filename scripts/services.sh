@@ -232,10 +232,14 @@ max_wal_size = 4GB
 max_connections = 200
 EOF
     if is_root; then chown "$PG_OS_USER:" "$PGDATA_DIR/etl-services.conf"; fi
+    pg_tls_setup
 
     if pg_running; then
         if pg_ready; then
             log "PostgreSQL already running on 127.0.0.1:$PG_PORT"
+            # Settings written above (TLS, pg_hba) take effect on reload.
+            run_as "$PG_OS_USER" "$PG_BIN/pg_ctl" reload -D "$PGDATA_DIR" >/dev/null 2>>"$PG_LOG" || true
+            pg_tls_role
             return 0
         fi
         log "PostgreSQL running but not ready yet; waiting"
@@ -275,6 +279,55 @@ EOF
         exit 1
     fi
     pg_wait_ready
+    pg_tls_role
+}
+
+# TLS for the tests of `sslmode=require` / `verify-full`: a throwaway CA (DIR/pg-ca.crt)
+# signing a certificate for 127.0.0.1 and localhost, ssl = on, and a role
+# `etl_tls` that pg_hba admits over TLS only.
+pg_tls_setup() {
+    local crt=$PGDATA_DIR/server.crt key=$PGDATA_DIR/server.key ca=$DIR/pg-ca.crt
+    if [[ ! -s $crt || ! -s $key || ! -s $ca ]]; then
+        command -v openssl >/dev/null || die "openssl is needed to make the test server's TLS certificate"
+        local work
+        work=$(mktemp -d)
+        # A throwaway CA, and a server certificate it signs (clients verify the chain).
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=etl test CA" \
+            -keyout "$work/ca.key" -out "$work/ca.crt" >/dev/null 2>&1 \
+            && openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+                -keyout "$work/server.key" -out "$work/server.csr" >/dev/null 2>&1 \
+            && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$work/ext" \
+            && openssl x509 -req -in "$work/server.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" \
+                -CAcreateserial -days 3650 -extfile "$work/ext" -out "$work/server.crt" >/dev/null 2>&1 \
+            || die "openssl could not make the test certificates"
+        cp -f "$work/server.crt" "$crt"
+        cp -f "$work/server.key" "$key"
+        cp -f "$work/ca.crt" "$ca"
+        rm -rf "$work"
+        if is_root; then chown "$PG_OS_USER:" "$crt" "$key"; fi
+        chmod 0600 "$key"
+        chmod 0644 "$ca"
+    fi
+    printf "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n" >>"$PGDATA_DIR/etl-services.conf"
+    local hba=$PGDATA_DIR/pg_hba.conf
+    if ! grep -q '^# etl-services tls' "$hba"; then
+        local tmp
+        tmp=$(mktemp)
+        {
+            echo "# etl-services tls: etl_tls may only connect over TLS"
+            echo "hostssl all etl_tls 127.0.0.1/32 trust"
+            echo "host    all etl_tls 127.0.0.1/32 reject"
+            cat "$hba"
+        } >"$tmp"
+        cat "$tmp" >"$hba"
+        rm -f "$tmp"
+    fi
+}
+
+pg_tls_role() {
+    run_as "$PG_OS_USER" "$PG_BIN/psql" -X -q -h "$PG_SOCK_DIR" -p "$PG_PORT" -U "$PG_USER" -d "$PG_DATABASE" \
+        -c "DO \$\$ BEGIN CREATE ROLE etl_tls LOGIN SUPERUSER; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$" \
+        >/dev/null 2>>"$PG_LOG" || die "could not create the etl_tls role"
 }
 
 pg_stop() {
@@ -523,6 +576,8 @@ write_env() {
         printf 'export ETL_TEST_MARIADB_URL=%q\n' \
             "mysql://$MARIADB_USER:$MARIADB_PASSWORD@127.0.0.1:$MARIADB_PORT/$MARIADB_DATABASE"
         printf 'export ETL_TEST_MARIADB_OUTFILE_DIR=%q\n' "$DIR/outfile"
+        printf 'export ETL_TEST_POSTGRES_TLS_URL=%q\n' "postgres://etl_tls@127.0.0.1:$PG_PORT/$PG_DATABASE"
+        printf 'export ETL_TEST_POSTGRES_CA=%q\n' "$DIR/pg-ca.crt"
         printf 'export POSTGRES_HOST=%q\n' 127.0.0.1
         printf 'export POSTGRES_PORT=%q\n' "$PG_PORT"
         printf 'export POSTGRES_USER=%q\n' "$PG_USER"

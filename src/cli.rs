@@ -422,6 +422,8 @@ fn status(cli: &Cli) -> Result<(), CliError> {
                 m.entries
                     .iter()
                     .flat_map(|e| e.watermarks.values().cloned())
+                    // Time watermarks only (log_action's is an integer id).
+                    .filter(|v| v.contains('-'))
                     .max()
                     .unwrap_or_default()
             })

@@ -16,4 +16,5 @@ pub mod load;
 pub mod progress;
 pub mod settings;
 pub mod staging;
+pub mod tls;
 pub mod transform;

@@ -38,6 +38,16 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+fn default_sslmode() -> String {
+    var("POSTGRES_SSLMODE")
+        .or_else(|| var("PGSSLMODE"))
+        .unwrap_or_else(|| "prefer".into())
+}
+
+fn default_sslrootcert() -> Option<String> {
+    var("POSTGRES_SSLROOTCERT").or_else(|| var("PGSSLROOTCERT"))
+}
+
 /// PostgreSQL target: `DATABASE_URL`, or `POSTGRES_HOST/PORT/DATABASE/USER/PASSWORD`.
 #[derive(Clone)]
 pub struct PostgresSettings {
@@ -46,8 +56,12 @@ pub struct PostgresSettings {
     pub database: String,
     pub user: String,
     password: Option<String>,
-    /// `sslmode` from DATABASE_URL or POSTGRES_SSLMODE (`disable`, `prefer`, `require`).
+    /// `sslmode` from DATABASE_URL or POSTGRES_SSLMODE / PGSSLMODE (`disable`, `prefer`,
+    /// `require`, `verify-ca`, `verify-full`; default `prefer`).
     pub sslmode: String,
+    /// CA certificate (PEM) for `verify-*`: `sslrootcert` in DATABASE_URL, or
+    /// POSTGRES_SSLROOTCERT / PGSSLROOTCERT.
+    pub sslrootcert: Option<String>,
 }
 
 impl PostgresSettings {
@@ -64,14 +78,16 @@ impl PostgresSettings {
             database: var("POSTGRES_DATABASE").unwrap_or_else(|| "postgres".into()),
             user: var("POSTGRES_USER").unwrap_or_else(|| "postgres".into()),
             password: var("POSTGRES_PASSWORD"),
-            sslmode: var("POSTGRES_SSLMODE").unwrap_or_else(|| "prefer".into()),
+            sslmode: default_sslmode(),
+            sslrootcert: default_sslrootcert(),
         })
     }
 
     /// Parses `postgres://user:pass@host:port/db?sslmode=...`.
     pub fn from_url(url: &str) -> Result<PostgresSettings, String> {
         let parts = UrlParts::parse(url, &["postgres", "postgresql"])?;
-        let sslmode = parts.query("sslmode").unwrap_or_else(|| "prefer".into());
+        let sslmode = parts.query("sslmode").unwrap_or_else(default_sslmode);
+        let sslrootcert = parts.query("sslrootcert").or_else(default_sslrootcert);
         Ok(PostgresSettings {
             host: parts.host,
             port: parts.port.unwrap_or(5432),
@@ -79,6 +95,7 @@ impl PostgresSettings {
             user: parts.user.unwrap_or_else(|| "postgres".into()),
             password: parts.password,
             sslmode,
+            sslrootcert,
         })
     }
 
@@ -86,9 +103,10 @@ impl PostgresSettings {
         self.password.as_deref()
     }
 
-    /// Connects (the connection task runs on the tokio runtime). Errors never carry the
-    /// password: tokio-postgres does not print it.
+    /// Connects (the connection task runs on the tokio runtime), with TLS as `sslmode`
+    /// says. Errors never carry the password: tokio-postgres does not print it.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, String> {
+        use tokio_postgres::config::SslMode;
         let mut pg = tokio_postgres::Config::new();
         pg.host(&self.host)
             .port(self.port)
@@ -98,22 +116,48 @@ impl PostgresSettings {
         if let Some(password) = self.password() {
             pg.password(password);
         }
-        if self.sslmode == "require" || self.sslmode.starts_with("verify") {
-            return Err(format!(
-                "sslmode={} is not supported by this build yet (no TLS compiled in)",
-                self.sslmode
-            ));
-        }
-        let (client, connection) = pg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::error!("PostgreSQL connection: {e}");
+        let root_cert = self.sslrootcert.as_deref().map(std::path::Path::new);
+        match crate::tls::connector(&self.sslmode, root_cert)? {
+            None => {
+                pg.ssl_mode(SslMode::Disable);
+                let (client, connection) = pg
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                tokio::spawn(async move { log_connection_end(connection.await) });
+                Ok(client)
             }
-        });
-        Ok(client)
+            Some(tls) => {
+                pg.ssl_mode(match self.sslmode.as_str() {
+                    "allow" | "prefer" => SslMode::Prefer,
+                    _ => SslMode::Require,
+                });
+                let (client, connection) = pg.connect(tls).await.map_err(|e| error_text(&e))?;
+                tokio::spawn(async move { log_connection_end(connection.await) });
+                Ok(client)
+            }
+        }
+    }
+}
+
+/// A PostgreSQL error with its cause: the server's message, or the chain of sources (TLS
+/// errors hide the reason there).
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+fn log_connection_end(result: Result<(), tokio_postgres::Error>) {
+    if let Err(e) = result {
+        tracing::error!("PostgreSQL connection: {e}");
     }
 }
 

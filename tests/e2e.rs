@@ -673,3 +673,60 @@ fn a_killed_extract_leaves_the_previous_run_usable() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("did not finish"), "{}", stderr(&out));
 }
+
+#[test]
+fn load_over_tls_as_sslmode_asks() {
+    let work = Workdir::new();
+    let db_dir = smartdiet::write_dump(&work.path().join("dump"), 20);
+    let out = work.etl(
+        &[
+            "extract",
+            "--source",
+            "dump",
+            "--dump",
+            db_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(work.etl(&["transform"], &[]).status.success());
+    // The test server admits `etl_tls` over TLS only (scripts/services.sh).
+    let tls_url = std::env::var("ETL_TEST_POSTGRES_TLS_URL")
+        .expect("ETL_TEST_POSTGRES_TLS_URL: run with make test");
+    let ca = std::env::var("ETL_TEST_POSTGRES_CA").unwrap();
+    let db = fresh_database("e2e_tls");
+    let name = db.rsplit('/').next().unwrap();
+    let url = |mode: &str| {
+        format!(
+            "{}/{name}?sslmode={mode}",
+            tls_url.rsplit_once('/').unwrap().0
+        )
+    };
+
+    let plain = work.etl(&["load"], &[("DATABASE_URL", &url("disable"))]);
+    assert_eq!(plain.status.code(), Some(1));
+    assert!(
+        stderr(&plain).contains("no encryption"),
+        "{}",
+        stderr(&plain)
+    );
+
+    let unverified = work.etl(&["load"], &[("DATABASE_URL", &url("verify-full"))]);
+    assert_eq!(
+        unverified.status.code(),
+        Some(1),
+        "a self-signed certificate must not pass verify-full without its CA"
+    );
+
+    let required = work.etl(&["load"], &[("DATABASE_URL", &url("require"))]);
+    assert!(required.status.success(), "{}", stderr(&required));
+    let verified = work.etl(
+        &["load"],
+        &[
+            ("DATABASE_URL", &url("verify-full")),
+            ("POSTGRES_SSLROOTCERT", &ca),
+        ],
+    );
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    assert_eq!(count(&db, "SELECT count(*) FROM users"), 20);
+}
