@@ -26,6 +26,19 @@ pub struct TablePlan {
     pub orphans: Vec<OrphanCheck>,
     /// Returns (inserted, updated).
     pub upsert: String,
+    /// For tables without foreign keys or replaced children: when the target is empty
+    /// (checked under a lock), COPY straight into it, since no row can conflict or be an
+    /// orphan: half the work of the staged path.
+    pub direct: Option<DirectPlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectPlan {
+    /// Keeps other writers out between the check and the COPY.
+    pub lock: String,
+    /// Returns true when the target has no row.
+    pub is_empty: String,
+    pub copy: String,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +138,13 @@ pub fn plan_table(t: &TableSpec) -> TablePlan {
         parents,
         orphans,
         upsert: upsert_sql(t, &target, &stage, &cols),
+        direct: (t.columns.iter().all(|c| c.foreign_key.is_none())
+            && t.replace_parent_column().is_none())
+        .then(|| DirectPlan {
+            lock: format!("LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE"),
+            is_empty: format!("SELECT NOT EXISTS (SELECT 1 FROM {target})"),
+            copy: format!("COPY {target} ({cols}) FROM STDIN"),
+        }),
     }
 }
 
@@ -184,6 +204,13 @@ impl TablePlan {
     pub fn statements(&self) -> Vec<String> {
         let mut out = vec![self.create.trim_end().trim_end_matches(';').to_string()];
         out.extend(self.truncate.clone());
+        if let Some(d) = &self.direct {
+            out.push(d.lock.clone());
+            out.push(format!(
+                "{} -- when true: {} and nothing else for this table",
+                d.is_empty, d.copy
+            ));
+        }
         out.push(self.create_stage.clone());
         out.push(self.copy.clone());
         if let Some(p) = &self.parents {

@@ -77,6 +77,20 @@ async fn load_table(
             .await
             .map_err(|e| sql_error(table, truncate, e))?;
     }
+    if let Some(direct) = &plan.direct {
+        tx.batch_execute(&direct.lock)
+            .await
+            .map_err(|e| sql_error(table, &direct.lock, e))?;
+        let row = tx
+            .query_one(&direct.is_empty, &[])
+            .await
+            .map_err(|e| sql_error(table, &direct.is_empty, e))?;
+        if row.get::<_, bool>(0) {
+            load.inserted =
+                copy_files(tx, table, &direct.copy, transform_dir, &entry.files).await?;
+            return Ok(load);
+        }
+    }
     tx.batch_execute(&plan.create_stage)
         .await
         .map_err(|e| sql_error(table, &plan.create_stage, e))?;
@@ -125,14 +139,14 @@ async fn load_table(
 }
 
 /// Streams staged files into `COPY ... FROM STDIN`: a blocking thread decodes and encodes,
-/// this task forwards the chunks.
+/// this task forwards the chunks. Returns the rows PostgreSQL copied.
 async fn copy_files(
     tx: &Transaction<'_>,
     table: &str,
     copy_sql: &str,
     dir: &Path,
     files: &[FileEntry],
-) -> Result<(), LoadError> {
+) -> Result<u64, LoadError> {
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<Bytes, LoadError>>(4);
     let dir: PathBuf = dir.to_path_buf();
     let files = files.to_vec();
@@ -155,13 +169,14 @@ async fn copy_files(
             .await
             .map_err(|e| sql_error(table, copy_sql, e))?;
     }
-    sink.finish()
+    let rows = sink
+        .finish()
         .await
         .map_err(|e| sql_error(table, copy_sql, e))?;
     producer
         .await
         .map_err(|e| LoadError::Internal(format!("COPY encoder for {table}: {e}")))?;
-    Ok(())
+    Ok(rows)
 }
 
 /// Reads each staged file (after checking its checksum) and hands COPY text in chunks to
