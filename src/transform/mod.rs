@@ -196,8 +196,8 @@ fn transform_table(
                     *filtered_by_rule.entry(rule).or_default() += n;
                 }
                 rejects.extend(out.rejects);
-                if let Some(parents) = parents.as_mut() {
-                    parents.write(&parent_batch(&out.parents)?)?;
+                if let (Some(writer), Some(ids)) = (parents.as_mut(), &out.parents) {
+                    writer.write(&parent_batch(ids)?)?;
                 }
                 if table.dedupe.is_some() {
                     held.push(out.rows);
@@ -257,14 +257,13 @@ fn transform_table(
     ))
 }
 
-fn parent_batch(parents: &[String]) -> Result<RecordBatch, StagingError> {
+fn parent_batch(ids: &ArrayRef) -> Result<RecordBatch, StagingError> {
     let schema = Arc::new(Schema::new(vec![Field::new(
         "parent",
         DataType::Utf8,
         false,
     )]));
-    let array: ArrayRef = Arc::new(arrow::array::StringArray::from_iter_values(parents));
-    RecordBatch::try_new(schema, vec![array]).map_err(|e| StagingError::Invalid {
+    RecordBatch::try_new(schema, vec![ids.clone()]).map_err(|e| StagingError::Invalid {
         path: "parents".into(),
         message: e.to_string(),
     })

@@ -35,8 +35,8 @@ pub struct BatchOutput {
     pub extracted: u64,
     /// Rows left out by a stated rule, by rule.
     pub filtered: BTreeMap<String, u64>,
-    /// For replace-per-parent tables: every parent seen, whatever its arrays hold.
-    pub parents: Vec<String>,
+    /// For replace-per-parent tables: every parent seen (its `_id`), whatever its arrays hold.
+    pub parents: Option<ArrayRef>,
 }
 
 /// The Arrow schema of a table's transform output: its loaded columns, PostgreSQL-ready types.
@@ -56,7 +56,7 @@ pub fn transform_batch(
 ) -> Result<BatchOutput, TransformError> {
     let mut filtered = BTreeMap::new();
     let kept = apply_filter(table, batch, &mut filtered)?;
-    let ids = document_ids(table, &kept)?;
+    let ids = DocIds::new(table, &kept)?;
     let mut output = match &table.explode {
         None => {
             let mut out = direct_rows(table, &kept, &ids)?;
@@ -118,33 +118,40 @@ fn staged_column<'a>(
     Ok((values, raw))
 }
 
-/// Per input row, the id a reject names: `_id`, or the Matomo primary key.
-fn document_ids(table: &TableSpec, batch: &RecordBatch) -> Result<Vec<String>, TransformError> {
-    let key_sources: Vec<String> = match &table.source {
-        Source::Mongo { .. } => vec![ID_FIELD.to_string()],
-        Source::Matomo { .. } => table
-            .primary_key
-            .iter()
-            .filter_map(|k| table.column(k))
-            .filter_map(|c| match &c.source {
-                ColumnSource::Field(f) => Some(f.clone()),
-                _ => None,
-            })
-            .collect(),
-    };
-    let columns = key_sources
-        .iter()
-        .map(|k| staged_column(table, batch, k).map(|(v, _)| v))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((0..batch.num_rows())
-        .map(|row| {
-            columns
+/// The id a reject names for a row (`_id`, or the Matomo primary key), formatted only for
+/// the rows that need it.
+struct DocIds {
+    columns: Vec<ArrayRef>,
+}
+
+impl DocIds {
+    fn new(table: &TableSpec, batch: &RecordBatch) -> Result<DocIds, TransformError> {
+        let key_sources: Vec<String> = match &table.source {
+            Source::Mongo { .. } => vec![ID_FIELD.to_string()],
+            Source::Matomo { .. } => table
+                .primary_key
                 .iter()
-                .map(|c| display_value(c, row))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .collect())
+                .filter_map(|k| table.column(k))
+                .filter_map(|c| match &c.source {
+                    ColumnSource::Field(f) => Some(f.clone()),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let columns = key_sources
+            .iter()
+            .map(|k| staged_column(table, batch, k).map(|(v, _)| v.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DocIds { columns })
+    }
+
+    fn get(&self, row: usize) -> String {
+        self.columns
+            .iter()
+            .map(|c| display_value(c, row))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// Converted columns by name, and the refused cells grouped by row.
@@ -171,7 +178,7 @@ fn convert_fields(table: &TableSpec, batch: &RecordBatch) -> Result<Converted, T
 fn direct_rows(
     table: &TableSpec,
     batch: &RecordBatch,
-    ids: &[String],
+    ids: &DocIds,
 ) -> Result<BatchOutput, TransformError> {
     let (arrays, errors) = convert_fields(table, batch)?;
     let keep = BooleanArray::from(
@@ -188,7 +195,7 @@ fn direct_rows(
     let rejects = errors
         .into_iter()
         .map(|(row, errors)| Reject {
-            document_id: ids[row].clone(),
+            document_id: ids.get(row),
             errors,
         })
         .collect();
@@ -197,14 +204,14 @@ fn direct_rows(
         rejects,
         extracted: batch.num_rows() as u64,
         filtered: BTreeMap::new(),
-        parents: Vec::new(),
+        parents: None,
     })
 }
 
 fn explode_rows(
     table: &TableSpec,
     batch: &RecordBatch,
-    ids: &[String],
+    ids: &DocIds,
 ) -> Result<BatchOutput, TransformError> {
     let explode = table
         .explode
@@ -244,7 +251,7 @@ fn explode_rows(
         for (array, list, raw) in &lists {
             let type_value = array.type_value.as_deref();
             let reject = |reason: String, raw: Option<String>| Reject {
-                document_id: ids[row].clone(),
+                document_id: ids.get(row),
                 errors: vec![CellError {
                     row,
                     column: element_col.name.clone(),
@@ -294,7 +301,7 @@ fn explode_rows(
                         .or_default() += 1;
                 } else if let Some(errors) = parent_errors.get(&row) {
                     rejects.push(Reject {
-                        document_id: ids[row].clone(),
+                        document_id: ids.get(row),
                         errors: errors.clone(),
                     });
                 } else {
@@ -347,12 +354,13 @@ fn explode_rows(
         for (out_row, errors) in late_errors {
             let parent = indices.value(out_row) as usize;
             rejects.push(Reject {
-                document_id: ids[parent].clone(),
+                document_id: ids.get(parent),
                 errors,
             });
         }
     }
-    let parents = ids.to_vec();
+    // Every parent of the batch: its `_id` column as is.
+    let parents = Some(staged_column(table, batch, ID_FIELD)?.0.clone());
     Ok(BatchOutput {
         rows,
         rejects,
