@@ -220,9 +220,12 @@ cargo build --release --bins --examples >"$logs/build.out" 2>&1 || {
     tail -n 60 "$logs/build.out" >&2
     die "cargo build failed"
 }
-etl=$repo/target/release/etl
-gen_dump=$repo/target/release/examples/gen_dump
-[[ -x $etl && -x $gen_dump ]] || die "missing $etl or $gen_dump after the build"
+# Copies: others may rebuild target/release while the bench runs.
+mkdir -p "$work/bin"
+cp "$repo/target/release/etl" "$repo/target/release/examples/gen_dump" "$work/bin/" ||
+    die "missing target/release/etl or target/release/examples/gen_dump after the build"
+etl=$work/bin/etl
+gen_dump=$work/bin/gen_dump
 cp -r "$repo/config" "$work/config"
 cd "$work"
 

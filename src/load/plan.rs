@@ -13,6 +13,8 @@ use crate::config::{ColumnSource, Keep, TableSpec};
 #[derive(Debug, Clone)]
 pub struct TablePlan {
     pub table: String,
+    /// The table's name as SQL (quoted where needed).
+    pub target: String,
     pub create: String,
     /// `TRUNCATE ... CASCADE` when `force_reimport` and `truncate_before_import`.
     pub truncate: Option<String>,
@@ -130,6 +132,7 @@ pub fn plan_table(t: &TableSpec) -> TablePlan {
 
     TablePlan {
         table: t.name.clone(),
+        target: target.clone(),
         create: create_table(t),
         truncate: (t.force_reimport && t.truncate_before_import)
             .then(|| format!("TRUNCATE TABLE {target} CASCADE")),
