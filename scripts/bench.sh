@@ -9,6 +9,8 @@
 #   BENCH_ACTIONS    rows generated in matomo_log_link_visit_action      (default 1000000)
 #   BENCH_RSS_SCALE  1: also extract+transform a 5x-users dump to see how peak RSS scales;
 #                    0: skip that (it is the slowest part)               (default 1)
+#   BENCH_TRANSFORM_REPEAT  runs of each transform variant (1 and 2 threads); the median
+#                    is reported, with the range                        (default 3)
 #   BENCH_KEEP       1: keep the bench databases afterwards              (default 0)
 #
 # Needs the test services (scripts/with-services.sh): PostgreSQL at ETL_TEST_POSTGRES_URL,
@@ -35,10 +37,12 @@ BENCH_USERS=${BENCH_USERS:-1000000}
 BENCH_ACTIONS=${BENCH_ACTIONS:-1000000}
 BENCH_RSS_SCALE=${BENCH_RSS_SCALE:-1}
 BENCH_KEEP=${BENCH_KEEP:-0}
+BENCH_TRANSFORM_REPEAT=${BENCH_TRANSFORM_REPEAT:-3}
 RSS_FACTOR=5
 for v in BENCH_USERS BENCH_ACTIONS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
+[[ $BENCH_TRANSFORM_REPEAT =~ ^[1-9]$ ]] || die "BENCH_TRANSFORM_REPEAT must be 1-9, got '$BENCH_TRANSFORM_REPEAT'"
 [[ $BENCH_RSS_SCALE =~ ^[01]$ ]] || die "BENCH_RSS_SCALE must be 0 or 1, got '$BENCH_RSS_SCALE'"
 ((BENCH_ACTIONS >= 10)) || die "BENCH_ACTIONS must be at least 10"
 for v in ETL_TEST_POSTGRES_URL ETL_TEST_MARIADB_OUTFILE_DIR MATOMO_HOST MATOMO_PORT MATOMO_USER MATOMO_PASSWORD; do
@@ -135,6 +139,8 @@ run_timed() {
     WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
     RSS_KB=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$logs/$name.time")
     [[ $RSS_KB =~ ^[0-9]+$ ]] || die "$name: no 'Maximum resident set size' in $logs/$name.time"
+    CPU_PCT=$(awk -F': ' '/Percent of CPU this job got/ { print $2 }' "$logs/$name.time")
+    [[ $CPU_PCT =~ ^[0-9]+%$ ]] || CPU_PCT="?"
 }
 
 # etl summary tables (stdout): header, a rule of dashes, then one row per table.
@@ -251,6 +257,8 @@ out "etl benchmark -- $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     printf 'BENCH_USERS\t%s\n' "$BENCH_USERS"
     printf 'BENCH_ACTIONS\t%s\n' "$BENCH_ACTIONS"
     printf 'BENCH_RSS_SCALE\t%s\n' "$BENCH_RSS_SCALE"
+    printf 'BENCH_TRANSFORM_REPEAT\t%s\n' "$BENCH_TRANSFORM_REPEAT"
+    printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 } | table left
 note "Test servers (scripts/services.sh): fsync off, shared_buffers 256MB, InnoDB buffer pool 256M."
 note "Wall seconds are measured around each command; peak RSS is /usr/bin/time -v's maximum RSS."
@@ -481,10 +489,25 @@ note "(its MB/s is of that output); etl's Matomo Parquet: $(mb "$mstaged_bytes")
 # ================================================================ 3. Transform
 section "3. Transform"
 
-run_timed transform_1t env RAYON_NUM_THREADS=1 "$etl" --config "$work/config" --staging "$work/staging" transform
-tr1_wall=$WALL tr1_rss=$RSS_KB
-run_timed transform_2t env RAYON_NUM_THREADS=2 "$etl" --config "$work/config" --staging "$work/staging" transform
-tr2_wall=$WALL tr2_rss=$RSS_KB
+# 1 and 2 threads, alternating, BENCH_TRANSFORM_REPEAT times each: the median wall time is
+# reported (a 2-core machine shared with other work is noisy), peak RSS is the highest seen.
+median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+max_of() { tr ' ' '\n' | sort -g | tail -n 1; }
+declare -A tr_walls tr_rss tr_cpu
+for ((i = 1; i <= BENCH_TRANSFORM_REPEAT; i++)); do
+    for t in 1 2; do
+        run_timed "transform_${t}t_$i" env RAYON_NUM_THREADS=$t "$etl" --config "$work/config" --staging "$work/staging" transform
+        tr_walls[$t]+="$WALL " tr_rss[$t]+="$RSS_KB " tr_cpu[$t]+="$CPU_PCT "
+    done
+done
+for t in 1 2; do
+    [[ $(wc -w <<<"${tr_walls[$t]}") == "$BENCH_TRANSFORM_REPEAT" ]] || die "transform ${t}T: missing timings"
+done
+tr1_wall=$(median <<<"${tr_walls[1]% }") tr1_rss=$(max_of <<<"${tr_rss[1]% }")
+tr2_wall=$(median <<<"${tr_walls[2]% }") tr2_rss=$(max_of <<<"${tr_rss[2]% }")
+tr_range() { tr ' ' '\n' <<<"${tr_walls[$1]% }" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f-%.2f", v[1], v[NR] }'; }
+cp "$logs/transform_2t_1.out" "$logs/transform_2t.out"
+cp "$logs/transform_1t_1.out" "$logs/transform_1t.out"
 tr_read=$(summary_sum "$logs/transform_2t.out" 2)
 tr_rows=$(summary_sum "$logs/transform_2t.out" 3)
 tr_rejected=$(summary_sum "$logs/transform_2t.out" 4)
@@ -492,13 +515,13 @@ tr_rows_1t=$(summary_sum "$logs/transform_1t.out" 3)
 ((tr_rows == tr_rows_1t)) || die "transform wrote $tr_rows_1t rows with 1 thread and $tr_rows with 2"
 
 {
-    printf 'run\tdocs in\trows out\tseconds\tdocs/s\trows out/s\tpeak RSS MiB\n'
-    printf 'RAYON_NUM_THREADS=1\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(int "$ext_docs")" "$(int "$tr_rows")" "$(secs "$tr1_wall")" "$(rate "$ext_docs" "$tr1_wall")" "$(rate "$tr_rows" "$tr1_wall")" "$(mib "$tr1_rss")"
-    printf 'RAYON_NUM_THREADS=2\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(int "$ext_docs")" "$(int "$tr_rows")" "$(secs "$tr2_wall")" "$(rate "$ext_docs" "$tr2_wall")" "$(rate "$tr_rows" "$tr2_wall")" "$(mib "$tr2_rss")"
-    printf 'speedup 2T / 1T\t-\t-\t-\t%s\t-\t-\n' "$(ratio "$tr1_wall" "$tr2_wall")"
+    printf 'run\tdocs in\trows out\tseconds (median)\trange s\tdocs/s\trows out/s\tpeak RSS MiB\tCPU per run\n'
+    printf 'RAYON_NUM_THREADS=1\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(int "$ext_docs")" "$(int "$tr_rows")" "$(secs "$tr1_wall")" "$(tr_range 1)" "$(rate "$ext_docs" "$tr1_wall")" "$(rate "$tr_rows" "$tr1_wall")" "$(mib "$tr1_rss")" "${tr_cpu[1]% }"
+    printf 'RAYON_NUM_THREADS=2\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(int "$ext_docs")" "$(int "$tr_rows")" "$(secs "$tr2_wall")" "$(tr_range 2)" "$(rate "$ext_docs" "$tr2_wall")" "$(rate "$tr_rows" "$tr2_wall")" "$(mib "$tr2_rss")" "${tr_cpu[2]% }"
+    printf 'speedup 2T / 1T\t-\t-\t-\t-\t%s\t-\t-\t-\n' "$(ratio "$tr1_wall" "$tr2_wall")"
 } | table
 note "docs in = documents the extract staged ($(int "$ext_docs")); the transform read $(int "$tr_read") source rows"
-note "(one collection feeds several tables) and rejected $(int "$tr_rejected")."
+note "(one collection feeds several tables) and rejected $(int "$tr_rejected"). $BENCH_TRANSFORM_REPEAT run(s) per variant, alternating."
 out ""
 out "   slowest tables (RAYON_NUM_THREADS=2, per etl's summary):"
 awk 'seen && $6 ~ /^[0-9.]+$/ { printf "%s\t%s\t%s\t%s\n", $1, $2, $3, $6 } /^-+( |$)/ { seen = 1 }' "$logs/transform_2t.out" |
@@ -675,5 +698,7 @@ raw_wall=$(add "$outfile_wall" "$fc_wall")
 note "Stage shares of etl's total: extract $(awk -v a="$mext_wall" -v t="$e2e_wall" 'BEGIN { printf "%.0f", 100 * a / t }')%, transform $(awk -v a="$mtr_wall" -v t="$e2e_wall" 'BEGIN { printf "%.0f", 100 * a / t }')%, load $(awk -v a="$le_wall" -v t="$e2e_wall" 'BEGIN { printf "%.0f", 100 * a / t }')%."
 note "Peak RSS: extract $(mib "$mext_rss") MiB, transform $(mib "$mtr_rss") MiB, load $(mib "$le_rss") MiB."
 
+out ""
+out "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (above ~0.5 before the bench = other work competed for the 2 cores)"
 mv "$report.partial" "$report"
 progress "report saved to $report (command logs in $logs)"

@@ -552,7 +552,11 @@ fn a_load_killed_mid_way_changes_nothing_and_the_rerun_completes_it() {
     // Big link tables had their foreign keys rebuilt during the load: all are back.
     let fks = "SELECT count(*) FROM pg_constraint WHERE contype = 'f'";
     assert_eq!(count(&killed, fks), count(&clean, fks));
-    assert_eq!(count(&killed, fks), 32, "the SmartDiet schema declares 32 foreign keys");
+    assert_eq!(
+        count(&killed, fks),
+        32,
+        "the SmartDiet schema declares 32 foreign keys"
+    );
     // users_logbook ids come from a sequence the rolled-back load advanced: compare the rest.
     let q = "SELECT md5(string_agg(user_id || day || created_at || updated_at, '|' ORDER BY user_id, day)) FROM users_logbook";
     assert_eq!(psql(&killed, q), psql(&clean, q));

@@ -194,11 +194,6 @@ pub fn commit_file(tmp: &Path, path: &Path) -> Result<(), StagingError> {
     std::fs::rename(tmp, path).map_err(StagingError::io(path))
 }
 
-/// `part-00012.parquet`.
-pub fn part_name(n: usize) -> String {
-    format!("part-{n:05}.parquet")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
-use super::{commit_file, part_name, FileEntry, StagingError};
+use super::{commit_file, FileEntry, StagingError};
 
 /// Rows per Parquet row group: bounds the writer's memory and gives readers units to share.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -39,6 +39,8 @@ pub struct PartWriter {
     /// Prefix of file paths in the manifest (relative to the stage folder).
     rel_prefix: String,
     file_rows: u64,
+    /// File names are `<name_prefix>-NNNNN.parquet`.
+    name_prefix: String,
 }
 
 struct OpenPart {
@@ -63,7 +65,21 @@ impl PartWriter {
             files: Vec::new(),
             rel_prefix: rel_prefix.into(),
             file_rows: file_rows(),
+            name_prefix: "part".into(),
         })
+    }
+
+    /// Names files `<prefix>-NNNNN.parquet`, so several writers can share a folder (one per
+    /// parallel task, the prefix sorting in input order).
+    pub fn with_name_prefix(mut self, prefix: &str) -> PartWriter {
+        self.name_prefix = prefix.to_string();
+        self
+    }
+
+    /// Closes the last file and returns the files written; none when nothing was written.
+    pub fn finish_nonempty(mut self) -> Result<Vec<FileEntry>, StagingError> {
+        self.close_current()?;
+        Ok(self.files)
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -107,7 +123,7 @@ impl PartWriter {
     }
 
     fn open_next(&mut self) -> Result<(), StagingError> {
-        let name = part_name(self.files.len());
+        let name = format!("{}-{:05}.parquet", self.name_prefix, self.files.len());
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let file = File::create(&tmp).map_err(StagingError::io(&tmp))?;

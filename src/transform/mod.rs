@@ -29,8 +29,6 @@ use crate::staging::{
     self, Counts, Manifest, ManifestEntry, PartWriter, RejectRow, RunDir, Stage, StagingError,
 };
 
-/// Batches handed to rayon at once per table: enough to keep every thread busy.
-const CHUNK_BATCHES: usize = 8;
 const READ_BATCH_ROWS: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +86,17 @@ pub fn run(
     let rejects_dir = run.rejects_dir();
     std::fs::create_dir_all(&rejects_dir).map_err(StagingError::io(&rejects_dir))?;
     let extract_dir = run.stage_dir(Stage::Extract);
+    // Each staged file once, whatever the number of tables reading it.
+    let mut to_verify: Vec<&staging::FileEntry> = selected
+        .iter()
+        .filter_map(|t| extract.entry(t.source.name()))
+        .flat_map(|e| &e.files)
+        .collect();
+    to_verify.sort_by(|a, b| a.path.cmp(&b.path));
+    to_verify.dedup_by(|a, b| a.path == b.path);
+    to_verify
+        .par_iter()
+        .try_for_each(|f| staging::verify_file(&extract_dir, f))?;
 
     let results: Vec<Result<(ManifestEntry, TableReport), TransformError>> = selected
         .par_iter()
@@ -133,7 +142,21 @@ fn config_path(config: &Config) -> std::path::PathBuf {
         .unwrap_or_default()
 }
 
-/// Transforms every staged file of one table's source.
+/// What one piece (one row group of one staged file) gave for a table.
+#[derive(Default)]
+struct Piece {
+    files: Vec<staging::FileEntry>,
+    parent_files: Vec<staging::FileEntry>,
+    counts: Counts,
+    filtered_by_rule: BTreeMap<String, u64>,
+    rejects: Vec<Reject>,
+    /// Rows of dedupe tables, merged once every piece is done.
+    held: Vec<RecordBatch>,
+}
+
+/// Transforms every staged file of one table's source: one task per row group, in
+/// parallel, each writing its own part files (named in input order, so the output is the
+/// same whatever the number of threads).
 fn transform_table(
     table: &TableSpec,
     extract_dir: &Path,
@@ -143,71 +166,44 @@ fn transform_table(
 ) -> Result<(ManifestEntry, TableReport), TransformError> {
     let started = Instant::now();
     let schema = output_schema(table);
-    let mut writer = PartWriter::new(&out_dir.join(&table.name), &table.name, schema.clone())?;
-    let mut parents = table
-        .replace_parent_column()
-        .map(|_| {
-            let parent_schema = Arc::new(Schema::new(vec![Field::new(
-                "parent",
-                DataType::Utf8,
-                false,
-            )]));
-            let rel = format!("{}/parents", table.name);
-            PartWriter::new(&out_dir.join(&rel), &rel, parent_schema)
-        })
-        .transpose()?;
-    let mut counts = Counts::default();
-    let mut filtered_by_rule: BTreeMap<String, u64> = BTreeMap::new();
-    let mut rejects: Vec<Reject> = Vec::new();
-    let mut held: Vec<RecordBatch> = Vec::new();
-
+    let mut tasks = Vec::new();
     for file in &entry.files {
-        staging::verify_file(extract_dir, file)?;
         let path = extract_dir.join(&file.path);
         let reader = std::fs::File::open(&path).map_err(StagingError::io(&path))?;
-        let to_err = |source| StagingError::Parquet {
-            path: path.clone(),
-            source,
-        };
-        let batches = ParquetRecordBatchReaderBuilder::try_new(reader)
-            .map_err(to_err)?
-            .with_batch_size(READ_BATCH_ROWS)
-            .build()
-            .map_err(to_err)?;
-        let mut batches = batches.peekable();
-        while batches.peek().is_some() {
-            let chunk: Vec<RecordBatch> = batches
-                .by_ref()
-                .take(CHUNK_BATCHES)
-                .collect::<Result<_, _>>()
-                .map_err(|e| TransformError::Arrow {
-                    table: table.name.clone(),
-                    source: e,
-                })?;
-            let outputs: Vec<BatchOutput> = chunk
-                .par_iter()
-                .map(|b| transform_batch(table, b))
-                .collect::<Result<_, _>>()?;
-            for out in outputs {
-                counts.extracted += out.extracted;
-                counts.rejected += out.rejects.len() as u64;
-                for (rule, n) in out.filtered {
-                    counts.filtered += n;
-                    *filtered_by_rule.entry(rule).or_default() += n;
-                }
-                rejects.extend(out.rejects);
-                if let (Some(writer), Some(ids)) = (parents.as_mut(), &out.parents) {
-                    writer.write(&parent_batch(ids)?)?;
-                }
-                if table.dedupe.is_some() {
-                    held.push(out.rows);
-                } else {
-                    counts.transformed += out.rows.num_rows() as u64;
-                    writer.write(&out.rows)?;
-                }
+        let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|source| {
+            StagingError::Parquet {
+                path: path.clone(),
+                source,
             }
-        }
+        })?;
+        tasks.extend((0..builder.metadata().num_row_groups()).map(|rg| (path.clone(), rg)));
     }
+    let pieces: Vec<Piece> = tasks
+        .par_iter()
+        .enumerate()
+        .map(|(i, (path, rg))| transform_piece(table, &schema, path, *rg, out_dir, i))
+        .collect::<Result<_, _>>()?;
+
+    let mut counts = Counts::default();
+    let mut filtered_by_rule: BTreeMap<String, u64> = BTreeMap::new();
+    let mut files = Vec::new();
+    let mut parent_files = Vec::new();
+    let mut rejects = Vec::new();
+    let mut held = Vec::new();
+    for piece in pieces {
+        counts.extracted += piece.counts.extracted;
+        counts.transformed += piece.counts.transformed;
+        counts.rejected += piece.counts.rejected;
+        counts.filtered += piece.counts.filtered;
+        for (rule, n) in piece.filtered_by_rule {
+            *filtered_by_rule.entry(rule).or_default() += n;
+        }
+        files.extend(piece.files);
+        parent_files.extend(piece.parent_files);
+        rejects.extend(piece.rejects);
+        held.extend(piece.held);
+    }
+    let table_dir = out_dir.join(&table.name);
     if let Some(spec) = &table.dedupe {
         let (merged, dropped) =
             dedupe::dedupe(&schema, &held, spec).map_err(|e| TransformError::Arrow {
@@ -219,13 +215,14 @@ fn transform_table(
             .entry(format!("dedupe: one row per ({})", spec.key.join(", ")))
             .or_default() += dropped;
         counts.transformed += merged.num_rows() as u64;
+        let mut writer = PartWriter::new(&table_dir, &table.name, schema.clone())?;
         writer.write(&merged)?;
+        files = writer.finish()?;
     }
-    let files = writer.finish()?;
-    let parent_files = parents
-        .map(PartWriter::finish)
-        .transpose()?
-        .unwrap_or_default();
+    if files.is_empty() {
+        // No rows: one empty file still carries the table's schema.
+        files = PartWriter::new(&table_dir, &table.name, schema.clone())?.finish()?;
+    }
     write_rejects(rejects_dir, &table.name, &rejects)?;
 
     let seconds = started.elapsed().as_secs_f64();
@@ -255,6 +252,79 @@ fn transform_table(
             skipped: None,
         },
     ))
+}
+
+/// One row group of one staged file -> the table's rows, in part files of its own.
+fn transform_piece(
+    table: &TableSpec,
+    schema: &arrow::datatypes::SchemaRef,
+    path: &Path,
+    row_group: usize,
+    out_dir: &Path,
+    index: usize,
+) -> Result<Piece, TransformError> {
+    let to_err = |source| StagingError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let reader = std::fs::File::open(path).map_err(StagingError::io(path))?;
+    let batches = ParquetRecordBatchReaderBuilder::try_new(reader)
+        .map_err(to_err)?
+        .with_row_groups(vec![row_group])
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(to_err)?;
+    let prefix = format!("part-{index:05}");
+    let mut writer = PartWriter::new(&out_dir.join(&table.name), &table.name, schema.clone())?
+        .with_name_prefix(&prefix);
+    let mut parents = match table.replace_parent_column() {
+        Some(_) => {
+            let rel = format!("{}/parents", table.name);
+            Some(
+                PartWriter::new(&out_dir.join(&rel), &rel, parent_schema())?
+                    .with_name_prefix(&prefix),
+            )
+        }
+        None => None,
+    };
+    let mut piece = Piece::default();
+    for batch in batches {
+        let batch = batch.map_err(|e| TransformError::Arrow {
+            table: table.name.clone(),
+            source: e,
+        })?;
+        let out = transform_batch(table, &batch)?;
+        piece.counts.extracted += out.extracted;
+        piece.counts.rejected += out.rejects.len() as u64;
+        for (rule, n) in out.filtered {
+            piece.counts.filtered += n;
+            *piece.filtered_by_rule.entry(rule).or_default() += n;
+        }
+        piece.rejects.extend(out.rejects);
+        if let (Some(writer), Some(ids)) = (parents.as_mut(), &out.parents) {
+            writer.write(&parent_batch(ids)?)?;
+        }
+        if table.dedupe.is_some() {
+            piece.held.push(out.rows);
+        } else {
+            piece.counts.transformed += out.rows.num_rows() as u64;
+            writer.write(&out.rows)?;
+        }
+    }
+    piece.files = writer.finish_nonempty()?;
+    piece.parent_files = parents
+        .map(PartWriter::finish_nonempty)
+        .transpose()?
+        .unwrap_or_default();
+    Ok(piece)
+}
+
+fn parent_schema() -> arrow::datatypes::SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "parent",
+        DataType::Utf8,
+        false,
+    )]))
 }
 
 fn parent_batch(ids: &ArrayRef) -> Result<RecordBatch, StagingError> {
