@@ -62,6 +62,8 @@ pub enum ExtractError {
     #[error("collection `{collection}`: {message}")]
     Mongo { collection: String, message: String },
     #[error("{0}")]
+    Convert(String),
+    #[error("{0}")]
     Usage(String),
 }
 
@@ -264,32 +266,116 @@ fn extract_dump_collection(
     writer: &mut PartWriter,
     bar: &indicatif::ProgressBar,
 ) -> Result<CollectionStats, ExtractError> {
-    let mut stats = CollectionStats::default();
     let Some(found) = mongodump::find_collection(dump, collection)? else {
-        stats.missing = true;
-        return Ok(stats);
+        return Ok(CollectionStats {
+            missing: true,
+            ..Default::default()
+        });
     };
-    let mut builder = DocBatchBuilder::new(fields);
+    let mut converter = ParallelConverter::new(fields, since);
     mongodump::for_each_document(
         found,
         |doc| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-            stats.scanned += 1;
-            if !bson_arrow::in_window(doc, since) {
-                return Ok(());
-            }
-            builder.push(doc)?;
-            stats.rows += 1;
-            stats.max_timestamp = stats.max_timestamp.max(document_timestamp(doc));
-            if builder.len() >= BATCH_ROWS {
-                bar.inc(builder.len() as u64);
-                writer.write(&builder.finish())?;
-            }
+            converter.push(doc, writer, bar).map_err(Box::new)?;
             Ok(())
         },
     )?;
-    bar.inc(builder.len() as u64);
-    writer.write(&builder.finish())?;
-    Ok(stats)
+    converter.finish(writer, bar)
+}
+
+/// Documents gathered into chunks that rayon converts in parallel, written in input order:
+/// reading is cheap, BSON-to-Arrow conversion is the work. Used by both MongoDB paths.
+pub struct ParallelConverter<'a> {
+    fields: &'a [fields::StagedField],
+    since: Option<DateTime<Utc>>,
+    pending: Vec<bson::RawDocumentBuf>,
+    stats: CollectionStats,
+}
+
+impl<'a> ParallelConverter<'a> {
+    pub fn new(
+        fields: &'a [fields::StagedField],
+        since: Option<DateTime<Utc>>,
+    ) -> ParallelConverter<'a> {
+        ParallelConverter {
+            fields,
+            since,
+            pending: Vec::new(),
+            stats: CollectionStats::default(),
+        }
+    }
+
+    /// Takes one document; converts and writes once enough are gathered for every thread.
+    pub fn push(
+        &mut self,
+        doc: &RawDocument,
+        writer: &mut PartWriter,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<(), ExtractError> {
+        self.stats.scanned += 1;
+        self.pending.push(doc.to_raw_document_buf());
+        if self.pending.len() >= BATCH_ROWS * rayon::current_num_threads().max(1) {
+            self.flush(writer, bar)?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(
+        mut self,
+        writer: &mut PartWriter,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<CollectionStats, ExtractError> {
+        self.flush(writer, bar)?;
+        Ok(self.stats)
+    }
+
+    fn flush(
+        &mut self,
+        writer: &mut PartWriter,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<(), ExtractError> {
+        use rayon::prelude::*;
+        let docs = std::mem::take(&mut self.pending);
+        let (fields, since) = (self.fields, self.since);
+        let chunks: Vec<Result<ConvertedChunk, bson_arrow::ConvertError>> = docs
+            .par_chunks(BATCH_ROWS)
+            .map(|chunk| convert_chunk(fields, since, chunk))
+            .collect();
+        for chunk in chunks {
+            let chunk = chunk.map_err(|e| ExtractError::Convert(e.to_string()))?;
+            self.stats.rows += chunk.rows;
+            self.stats.max_timestamp = self.stats.max_timestamp.max(chunk.max_timestamp);
+            bar.inc(chunk.rows);
+            writer.write(&chunk.batch)?;
+        }
+        Ok(())
+    }
+}
+
+struct ConvertedChunk {
+    batch: arrow::record_batch::RecordBatch,
+    rows: u64,
+    max_timestamp: Option<DateTime<Utc>>,
+}
+
+/// The documents of `docs` inside the window, as one staged batch.
+fn convert_chunk(
+    fields: &[fields::StagedField],
+    since: Option<DateTime<Utc>>,
+    docs: &[bson::RawDocumentBuf],
+) -> Result<ConvertedChunk, bson_arrow::ConvertError> {
+    let mut builder = DocBatchBuilder::new(fields);
+    let mut max_timestamp = None;
+    for doc in docs.iter().filter(|d| bson_arrow::in_window(d, since)) {
+        builder.push(doc)?;
+        max_timestamp = max_timestamp.max(document_timestamp(doc));
+    }
+    let rows = builder.len() as u64;
+    Ok(ConvertedChunk {
+        batch: builder.finish(),
+        rows,
+        max_timestamp,
+    })
 }
 
 /// `GREATEST(creation_date, update_date)` of a document (what the target's watermark is).

@@ -5,9 +5,8 @@ use bson::{doc, Document, RawDocumentBuf};
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 
-use super::bson_arrow::{in_window, DocBatchBuilder};
 use super::fields::{StagedField, CREATION_DATE, UPDATE_DATE};
-use super::{document_timestamp, CollectionStats, ExtractError, BATCH_ROWS};
+use super::{CollectionStats, ExtractError, ParallelConverter};
 use crate::settings::MongoSettings;
 use crate::staging::PartWriter;
 
@@ -43,26 +42,13 @@ pub async fn extract_collection(
         .batch_size(CURSOR_BATCH)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let mut stats = CollectionStats::default();
-    let mut builder = DocBatchBuilder::new(fields);
+    let mut converter = ParallelConverter::new(fields, since);
     while cursor.advance().await.map_err(|e| err(e.to_string()))? {
-        let doc = cursor.current();
-        stats.scanned += 1;
-        // The server already filtered; the same check keeps both paths' semantics identical.
-        if !in_window(doc, since) {
-            continue;
-        }
-        builder.push(doc).map_err(|e| err(e.to_string()))?;
-        stats.rows += 1;
-        stats.max_timestamp = stats.max_timestamp.max(document_timestamp(doc));
-        if builder.len() >= BATCH_ROWS {
-            bar.inc(builder.len() as u64);
-            writer.write(&builder.finish())?;
-        }
+        // Conversion is CPU work: off the runtime's async workers (the server already
+        // filtered by the window; the converter checks it again, so both paths agree).
+        tokio::task::block_in_place(|| converter.push(cursor.current(), writer, bar))?;
     }
-    bar.inc(builder.len() as u64);
-    writer.write(&builder.finish())?;
-    Ok(stats)
+    tokio::task::block_in_place(|| converter.finish(writer, bar))
 }
 
 /// `{$or: [{creation_date: {$gte: d}}, {update_date: {$gte: d}}]}`, or everything.
