@@ -738,3 +738,33 @@ fn load_over_tls_as_sslmode_asks() {
     assert!(verified.status.success(), "{}", stderr(&verified));
     assert_eq!(count(&db, "SELECT count(*) FROM users"), 20);
 }
+
+#[test]
+fn staged_files_are_typed_parquet_that_pyarrow_reads() {
+    let case = Case::new("e2e_pyarrow");
+    case.run_dump();
+    let run = etl::staging::latest_run(
+        &case.work.path().join("staging"),
+        etl::staging::Stage::Transform,
+    )
+    .unwrap()
+    .unwrap();
+    let text = check_with_pyarrow(
+        &run.root,
+        &[
+            "extract:users._id=string",
+            "extract:users.creation_date=timestamp[ms, tz=UTC]",
+            "extract:users.firstname=string",
+            "extract:users.firstname__raw=string",
+            "extract:users.registered_events=list<item: struct<id: string, raw: string>>",
+            "extract:offers.price=string",
+            "transform:users_targets.created_at=timestamp[us]",
+            "transform:users_targets.type=string",
+            "transform:periods.days_numbers=int16",
+            "transform:days.day=date32[day]",
+            "transform:days.completed=bool",
+            "transform:offers.price=decimal128(10, 2)",
+        ],
+    );
+    assert!(text.contains("users.registered_events"), "{text}");
+}

@@ -162,3 +162,24 @@ pub const SMARTDIET_TABLES: &[&str] = &[
     "days_contents_links",
     "days_logbooks_links",
 ];
+
+/// Runs tests/fixtures/check_staged.py (pyarrow) on a run folder; panics with its message.
+pub fn check_with_pyarrow(run_dir: &Path, expectations: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(repo().join("tests/fixtures/check_staged.py"))
+        .arg(run_dir)
+        .args(expectations)
+        .output()
+        .expect("python3 on PATH");
+    let err = stderr(&out);
+    assert!(
+        !err.contains("No module named 'pyarrow'"),
+        "pyarrow is missing: pip install pyarrow (.ci/run does)"
+    );
+    assert!(
+        out.status.success(),
+        "pyarrow check failed: {err}{}",
+        stdout(&out)
+    );
+    stdout(&out)
+}
