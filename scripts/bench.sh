@@ -228,8 +228,8 @@ cargo build --release --bins --examples >"$logs/build.out" 2>&1 || {
 }
 # Copies: others may rebuild target/release while the bench runs.
 mkdir -p "$work/bin"
-cp "$repo/target/release/etl" "$repo/target/release/examples/gen_dump" "$work/bin/" ||
-    die "missing target/release/etl or target/release/examples/gen_dump after the build"
+cp "$repo/target/release/etl" "$repo/target/release/examples/gen_dump" "$repo/target/release/examples/bson_floor" "$work/bin/" ||
+    die "missing target/release/etl or target/release/examples/{gen_dump,bson_floor} after the build"
 etl=$work/bin/etl
 gen_dump=$work/bin/gen_dump
 cp -r "$repo/config" "$work/config"
@@ -438,6 +438,9 @@ run_timed cat_users bash -c 'cat "$0" >/dev/null' "$dump/users.bson"
 floor_users_wall=$WALL
 run_timed cat_dump bash -c 'cat "$0"/*.bson >/dev/null' "$dump"
 floor_dump_wall=$WALL
+# Floor: the bson crate alone reading users.bson (every element walked, nothing converted).
+run_timed bson_floor "$work/bin/bson_floor" "$dump/users.bson"
+floor_bson_wall=$WALL
 
 # etl extract of the whole dump.
 run_timed extract_dump env "$etl" --config "$work/config" --staging "$work/staging" \
@@ -475,12 +478,14 @@ mstaged_bytes=$(dir_bytes "$work/staging-matomo")
     printf 'what\trows\tMB in\tseconds\trows/s\tMB/s\tpeak RSS MiB\tfloor rows/s\tetl / floor\n'
     printf 'floor: cat users.bson >/dev/null\t%s\t%s\t%s\t%s\t%s\t-\t-\t-\n' "$(int "$BENCH_USERS")" "$(mb "$users_bytes")" "$(secs "$floor_users_wall")" "$(rate "$BENCH_USERS" "$floor_users_wall")" "$(mbps "$users_bytes" "$floor_users_wall")"
     printf 'floor: cat all *.bson >/dev/null\t%s\t%s\t%s\t%s\t%s\t-\t-\t-\n' "$(int "$ext_docs")" "$(mb "$dump_bytes")" "$(secs "$floor_dump_wall")" "$(rate "$ext_docs" "$floor_dump_wall")" "$(mbps "$dump_bytes" "$floor_dump_wall")"
-    printf 'etl extract --source dump (all)\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(int "$ext_docs")" "$(mb "$dump_bytes")" "$(secs "$ext_wall")" "$(rate "$ext_docs" "$ext_wall")" "$(mbps "$dump_bytes" "$ext_wall")" "$(mib "$ext_rss")" "$(rate "$ext_docs" "$floor_dump_wall")" "$(ratio "$(rate_raw "$ext_docs" "$ext_wall")" "$(rate_raw "$ext_docs" "$floor_dump_wall")")"
+    printf 'floor: bson crate alone, users.bson\t%s\t%s\t%s\t%s\t%s\t-\t-\t-\n' "$(int "$BENCH_USERS")" "$(mb "$users_bytes")" "$(secs "$floor_bson_wall")" "$(rate "$BENCH_USERS" "$floor_bson_wall")" "$(mbps "$users_bytes" "$floor_bson_wall")"
+    printf 'etl extract --source dump (all)\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(int "$ext_docs")" "$(mb "$dump_bytes")" "$(secs "$ext_wall")" "$(rate "$ext_docs" "$ext_wall")" "$(mbps "$dump_bytes" "$ext_wall")" "$(mib "$ext_rss")" "$(rate "$BENCH_USERS" "$floor_bson_wall")" "$(ratio "$(rate_raw "$ext_docs" "$ext_wall")" "$(rate_raw "$BENCH_USERS" "$floor_bson_wall")")"
     printf 'floor: SELECT ... INTO OUTFILE\t%s\t-\t%s\t%s\t%s\t-\t-\t-\n' "$(int "$N")" "$(secs "$outfile_wall")" "$(rate "$N" "$outfile_wall")" "$(mbps "$outfile_bytes" "$outfile_wall") out"
     printf 'etl extract --source matomo (%s)\t%s\t-\t%s\t%s\t-\t%s\t%s\t%s\n' "$LVA" "$(int "$mext_rows")" "$(secs "$mext_wall")" "$(rate "$mext_rows" "$mext_wall")" "$(mib "$mext_rss")" "$(rate "$N" "$outfile_wall")" "$(ratio "$(rate_raw "$mext_rows" "$mext_wall")" "$(rate_raw "$N" "$outfile_wall")")"
 } | table
-note "Dump floor: cat of the .bson files (already in the page cache, as they are for etl), i.e."
-note "raw read throughput, not BSON parsing: no Rust may be added for a bson-crate-only floor."
+note "Dump floors: cat of the .bson files (page cache: raw read throughput), and"
+note "examples/bson_floor.rs: the bson crate alone walking every element of users.bson (the"
+note "parse floor; single-threaded). etl / floor compares with the bson-crate floor."
 note "etl's dump rows/s counts all staged documents of all $dump_files collections (per users.bson alone:"
 note "$(rate "$ext_users" "$ext_wall") users/s over the whole command). Staged Parquet: $(mb "$staged_bytes") MB."
 note "OUTFILE floor: tab-separated, idvisitor as \\x hex (for PostgreSQL), $(mb "$outfile_bytes") MB written"
