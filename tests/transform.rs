@@ -349,3 +349,25 @@ fn transform_is_deterministic() {
     let second = case.run(&[("RAYON_NUM_THREADS", "1"), ("ETL_PART_ROWS", "64")]);
     assert_eq!(digest(&first), digest(&second));
 }
+
+#[test]
+fn every_smartdiet_table_from_the_sample() {
+    let sizes = util::smartdiet::Sizes::for_users(10);
+    let mut rng = util::smartdiet::Lcg::new(42);
+    let users: Vec<Document> = (0..10)
+        .map(|i| util::smartdiet::user(i, &sizes, &mut rng))
+        .collect();
+    let mut collections: Vec<(&str, Vec<Document>)> = util::smartdiet::other_collections(&sizes);
+    collections.push(("users", users));
+    let case = Case::new("smartdiet_all_tables", &collections);
+    let manifest = case.run(&[]);
+    let text = case.check(&manifest, SMARTDIET_TABLES);
+    assert_eq!(manifest.entries.len(), 30, "{text}");
+    // Spot checks of the renamed and computed columns (the golden file holds the rest).
+    assert!(text.contains("| days_numbers | coaching_id"), "{text}");
+    assert_eq!(
+        manifest.entry("users_logbook").unwrap().counts.filtered,
+        10,
+        "15 logbooks: 2 without user, 8 merged"
+    );
+}
