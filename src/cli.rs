@@ -267,6 +267,7 @@ async fn extract(cli: &Cli, config: &Config, args: &ExtractArgs) -> Result<Strin
                 r.name.clone(),
                 r.source.clone(),
                 r.rows.to_string(),
+                format!("{:.2}", r.seconds),
                 r.window.clone(),
             ]
         })
@@ -279,7 +280,13 @@ async fn extract(cli: &Cli, config: &Config, args: &ExtractArgs) -> Result<Strin
     print!(
         "{}",
         progress::table(
-            &["collection/table", "source", "extracted", "window from"],
+            &[
+                "collection/table",
+                "source",
+                "extracted",
+                "seconds",
+                "window from"
+            ],
             &rows
         )
     );

@@ -86,7 +86,7 @@ pub async fn run(
     let tables = config
         .select(opts.tables.as_deref())
         .map_err(ExtractError::Usage)?;
-    let windows = window::windows(config, staging_dir, &tables, opts).await;
+    let windows = window::windows(staging_dir, &tables, opts).await;
     let run = RunDir::create(staging_dir)?;
     let stage_dir = run.stage_dir(Stage::Extract);
     let progress = Progress::new(opts.quiet);
@@ -155,6 +155,10 @@ pub async fn run(
                 );
             }
             notes.insert("scanned".into(), stats.scanned.to_string());
+            notes.insert(
+                "seconds".into(),
+                format!("{:.3}", started.elapsed().as_secs_f64()),
+            );
             manifest.entries.push(ManifestEntry {
                 name: collection.to_string(),
                 source: source.into(),
@@ -168,7 +172,6 @@ pub async fn run(
                 ..Default::default()
             });
             tracing::info!(collection, rows = stats.rows, window = %window, "extracted");
-            let _ = started;
         }
     }
 
@@ -183,6 +186,7 @@ pub async fn run(
                 let window = &windows[&table.name];
                 let rel = format!("matomo/{}", table.source.name());
                 let bar = progress.rows(&table.name);
+                let started = Instant::now();
                 let dir = stage_dir.join(&rel);
                 let mut writer: Option<PartWriter> = None;
                 let stats =
@@ -212,6 +216,10 @@ pub async fn run(
                 if stats.zero_dates > 0 {
                     notes.insert("zero_dates_as_null".into(), stats.zero_dates.to_string());
                 }
+                notes.insert(
+                    "seconds".into(),
+                    format!("{:.3}", started.elapsed().as_secs_f64()),
+                );
                 manifest.entries.push(ManifestEntry {
                     name: table.source.name().to_string(),
                     source: "matomo".into(),
@@ -237,7 +245,11 @@ pub async fn run(
             source: e.source.clone(),
             rows: e.rows,
             window: e.window_since.clone().unwrap_or_else(|| "all".into()),
-            seconds: 0.0,
+            seconds: e
+                .notes
+                .get("seconds")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_default(),
         })
         .collect();
     manifest.write(&stage_dir)?;

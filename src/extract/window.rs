@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use super::matomo::WatermarkValue;
 use super::ExtractOptions;
 use crate::config::ddl::ident;
-use crate::config::{Config, TableSpec, Watermark};
+use crate::config::{TableSpec, Watermark};
 use crate::settings::PostgresSettings;
 use crate::staging::{self, Stage};
 
@@ -117,7 +117,6 @@ pub fn global_threshold() -> Option<NaiveDate> {
 
 /// The window of every selected table.
 pub async fn windows(
-    config: &Config,
     staging_dir: &Path,
     tables: &[&TableSpec],
     opts: &ExtractOptions,
@@ -137,7 +136,6 @@ pub async fn windows(
     } else {
         HashMap::new()
     };
-    let _ = config;
     tables
         .iter()
         .map(|t| {
@@ -305,8 +303,10 @@ mod tests {
     }
 
     fn users() -> TableSpec {
-        let config =
-            Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config")).unwrap();
+        let config = crate::config::Config::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+        )
+        .unwrap();
         config.table("users").unwrap().clone()
     }
 
