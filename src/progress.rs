@@ -1,10 +1,19 @@
 //! The one owner of indicatif: progress bars on stderr (hidden when stderr is not a terminal
 //! or with `--quiet`), and the end-of-command summary table on stdout.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// The bars of the running command. Log lines go through [`LogWriter`], which draws them
+/// above the bars instead of through them.
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+fn bars() -> &'static MultiProgress {
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::hidden()))
+}
 
 /// Bars for one command.
 #[derive(Clone)]
@@ -16,22 +25,18 @@ pub struct Progress {
 impl Progress {
     pub fn new(quiet: bool) -> Progress {
         let visible = !quiet && std::io::stderr().is_terminal();
-        let target = if visible {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        Progress {
-            multi: MultiProgress::with_draw_target(target),
-            visible,
+        let multi = bars().clone();
+        if visible {
+            multi.set_draw_target(ProgressDrawTarget::stderr());
         }
+        Progress { multi, visible }
     }
 
     /// A bar counting rows for one collection or table.
     pub fn rows(&self, name: &str) -> ProgressBar {
         let bar = self.multi.add(ProgressBar::no_length());
         if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} {prefix:<32} {human_pos:>12} rows  {per_sec:>14}  {elapsed}",
+            "{spinner} {prefix:<32} {human_pos:>12} rows  {elapsed:>4}  {per_sec:0}",
         ) {
             bar.set_style(style);
         }
@@ -41,10 +46,19 @@ impl Progress {
         }
         bar
     }
+}
 
-    /// Runs `f` with bars suspended, so a log line does not tear through them.
-    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.multi.suspend(f)
+/// stderr for `tracing`, with the bars (if any) lifted while a line is written.
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        bars().suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
