@@ -2,6 +2,7 @@
 
 mod util;
 
+use util::smartdiet;
 use util::*;
 
 #[test]
@@ -77,4 +78,41 @@ fn help_lists_every_command() {
     ] {
         assert!(help.contains(cmd), "{cmd} missing from --help:\n{help}");
     }
+}
+
+#[test]
+fn load_refuses_a_run_transformed_with_other_columns() {
+    let work = Workdir::new();
+    let dump = smartdiet::write_dump(&work.path().join("dump"), 10);
+    for args in [
+        vec![
+            "extract",
+            "--source",
+            "dump",
+            "--dump",
+            dump.to_str().unwrap(),
+        ],
+        vec!["transform"],
+    ] {
+        let out = work.etl(&args, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let path = work.path().join("config/schemas.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        yaml.replacen("    - { name: unit, sql_type: VARCHAR(50) }\n", "", 1),
+    )
+    .unwrap();
+    // Refused before any connection (the port is closed).
+    let out = work.etl(
+        &["load"],
+        &[("POSTGRES_HOST", "127.0.0.1"), ("POSTGRES_PORT", "1")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("table `ingredients`") && err.contains("run `etl transform` again"),
+        "{err}"
+    );
 }

@@ -72,10 +72,25 @@ fn planned<'a>(
     tables: Option<&[String]>,
 ) -> Result<Vec<(&'a TableSpec, &'a ManifestEntry)>, LoadError> {
     let selected = config.select(tables).map_err(LoadError::Internal)?;
-    Ok(selected
+    let planned: Vec<(&TableSpec, &ManifestEntry)> = selected
         .into_iter()
         .filter_map(|t| manifest.entry(&t.name).map(|e| (t, e)))
-        .collect())
+        .collect();
+    // The staged columns must be the ones the config loads now.
+    for (table, entry) in &planned {
+        let staged: Vec<&str> = entry.schema.iter().map(|(name, _)| name.as_str()).collect();
+        let wanted: Vec<&str> = table.loaded_columns().map(|c| c.name.as_str()).collect();
+        if staged != wanted {
+            return Err(LoadError::Internal(format!(
+                "table `{}`: the run was transformed with columns ({}) but the config now loads ({}); \
+                 run `etl transform` again",
+                table.name,
+                staged.join(", "),
+                wanted.join(", ")
+            )));
+        }
+    }
+    Ok(planned)
 }
 
 /// `etl load --dry-run`: the plan and every statement, touching nothing.
