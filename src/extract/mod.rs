@@ -25,7 +25,9 @@ use chrono::{DateTime, Utc};
 use crate::config::{Config, Source, TableSpec};
 use crate::progress::Progress;
 use crate::settings::{MatomoSettings, MongoSettings};
-use crate::staging::{self, Manifest, ManifestEntry, PartWriter, RunDir, Stage, StagingError};
+use crate::staging::{
+    self, BackgroundWriter, Manifest, ManifestEntry, PartWriter, RunDir, Stage, StagingError,
+};
 use bson_arrow::DocBatchBuilder;
 use window::Window;
 
@@ -114,7 +116,11 @@ pub async fn run(
                 MongoInput::Live(_) => ("mongo", format!("mongo/{collection}")),
             };
             let schema = Arc::new(fields::staged_schema(&fields));
-            let mut writer = PartWriter::new(&stage_dir.join(&rel), &rel, schema.clone())?;
+            let mut writer = BackgroundWriter::spawn(PartWriter::new(
+                &stage_dir.join(&rel),
+                &rel,
+                schema.clone(),
+            )?);
             let bar = progress.rows(collection);
             let started = Instant::now();
             let since = window.since_utc();
@@ -275,7 +281,7 @@ fn extract_dump_collection(
     collection: &str,
     fields: &[fields::StagedField],
     since: Option<DateTime<Utc>>,
-    writer: &mut PartWriter,
+    writer: &mut BackgroundWriter,
     bar: &indicatif::ProgressBar,
 ) -> Result<CollectionStats, ExtractError> {
     let Some(found) = mongodump::find_collection(dump, collection)? else {
@@ -321,7 +327,7 @@ impl<'a> ParallelConverter<'a> {
     pub fn push(
         &mut self,
         doc: &RawDocument,
-        writer: &mut PartWriter,
+        writer: &mut BackgroundWriter,
         bar: &indicatif::ProgressBar,
     ) -> Result<(), ExtractError> {
         self.stats.scanned += 1;
@@ -334,7 +340,7 @@ impl<'a> ParallelConverter<'a> {
 
     pub fn finish(
         mut self,
-        writer: &mut PartWriter,
+        writer: &mut BackgroundWriter,
         bar: &indicatif::ProgressBar,
     ) -> Result<CollectionStats, ExtractError> {
         self.flush(writer, bar)?;
@@ -343,7 +349,7 @@ impl<'a> ParallelConverter<'a> {
 
     fn flush(
         &mut self,
-        writer: &mut PartWriter,
+        writer: &mut BackgroundWriter,
         bar: &indicatif::ProgressBar,
     ) -> Result<(), ExtractError> {
         use rayon::prelude::*;

@@ -8,7 +8,7 @@ use indicatif::ProgressBar;
 use super::fields::{StagedField, CREATION_DATE, UPDATE_DATE};
 use super::{CollectionStats, ExtractError, ParallelConverter};
 use crate::settings::MongoSettings;
-use crate::staging::PartWriter;
+use crate::staging::BackgroundWriter;
 
 /// Documents per server round trip.
 const CURSOR_BATCH: u32 = 5_000;
@@ -18,7 +18,7 @@ pub async fn extract_collection(
     collection: &str,
     fields: &[StagedField],
     since: Option<DateTime<Utc>>,
-    writer: &mut PartWriter,
+    writer: &mut BackgroundWriter,
     bar: &ProgressBar,
 ) -> Result<CollectionStats, ExtractError> {
     let err = |message: String| ExtractError::Mongo {

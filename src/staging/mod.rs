@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 pub use manifest::{
     schema_pairs, Counts, FileEntry, Manifest, ManifestEntry, Stage, MANIFEST_FORMAT,
 };
-pub use parquet_io::{read_batches, verify_file, PartWriter};
+pub use parquet_io::{read_batches, verify_file, BackgroundWriter, PartWriter};
 pub use rejects::{rejects_schema, write_rejects, RejectRow};
 
 /// Problems with staged files, each naming the file.

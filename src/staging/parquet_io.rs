@@ -193,6 +193,67 @@ impl PartWriter {
     }
 }
 
+/// A [`PartWriter`] on its own thread: Parquet encoding overlaps the work that produces the
+/// batches (extract's conversion). Batches are written in the order given.
+pub struct BackgroundWriter {
+    sender: Option<std::sync::mpsc::SyncSender<RecordBatch>>,
+    handle: Option<std::thread::JoinHandle<Result<Vec<FileEntry>, StagingError>>>,
+}
+
+impl BackgroundWriter {
+    pub fn spawn(mut writer: PartWriter) -> BackgroundWriter {
+        // Two batches in flight: enough to overlap, little memory.
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+        let handle = std::thread::spawn(move || {
+            for batch in receiver {
+                writer.write(&batch)?;
+            }
+            writer.finish()
+        });
+        BackgroundWriter {
+            sender: Some(sender),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), StagingError> {
+        let sent = self
+            .sender
+            .as_ref()
+            .is_some_and(|s| s.send(batch.clone()).is_ok());
+        if sent {
+            return Ok(());
+        }
+        // The thread stopped: its error says why.
+        self.join().and_then(|_| {
+            Err(StagingError::Invalid {
+                path: PathBuf::new(),
+                message: "the Parquet writer thread stopped".into(),
+            })
+        })
+    }
+
+    /// Waits for every batch to be written; returns the files.
+    pub fn finish(mut self) -> Result<Vec<FileEntry>, StagingError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Vec<FileEntry>, StagingError> {
+        self.sender = None;
+        match self.handle.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(StagingError::Invalid {
+                path: PathBuf::new(),
+                message: "the Parquet writer thread panicked".into(),
+            }),
+            None => Err(StagingError::Invalid {
+                path: PathBuf::new(),
+                message: "the Parquet writer was already finished".into(),
+            }),
+        }
+    }
+}
+
 /// A writer that hashes what goes through it (Parquet writes files front to back).
 struct HashingWriter {
     inner: BufWriter<File>,
@@ -306,6 +367,32 @@ mod tests {
             err.to_string().contains("checksum mismatch") && err.to_string().contains("part-00000"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn background_writer_keeps_batch_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batches: Vec<RecordBatch> = (0..5)
+            .map(|i| {
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(Int64Array::from(vec![i, i + 100]))],
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut writer =
+            BackgroundWriter::spawn(PartWriter::new(dir.path(), "", schema.clone()).unwrap());
+        for b in &batches {
+            writer.write(b).unwrap();
+        }
+        let files = writer.finish().unwrap();
+        assert_eq!(files.iter().map(|f| f.rows).sum::<u64>(), 10);
+        let (_, read) = read_batches(&dir.path().join(&files[0].path)).unwrap();
+        let all = arrow::compute::concat_batches(&schema, &read).unwrap();
+        let expected = arrow::compute::concat_batches(&schema, &batches).unwrap();
+        assert_eq!(all, expected);
     }
 
     #[test]
