@@ -691,6 +691,40 @@ out "   SmartDiet run ($(int "$BENCH_USERS") users) into $DB_USERS: empty, then 
 note "The 8 largest of $(awk 'seen && NF >= 7 { n++ } /^-+( |$)/ { seen = 1 } END { print n + 0 }' "$logs/load_users_empty.out") tables; per-table seconds from etl's load summary. Peak RSS: empty $(mib "$ue_rss") MiB, full $(mib "$uf_rss") MiB."
 note "Empty load inserted $(int "$ue_ins") rows."
 
+# Floors for the biggest link table, users_targets: the same rows with psql alone.
+ut_cols="user_id, target_id, type, created_at, updated_at"
+ut_file=$work/users_targets.tsv
+pg "$url_users" -c "\\copy users_targets ($ut_cols) TO '$ut_file'"
+ut_rows=$(wc -l <"$ut_file")
+pg "$url_users" -c "CREATE TABLE ut_floor (LIKE users_targets INCLUDING ALL)"
+run_timed floor_ut_copy psql -X -q -v ON_ERROR_STOP=1 "$url_users" -c "\\copy ut_floor ($ut_cols) FROM '$ut_file'"
+ftc_wall=$WALL
+pg "$url_users" -c "TRUNCATE ut_floor" -c "ALTER TABLE ut_floor ADD FOREIGN KEY (user_id) REFERENCES users(id), ADD FOREIGN KEY (target_id) REFERENCES targets(id)"
+run_timed floor_ut_copy_fk psql -X -q -v ON_ERROR_STOP=1 "$url_users" -c "\\copy ut_floor ($ut_cols) FROM '$ut_file'"
+ftf_wall=$WALL
+pg "$url_users" -c "DROP TABLE ut_floor"
+{
+    echo "CREATE TEMP TABLE ut_stage (LIKE users_targets) ON COMMIT DROP;"
+    echo "\\copy ut_stage ($ut_cols) FROM '$ut_file'"
+    echo "INSERT INTO users_targets AS t ($ut_cols) SELECT $ut_cols FROM ut_stage"
+    echo "  ON CONFLICT (user_id, target_id, type) DO UPDATE SET created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at;"
+} >"$work/ut_upsert.sql"
+run_timed floor_ut_upsert psql -X -q -1 -v ON_ERROR_STOP=1 "$url_users" -f "$work/ut_upsert.sql"
+ftu_wall=$WALL
+ut_empty=$(summary_col "$logs/load_users_empty.out" users_targets 7)
+ut_full=$(summary_col "$logs/load_users_full.out" users_targets 7)
+out ""
+out "   users_targets ($(int "$ut_rows") rows) against psql alone on the same rows:"
+{
+    printf 'what\tseconds\trows/s\tetl / floor\n'
+    printf 'floor (a): \\copy into an empty copy of the table (keys, no FKs)\t%s\t%s\t-\n' "$(secs "$ftc_wall")" "$(rate "$ut_rows" "$ftc_wall")"
+    printf "floor (a2): same with its two foreign keys\t%s\t%s\t-\n" "$(secs "$ftf_wall")" "$(rate "$ut_rows" "$ftf_wall")"
+    printf 'etl, empty target (orphan checks, FKs kept)\t%s\t%s\t%s vs (a), %s vs (a2)\n' "$(secs "$ut_empty")" "$(rate "$ut_rows" "$ut_empty")" "$(ratio "$(rate_raw "$ut_rows" "$ut_empty")" "$(rate_raw "$ut_rows" "$ftc_wall")")" "$(ratio "$(rate_raw "$ut_rows" "$ut_empty")" "$(rate_raw "$ut_rows" "$ftf_wall")")"
+    printf 'floor (b): COPY temp + ON CONFLICT DO UPDATE into the full table\t%s\t%s\t-\n' "$(secs "$ftu_wall")" "$(rate "$ut_rows" "$ftu_wall")"
+    printf 'etl, full target (identical rows, replace per parent)\t%s\t%s\t%s vs (b)\n' "$(secs "$ut_full")" "$(rate "$ut_rows" "$ut_full")" "$(ratio "$(rate_raw "$ut_rows" "$ut_full")" "$(rate_raw "$ut_rows" "$ftu_wall")")"
+} | table
+note "etl seconds are the table's line of etl's load summary (COPY, orphan checks, replace, upsert)."
+
 # ========================================================== 5. End to end Matomo
 section "5. End to end Matomo ($LVA, $(int "$N") rows, MariaDB -> PostgreSQL)"
 e2e_wall=$(add "$(add "$mext_wall" "$mtr_wall")" "$le_wall")
