@@ -81,25 +81,25 @@ async fn load_table(
             .await
             .map_err(|e| sql_error(table, truncate, e))?;
     }
-    if let Some(direct) = &plan.direct {
-        tx.batch_execute(&direct.lock)
-            .await
-            .map_err(|e| sql_error(table, &direct.lock, e))?;
-        let row = tx
-            .query_one(&direct.is_empty, &[])
-            .await
-            .map_err(|e| sql_error(table, &direct.is_empty, e))?;
-        if row.get::<_, bool>(0) {
-            load.inserted =
-                copy_files(tx, table, &direct.copy, transform_dir, &entry.files).await?;
-            return Ok(load);
-        }
+    let empty = &plan.empty;
+    tx.batch_execute(&empty.lock)
+        .await
+        .map_err(|e| sql_error(table, &empty.lock, e))?;
+    let target_is_empty: bool = tx
+        .query_one(&empty.is_empty, &[])
+        .await
+        .map_err(|e| sql_error(table, &empty.is_empty, e))?
+        .get(0);
+    if let (true, Some(copy)) = (target_is_empty, &empty.direct_copy) {
+        load.inserted = copy_files(tx, table, copy, transform_dir, &entry.files).await?;
+        return Ok(load);
     }
     tx.batch_execute(&plan.create_stage)
         .await
         .map_err(|e| sql_error(table, &plan.create_stage, e))?;
     copy_files(tx, table, &plan.copy, transform_dir, &entry.files).await?;
-    if let Some(parents) = &plan.parents {
+    // An empty target has no children to replace.
+    if let Some(parents) = plan.parents.as_ref().filter(|_| !target_is_empty) {
         tx.batch_execute(&parents.create_stage)
             .await
             .map_err(|e| sql_error(table, &parents.create_stage, e))?;
@@ -126,7 +126,7 @@ async fn load_table(
             }
         }
     }
-    if let Some(parents) = &plan.parents {
+    if let Some(parents) = plan.parents.as_ref().filter(|_| !target_is_empty) {
         load.deleted = tx
             .execute(&parents.delete_children, &[])
             .await
@@ -140,13 +140,20 @@ async fn load_table(
     } else {
         Vec::new()
     };
-    let row = tx
-        .query_one(&plan.upsert, &[])
-        .await
-        .map_err(|e| sql_error(table, &plan.upsert, e))?;
-    let (inserted, updated): (i64, i64) = (row.get(0), row.get(1));
-    load.inserted = u64::try_from(inserted).unwrap_or(0);
-    load.updated = u64::try_from(updated).unwrap_or(0);
+    if target_is_empty {
+        load.inserted = tx
+            .execute(&empty.insert, &[])
+            .await
+            .map_err(|e| sql_error(table, &empty.insert, e))?;
+    } else {
+        let row = tx
+            .query_one(&plan.upsert, &[])
+            .await
+            .map_err(|e| sql_error(table, &plan.upsert, e))?;
+        let (inserted, updated): (i64, i64) = (row.get(0), row.get(1));
+        load.inserted = u64::try_from(inserted).unwrap_or(0);
+        load.updated = u64::try_from(updated).unwrap_or(0);
+    }
     for (name, definition) in foreign_keys {
         let sql = format!(
             "ALTER TABLE {} ADD CONSTRAINT {} {definition}",
