@@ -84,19 +84,7 @@ fn help_lists_every_command() {
 fn load_refuses_a_run_transformed_with_other_columns() {
     let work = Workdir::new();
     let dump = smartdiet::write_dump(&work.path().join("dump"), 10);
-    for args in [
-        vec![
-            "extract",
-            "--source",
-            "dump",
-            "--dump",
-            dump.to_str().unwrap(),
-        ],
-        vec!["transform"],
-    ] {
-        let out = work.etl(&args, &[]);
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
+    work.extract_transform_dump(&dump, &[], &[]);
     let path = work.path().join("config/schemas.yaml");
     let yaml = std::fs::read_to_string(&path).unwrap();
     std::fs::write(

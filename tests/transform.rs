@@ -42,25 +42,7 @@ impl Case {
     /// extract (everything) + transform; returns the transform manifest.
     fn run(&self, env: &[(&str, &str)]) -> Manifest {
         let dump = self.work.path().join("dump/app");
-        for args in [
-            vec![
-                "extract",
-                "--source",
-                "dump",
-                "--dump",
-                dump.to_str().unwrap(),
-                "--full",
-            ],
-            vec!["transform"],
-        ] {
-            let out = self.work.etl(&args, env);
-            assert!(
-                out.status.success(),
-                "etl {args:?}:\n{}\n{}",
-                stdout(&out),
-                stderr(&out)
-            );
-        }
+        self.work.extract_transform_dump(&dump, &["--full"], env);
         let run = etl::staging::latest_run(
             &self.work.path().join("staging"),
             etl::staging::Stage::Transform,

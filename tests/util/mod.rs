@@ -33,6 +33,23 @@ impl Workdir {
         std::fs::write(path, text).unwrap();
     }
 
+    /// `etl extract --source dump --dump DUMP [extra...]` then `etl transform`, both required
+    /// to succeed.
+    pub fn extract_transform_dump(&self, dump: &Path, extra: &[&str], env: &[(&str, &str)]) {
+        let dump = dump.to_str().expect("UTF-8 path");
+        let mut extract = vec!["extract", "--source", "dump", "--dump", dump];
+        extract.extend_from_slice(extra);
+        for args in [extract, vec!["transform"]] {
+            let out = self.etl(&args, env);
+            assert!(
+                out.status.success(),
+                "etl {args:?}:\n{}\n{}",
+                stdout(&out),
+                stderr(&out)
+            );
+        }
+    }
+
     /// `etl ARGS` in this folder, with the given extra environment.
     pub fn etl(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_etl"));
