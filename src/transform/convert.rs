@@ -134,11 +134,9 @@ pub fn convert_column(
             col.sql_type,
             SqlType::Date | SqlType::Timestamp | SqlType::TimestampTz
         );
-        for row in 0..raw.len() {
-            if raw.is_valid(row)
-                && !(rescued_dates && converted.is_valid(row))
-                && !errors.iter().any(|e| e.row == row)
-            {
+        let failed = rows_with_errors(&errors, raw.len());
+        for (row, _) in failed.iter().enumerate().filter(|(_, f)| !**f) {
+            if raw.is_valid(row) && !(rescued_dates && converted.is_valid(row)) {
                 errors.push(error(
                     row,
                     format!("wrong type for {}", col.sql_type),
@@ -175,14 +173,25 @@ pub fn convert_column(
         }
     }
     if !col.nullable {
-        for row in (0..converted.len()).filter(|r| converted.is_null(*r)) {
-            if !errors.iter().any(|e| e.row == row) {
-                errors.push(error(row, "NULL in NOT NULL column".into(), None));
-            }
+        let failed = rows_with_errors(&errors, converted.len());
+        for row in (0..converted.len()).filter(|r| converted.is_null(*r) && !failed[*r]) {
+            errors.push(error(row, "NULL in NOT NULL column".into(), None));
         }
     }
     errors.sort_by_key(|e| e.row);
     (converted, errors)
+}
+
+/// Which rows already have an error (a lookup per row, not a scan of the errors: a column
+/// failing on every row would otherwise cost rows x errors).
+fn rows_with_errors(errors: &[CellError], rows: usize) -> Vec<bool> {
+    let mut failed = vec![false; rows];
+    for e in errors {
+        if let Some(f) = failed.get_mut(e.row) {
+            *f = true;
+        }
+    }
+    failed
 }
 
 /// Timestamps (ms since epoch, UTC) -> microseconds; raw strings parsed as dates.
@@ -432,6 +441,27 @@ mod tests {
                 (3, "NULL in NOT NULL column")
             ]
         );
+    }
+
+    #[test]
+    fn a_column_failing_on_every_row_gives_one_error_per_row() {
+        let n = 40_000;
+        let values: ArrayRef = Arc::new(StringArray::from(vec![None::<&str>; n]));
+        let raw = StringArray::from(
+            (0..n)
+                .map(|i| (i % 2 == 0).then_some("42"))
+                .collect::<Vec<_>>(),
+        );
+        let (_, errors) = convert_column(
+            &col("s", "TEXT", false),
+            &values,
+            Some(&raw),
+            chrono_tz::UTC,
+        );
+        assert_eq!(errors.len(), n);
+        assert!(errors.iter().enumerate().all(|(i, e)| e.row == i));
+        assert_eq!(errors[0].reason, "wrong type for TEXT");
+        assert_eq!(errors[1].reason, "NULL in NOT NULL column");
     }
 
     #[test]
