@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::config::{ddl, Config, ConfigError};
+use crate::config::{ddl, Config, ConfigError, UnknownTables};
 use crate::settings::{MatomoSettings, MongoSettings, PostgresSettings};
 use crate::staging::{self, Stage};
 use crate::{extract, load, progress, transform};
@@ -31,6 +31,10 @@ pub struct Cli {
     /// No progress bars, only warnings and errors on stderr (results still go to stdout).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Exit 1 when a stage finished with warnings (a collection or table missing from the
+    /// source, a table with nothing to transform).
+    #[arg(long, global = true)]
+    pub strict: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -141,10 +145,16 @@ pub struct RunArgs {
 pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    UnknownTables(#[from] UnknownTables),
     #[error("`etl {0}` is not built yet in this version; see README.md for what works")]
     NotBuilt(&'static str),
+    /// A flag or setting the user must change.
     #[error("{0}")]
     Usage(String),
+    /// `--strict` and the run had warnings.
+    #[error("--strict: {0}")]
+    Strict(String),
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
@@ -152,8 +162,11 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Failed(_) => 1,
-            CliError::Config(_) | CliError::NotBuilt(_) | CliError::Usage(_) => 2,
+            CliError::Failed(_) | CliError::Strict(_) => 1,
+            CliError::Config(_)
+            | CliError::UnknownTables(_)
+            | CliError::NotBuilt(_)
+            | CliError::Usage(_) => 2,
         }
     }
 }
@@ -165,13 +178,29 @@ pub fn main(cli: Cli) -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            match &e {
-                CliError::Failed(err) => eprintln!("error: {err:#}"),
-                other => eprintln!("error: {other}"),
-            }
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// The error and its causes, each cause once (a message often already quotes its source).
+fn error_text(e: &CliError) -> String {
+    let CliError::Failed(err) = e else {
+        return e.to_string();
+    };
+    let mut text = String::new();
+    for cause in err.chain() {
+        let line = cause.to_string();
+        if text.contains(&line) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&line);
+    }
+    text
 }
 
 fn init_logging(quiet: bool) {
@@ -196,6 +225,10 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
 
 fn run(cli: &Cli) -> Result<(), CliError> {
     let config = load_config(cli)?;
+    // Table names are checked once, before any stage or connection: a typo is a usage error.
+    if let Some(tables) = cli.command.tables() {
+        config.select(Some(tables))?;
+    }
     match &cli.command {
         Command::Schema => {
             print!("{}", ddl::schema_sql(&config));
@@ -220,6 +253,19 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }),
         Command::Status => status(cli),
         Command::Verify => Err(CliError::NotBuilt("verify")),
+    }
+}
+
+impl Command {
+    /// The `--tables` of the command, if it takes one.
+    fn tables(&self) -> Option<&[String]> {
+        match self {
+            Command::Extract(a) => a.tables.as_deref(),
+            Command::Transform(a) => a.tables.as_deref(),
+            Command::Load(a) => a.tables.as_deref(),
+            Command::Run(a) => a.extract.tables.as_deref(),
+            Command::Status | Command::Verify | Command::Schema => None,
+        }
     }
 }
 
@@ -251,9 +297,13 @@ async fn extract(cli: &Cli, config: &Config, args: &ExtractArgs) -> Result<Strin
     let opts = extract::ExtractOptions {
         mongo,
         matomo,
+        target: configured_target(),
         tables: args.tables.clone(),
         full: args.full,
         since: args.since,
+        threshold: extract::window::global_threshold(
+            std::env::var("GLOBAL_DATE_THRESHOLD").ok().as_deref(),
+        ),
         quiet: cli.quiet,
     };
     let started = Instant::now();
@@ -269,6 +319,12 @@ async fn extract(cli: &Cli, config: &Config, args: &ExtractArgs) -> Result<Strin
                 r.rows.to_string(),
                 format!("{:.2}", r.seconds),
                 r.window.clone(),
+                if r.missing {
+                    "missing from the source"
+                } else {
+                    ""
+                }
+                .into(),
             ]
         })
         .collect();
@@ -285,12 +341,41 @@ async fn extract(cli: &Cli, config: &Config, args: &ExtractArgs) -> Result<Strin
                 "source",
                 "extracted",
                 "seconds",
-                "window from"
+                "window from",
+                "note"
             ],
             &rows
         )
     );
+    let missing: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.missing)
+        .map(|r| r.name.as_str())
+        .collect();
+    if cli.strict && !missing.is_empty() {
+        return Err(CliError::Strict(format!(
+            "missing from the source: {}",
+            missing.join(", ")
+        )));
+    }
     Ok(run.id)
+}
+
+/// The target whose watermarks start the extract windows, when the environment names one.
+fn configured_target() -> Option<PostgresSettings> {
+    let configured = ["DATABASE_URL", "POSTGRES_HOST", "POSTGRES_DATABASE"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if !configured {
+        return None;
+    }
+    match PostgresSettings::from_env() {
+        Ok(settings) => Some(settings),
+        Err(e) => {
+            tracing::warn!("the target's settings are unusable ({e}): windows start at the recorded watermarks");
+            None
+        }
+    }
 }
 
 fn transform(
@@ -342,6 +427,17 @@ fn transform(
             "{rejected} row(s) rejected: see {}",
             run.rejects_dir().display()
         );
+    }
+    let skipped: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.skipped.is_some())
+        .map(|r| r.table.as_str())
+        .collect();
+    if cli.strict && !skipped.is_empty() {
+        return Err(CliError::Strict(format!(
+            "nothing to transform for: {}",
+            skipped.join(", ")
+        )));
     }
     Ok(())
 }
@@ -423,19 +519,15 @@ fn status(cli: &Cli) -> Result<(), CliError> {
                 Err(_) => "-".into(),
             });
         }
-        let watermarks = run
-            .manifest(Stage::Extract)
-            .map(|m| {
-                m.entries
-                    .iter()
-                    .flat_map(|e| e.watermarks.values().cloned())
-                    // Time watermarks only (log_action's is an integer id).
-                    .filter(|v| v.contains('-'))
-                    .max()
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default();
-        cells.push(watermarks);
+        // Time watermarks only (log_action's is an integer id).
+        let latest = run.manifest(Stage::Extract).ok().and_then(|m| {
+            m.entries
+                .iter()
+                .flat_map(|e| e.watermarks.values())
+                .filter_map(staging::WatermarkValue::timestamp)
+                .max()
+        });
+        cells.push(latest.map(|t| t.to_string()).unwrap_or_default());
         rows.push(cells);
     }
     print!(

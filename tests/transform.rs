@@ -85,7 +85,7 @@ impl Case {
                 "== {table}: extracted {} transformed {} rejected {} filtered {}\n",
                 c.extracted, c.transformed, c.rejected, c.filtered
             ));
-            for (rule, n) in &e.notes {
+            for (rule, n) in &e.filtered_by_rule {
                 text.push_str(&format!("   filtered by `{rule}`: {n}\n"));
             }
             text.push_str(&pretty(&run.join("transform"), &e.files));

@@ -249,20 +249,20 @@ impl Config {
 
     /// The tables named in `--tables a,b` (all when `None`), in load order; unknown names are
     /// an error naming them.
-    pub fn select(&self, names: Option<&[String]>) -> Result<Vec<&TableSpec>, String> {
+    pub fn select(&self, names: Option<&[String]>) -> Result<Vec<&TableSpec>, UnknownTables> {
         let Some(names) = names else {
             return Ok(self.tables.iter().collect());
         };
-        let unknown: Vec<&str> = names
+        let unknown: Vec<String> = names
             .iter()
             .filter(|n| self.table(n).is_none())
-            .map(String::as_str)
+            .cloned()
             .collect();
         if !unknown.is_empty() {
-            return Err(format!(
-                "unknown table(s) in --tables: {}",
-                unknown.join(", ")
-            ));
+            return Err(UnknownTables {
+                unknown,
+                known: self.tables.iter().map(|t| t.name.clone()).collect(),
+            });
         }
         Ok(self
             .tables
@@ -270,4 +270,12 @@ impl Config {
             .filter(|t| names.contains(&t.name))
             .collect())
     }
+}
+
+/// `--tables` named tables the config does not declare: a usage error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown table(s) in --tables: {}; the config declares: {}", .unknown.join(", "), .known.join(", "))]
+pub struct UnknownTables {
+    pub unknown: Vec<String>,
+    pub known: Vec<String>,
 }

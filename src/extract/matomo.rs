@@ -29,7 +29,6 @@ use chrono::{NaiveDate, NaiveDateTime};
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Column, Conn, OptsBuilder, Params, Row, Value};
-use serde::{Deserialize, Serialize};
 
 use crate::config::{ColumnSource, Source, TableSpec, Watermark};
 use crate::settings::MatomoSettings;
@@ -42,15 +41,7 @@ const MAX_BATCH_BYTES: usize = 256 << 20;
 /// Microseconds in a day: a `TIME` must lie in `[00:00:00, 24:00:00)` to be a time of day.
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
-/// The highest watermark value an extract saw; it starts the next (inclusive) window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WatermarkValue {
-    /// A `DATETIME`/`TIMESTAMP`/`DATE` watermark, in UTC (as Matomo stores it).
-    Timestamp(NaiveDateTime),
-    /// An integer watermark (`log_action.idaction`); i128 holds every MariaDB integer.
-    Int(i128),
-}
+pub use crate::staging::WatermarkValue;
 
 impl WatermarkValue {
     /// The value bound to the `WHERE wm >= ?` placeholder.
@@ -61,15 +52,6 @@ impl WatermarkValue {
                 .map(Value::Int)
                 .or_else(|_| u64::try_from(*i).map(Value::UInt))
                 .ok(),
-        }
-    }
-}
-
-impl std::fmt::Display for WatermarkValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WatermarkValue::Timestamp(t) => write!(f, "{}", t.format("%Y-%m-%d %H:%M:%S%.f")),
-            WatermarkValue::Int(i) => write!(f, "{i}"),
         }
     }
 }
@@ -935,6 +917,24 @@ mod tests {
     }
 
     #[test]
+    fn watermark_values_bind_as_mariadb_params() {
+        let t = NaiveDate::from_ymd_opt(2024, 3, 1)
+            .unwrap()
+            .and_hms_micro_opt(12, 0, 0, 250)
+            .unwrap();
+        assert_eq!(
+            WatermarkValue::Timestamp(t).to_param(),
+            Some(Value::Date(2024, 3, 1, 12, 0, 0, 250))
+        );
+        assert_eq!(
+            WatermarkValue::Int(i128::from(u64::MAX)).to_param(),
+            Some(Value::UInt(u64::MAX))
+        );
+        assert_eq!(WatermarkValue::Int(-1).to_param(), Some(Value::Int(-1)));
+        assert_eq!(WatermarkValue::Int(i128::MAX).to_param(), None);
+    }
+
+    #[test]
     fn maps_every_mariadb_type() {
         use ColumnType::*;
         let none = ColumnFlags::empty();
@@ -1154,39 +1154,6 @@ mod tests {
         let big = format!("-{}.{}", "9".repeat(35), "1".repeat(30));
         let expected = i256::from_string(&format!("-{}{}", "9".repeat(35), "1".repeat(30)));
         assert_eq!(parse_decimal256(big.as_bytes(), 30), expected);
-    }
-
-    #[test]
-    fn watermark_values_round_trip_through_json() {
-        let t = NaiveDate::from_ymd_opt(2024, 3, 1)
-            .unwrap()
-            .and_hms_micro_opt(12, 0, 0, 250)
-            .unwrap();
-        for w in [
-            WatermarkValue::Timestamp(t),
-            WatermarkValue::Int(i128::from(u64::MAX)),
-        ] {
-            let json = serde_json::to_string(&w).unwrap();
-            assert_eq!(
-                serde_json::from_str::<WatermarkValue>(&json).unwrap(),
-                w,
-                "{json}"
-            );
-        }
-        assert_eq!(
-            serde_json::to_string(&WatermarkValue::Timestamp(t)).unwrap(),
-            r#"{"timestamp":"2024-03-01T12:00:00.000250"}"#
-        );
-        assert_eq!(
-            WatermarkValue::Timestamp(t).to_param(),
-            Some(Value::Date(2024, 3, 1, 12, 0, 0, 250))
-        );
-        assert_eq!(
-            WatermarkValue::Int(i128::from(u64::MAX)).to_param(),
-            Some(Value::UInt(u64::MAX))
-        );
-        assert_eq!(WatermarkValue::Int(-1).to_param(), Some(Value::Int(-1)));
-        assert_eq!(WatermarkValue::Int(i128::MAX).to_param(), None);
     }
 
     #[test]

@@ -24,9 +24,10 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, Source, TableSpec};
 use crate::progress::Progress;
-use crate::settings::{MatomoSettings, MongoSettings};
+use crate::settings::{MatomoSettings, MongoSettings, PostgresSettings};
 use crate::staging::{
-    self, BackgroundWriter, Manifest, ManifestEntry, PartWriter, RunDir, Stage, StagingError,
+    self, BackgroundWriter, Manifest, ManifestEntry, PartWriter, RunDir, SourceKind, Stage,
+    StagingError,
 };
 use bson_arrow::DocBatchBuilder;
 use window::Window;
@@ -47,9 +48,14 @@ pub struct ExtractOptions {
     pub mongo: Option<MongoInput>,
     /// Matomo source, if Matomo tables are extracted.
     pub matomo: Option<MatomoSettings>,
+    /// The target, when configured: windows start at its watermarks.
+    pub target: Option<PostgresSettings>,
     pub tables: Option<Vec<String>>,
     pub full: bool,
+    /// `--since`.
     pub since: Option<chrono::NaiveDate>,
+    /// `GLOBAL_DATE_THRESHOLD`, already validated.
+    pub threshold: Option<chrono::NaiveDate>,
     pub quiet: bool,
 }
 
@@ -65,8 +71,10 @@ pub enum ExtractError {
     Mongo { collection: String, message: String },
     #[error("{0}")]
     Convert(String),
+    #[error(transparent)]
+    UnknownTables(#[from] crate::config::UnknownTables),
     #[error("{0}")]
-    Usage(String),
+    Internal(String),
 }
 
 /// What was extracted from one collection or table.
@@ -77,6 +85,24 @@ pub struct ExtractReport {
     pub rows: u64,
     pub window: String,
     pub seconds: f64,
+    /// The source has no such collection or table.
+    pub missing: bool,
+}
+
+impl ExtractReport {
+    fn of(entry: &ManifestEntry) -> ExtractReport {
+        ExtractReport {
+            name: entry.name.clone(),
+            source: entry.source.map(SourceKind::as_str).unwrap_or("").into(),
+            rows: entry.rows,
+            window: entry
+                .window_since
+                .as_ref()
+                .map_or_else(|| "all".into(), ToString::to_string),
+            seconds: entry.seconds,
+            missing: entry.missing,
+        }
+    }
 }
 
 /// Extracts into a new run folder; returns it with one report per collection or table.
@@ -85,18 +111,65 @@ pub async fn run(
     staging_dir: &Path,
     opts: &ExtractOptions,
 ) -> Result<(RunDir, Vec<ExtractReport>), ExtractError> {
-    let tables = config
-        .select(opts.tables.as_deref())
-        .map_err(ExtractError::Usage)?;
+    let tables = config.select(opts.tables.as_deref())?;
     let windows = window::windows(staging_dir, &tables, opts).await;
     let run = RunDir::create(staging_dir)?;
     let stage_dir = run.stage_dir(Stage::Extract);
     let progress = Progress::new(opts.quiet);
     let mut manifest = Manifest::new(Stage::Extract, &run.id, &config.fingerprint);
     tracing::info!(run = %run.id, "extract started");
-
-    // MongoDB: one entry per collection, with the earliest window of its tables.
     if let Some(input) = &opts.mongo {
+        let mongo = MongoRun {
+            config,
+            input,
+            stage_dir: &stage_dir,
+            progress: &progress,
+        };
+        manifest
+            .entries
+            .extend(mongo.extract(&tables, &windows).await?);
+    }
+    if let Some(settings) = &opts.matomo {
+        let matomo_tables: Vec<&TableSpec> = tables
+            .iter()
+            .copied()
+            .filter(|t| matches!(t.source, Source::Matomo { .. }))
+            .collect();
+        if !matomo_tables.is_empty() {
+            let mut conn = matomo::connect(settings).await?;
+            for table in matomo_tables {
+                let entry = extract_matomo_table(
+                    &mut conn,
+                    table,
+                    &windows[&table.name],
+                    &stage_dir,
+                    &progress,
+                )
+                .await?;
+                manifest.entries.push(entry);
+            }
+        }
+    }
+    let reports = manifest.entries.iter().map(ExtractReport::of).collect();
+    manifest.write(&stage_dir)?;
+    Ok((run, reports))
+}
+
+/// One MongoDB extract: every collection the selected tables read, from one input.
+struct MongoRun<'a> {
+    config: &'a Config,
+    input: &'a MongoInput,
+    stage_dir: &'a Path,
+    progress: &'a Progress,
+}
+
+impl MongoRun<'_> {
+    /// One entry per collection, with the earliest window of its tables.
+    async fn extract(
+        &self,
+        tables: &[&TableSpec],
+        windows: &std::collections::HashMap<String, Window>,
+    ) -> Result<Vec<ManifestEntry>, ExtractError> {
         let mut collections: BTreeMap<&str, Vec<&TableSpec>> = BTreeMap::new();
         for t in tables
             .iter()
@@ -104,162 +177,144 @@ pub async fn run(
         {
             collections.entry(t.source.name()).or_default().push(t);
         }
-        let dump = match input {
+        let dump = match self.input {
             MongoInput::Dump(path) => Some(mongodump::list_collections(path)?),
             MongoInput::Live(_) => None,
         };
+        let mut entries = Vec::new();
         for (collection, tables) in collections {
             let window = Window::earliest(tables.iter().map(|t| &windows[&t.name]));
-            let fields = fields::fields_for_collection(config, collection);
-            let (source, rel) = match input {
-                MongoInput::Dump(_) => ("dump", format!("dump/{collection}")),
-                MongoInput::Live(_) => ("mongo", format!("mongo/{collection}")),
-            };
-            let schema = Arc::new(fields::staged_schema(&fields));
-            let mut writer = BackgroundWriter::spawn(PartWriter::new(
-                &stage_dir.join(&rel),
-                &rel,
-                schema.clone(),
-            )?);
-            let bar = progress.rows(collection);
-            let started = Instant::now();
-            let since = window.since_utc();
-            let stats = match (input, &dump) {
-                (MongoInput::Dump(_), Some(dump)) => {
-                    extract_dump_collection(dump, collection, &fields, since, &mut writer, &bar)?
-                }
-                (MongoInput::Live(settings), _) => {
-                    mongo_live::extract_collection(
-                        settings,
-                        collection,
-                        &fields,
-                        since,
-                        &mut writer,
-                        &bar,
-                    )
-                    .await?
-                }
-                _ => unreachable!("dump listed above"),
-            };
-            bar.finish();
-            let files = writer.finish()?;
-            let mut watermarks = BTreeMap::new();
-            if let Some(max) = stats.max_timestamp {
-                for t in &tables {
-                    watermarks.insert(t.name.clone(), max.to_rfc3339());
-                }
-            }
-            let mut notes = BTreeMap::new();
-            if stats.missing {
-                notes.insert(
-                    "missing".into(),
-                    format!("collection `{collection}` is not in the dump"),
-                );
-                tracing::warn!(
+            let entry = self
+                .collection(collection, &tables, &window, dump.as_deref())
+                .await?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    async fn collection(
+        &self,
+        collection: &str,
+        tables: &[&TableSpec],
+        window: &Window,
+        dump: Option<&[mongodump::DumpCollection]>,
+    ) -> Result<ManifestEntry, ExtractError> {
+        let fields = fields::fields_for_collection(self.config, collection);
+        let source = match self.input {
+            MongoInput::Dump(_) => SourceKind::Dump,
+            MongoInput::Live(_) => SourceKind::Mongo,
+        };
+        let rel = format!("{}/{collection}", source.as_str());
+        let schema = Arc::new(fields::staged_schema(&fields));
+        let mut writer = BackgroundWriter::spawn(PartWriter::new(
+            &self.stage_dir.join(&rel),
+            &rel,
+            schema.clone(),
+        )?);
+        let bar = self.progress.rows(collection);
+        let started = Instant::now();
+        let since = window.since_utc();
+        let stats = match (self.input, dump) {
+            (MongoInput::Live(settings), _) => {
+                mongo_live::extract_collection(
+                    settings,
                     collection,
-                    "not in the dump: its tables get no rows from this run"
-                );
+                    &fields,
+                    since,
+                    &mut writer,
+                    &bar,
+                )
+                .await?
             }
-            notes.insert("scanned".into(), stats.scanned.to_string());
-            notes.insert(
-                "seconds".into(),
-                format!("{:.3}", started.elapsed().as_secs_f64()),
+            (MongoInput::Dump(_), Some(dump)) => {
+                extract_dump_collection(dump, collection, &fields, since, &mut writer, &bar)?
+            }
+            (MongoInput::Dump(path), None) => {
+                return Err(ExtractError::Internal(format!(
+                    "the dump {} was not listed before its collections were read",
+                    path.display()
+                )))
+            }
+        };
+        bar.finish();
+        let files = writer.finish()?;
+        if stats.missing {
+            tracing::warn!(
+                collection,
+                "not in the dump: its tables get no rows from this run"
             );
-            manifest.entries.push(ManifestEntry {
-                name: collection.to_string(),
-                source: source.into(),
-                rows: stats.rows,
-                files,
-                schema: staging::schema_pairs(&schema),
-                window_since: window.since_text(),
-                window_reason: window.reason.clone(),
-                watermarks,
-                notes,
-                ..Default::default()
-            });
-            tracing::info!(collection, rows = stats.rows, window = %window, "extracted");
         }
-    }
-
-    if let Some(settings) = &opts.matomo {
-        let matomo_tables: Vec<&&TableSpec> = tables
-            .iter()
-            .filter(|t| matches!(t.source, Source::Matomo { .. }))
-            .collect();
-        if !matomo_tables.is_empty() {
-            let mut conn = matomo::connect(settings).await?;
-            for table in matomo_tables {
-                let window = &windows[&table.name];
-                let rel = format!("matomo/{}", table.source.name());
-                let bar = progress.rows(&table.name);
-                let started = Instant::now();
-                let dir = stage_dir.join(&rel);
-                let mut writer: Option<PartWriter> = None;
-                let stats =
-                    matomo::extract_table(&mut conn, table, window.matomo(), BATCH_ROWS, |batch| {
-                        bar.inc(batch.num_rows() as u64);
-                        if writer.is_none() {
-                            writer = Some(PartWriter::new(&dir, &rel, batch.schema())?);
-                        }
-                        writer.as_mut().map(|w| w.write(&batch)).transpose()?;
-                        Ok(())
-                    })
-                    .await?;
-                bar.finish();
-                let (files, schema) = match writer {
-                    Some(w) => {
-                        let schema = w.schema().clone();
-                        (w.finish()?, staging::schema_pairs(&schema))
-                    }
-                    // No rows in the window: no file (transform reads zero rows).
-                    None => (Vec::new(), Vec::new()),
-                };
-                let mut watermarks = BTreeMap::new();
-                if let Some(max) = &stats.max_watermark {
-                    watermarks.insert(table.name.clone(), max.to_string());
-                }
-                let mut notes = BTreeMap::new();
-                if stats.zero_dates > 0 {
-                    notes.insert("zero_dates_as_null".into(), stats.zero_dates.to_string());
-                }
-                notes.insert(
-                    "seconds".into(),
-                    format!("{:.3}", started.elapsed().as_secs_f64()),
-                );
-                manifest.entries.push(ManifestEntry {
-                    name: table.source.name().to_string(),
-                    source: "matomo".into(),
-                    rows: stats.rows,
-                    files,
-                    schema,
-                    window_since: window.since_text(),
-                    window_reason: window.reason.clone(),
-                    watermarks,
-                    notes,
-                    ..Default::default()
-                });
-                tracing::info!(table = %table.name, rows = stats.rows, window = %window, "extracted");
-            }
-        }
-    }
-
-    let reports = manifest
-        .entries
-        .iter()
-        .map(|e| ExtractReport {
-            name: e.name.clone(),
-            source: e.source.clone(),
-            rows: e.rows,
-            window: e.window_since.clone().unwrap_or_else(|| "all".into()),
-            seconds: e
-                .notes
-                .get("seconds")
-                .and_then(|s| s.parse().ok())
+        tracing::info!(collection, rows = stats.rows, window = %window, "extracted");
+        let watermark = stats
+            .max_timestamp
+            .map(|t| staging::WatermarkValue::Timestamp(t.naive_utc()));
+        Ok(ManifestEntry {
+            name: collection.to_string(),
+            source: Some(source),
+            rows: stats.rows,
+            files,
+            schema: staging::schema_pairs(&schema),
+            window_since: window.since.clone(),
+            window_reason: window.reason.clone(),
+            watermarks: watermark
+                .map(|w| tables.iter().map(|t| (t.name.clone(), w.clone())).collect())
                 .unwrap_or_default(),
+            seconds: started.elapsed().as_secs_f64(),
+            scanned: Some(stats.scanned),
+            missing: stats.missing,
+            ..Default::default()
         })
-        .collect();
-    manifest.write(&stage_dir)?;
-    Ok((run, reports))
+    }
+}
+
+/// One Matomo table into `matomo/<table>/`.
+async fn extract_matomo_table(
+    conn: &mut mysql_async::Conn,
+    table: &TableSpec,
+    window: &Window,
+    stage_dir: &Path,
+    progress: &Progress,
+) -> Result<ManifestEntry, ExtractError> {
+    let rel = format!("matomo/{}", table.source.name());
+    let bar = progress.rows(&table.name);
+    let started = Instant::now();
+    let dir = stage_dir.join(&rel);
+    let mut writer: Option<PartWriter> = None;
+    let stats = matomo::extract_table(conn, table, window.matomo(), BATCH_ROWS, |batch| {
+        bar.inc(batch.num_rows() as u64);
+        if writer.is_none() {
+            writer = Some(PartWriter::new(&dir, &rel, batch.schema())?);
+        }
+        writer.as_mut().map(|w| w.write(&batch)).transpose()?;
+        Ok(())
+    })
+    .await?;
+    bar.finish();
+    let (files, schema) = match writer {
+        Some(w) => {
+            let schema = w.schema().clone();
+            (w.finish()?, staging::schema_pairs(&schema))
+        }
+        // No rows in the window: no file (transform reads zero rows).
+        None => (Vec::new(), Vec::new()),
+    };
+    tracing::info!(table = %table.name, rows = stats.rows, window = %window, "extracted");
+    Ok(ManifestEntry {
+        name: table.source.name().to_string(),
+        source: Some(SourceKind::Matomo),
+        rows: stats.rows,
+        files,
+        schema,
+        window_since: window.since.clone(),
+        window_reason: window.reason.clone(),
+        watermarks: stats
+            .max_watermark
+            .map(|max| [(table.name.clone(), max)].into())
+            .unwrap_or_default(),
+        seconds: started.elapsed().as_secs_f64(),
+        zero_dates_as_null: stats.zero_dates,
+        ..Default::default()
+    })
 }
 
 /// What reading one collection gave.

@@ -13,12 +13,11 @@ use std::path::Path;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
-use super::matomo::WatermarkValue;
 use super::ExtractOptions;
 use crate::config::ddl::ident;
-use crate::config::{TableSpec, Watermark};
+use crate::config::{SqlType, TableSpec, Watermark};
 use crate::settings::PostgresSettings;
-use crate::staging::{self, Stage};
+use crate::staging::{self, Stage, WatermarkValue};
 
 /// The start of one table's window; `since == None` means everything.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +45,7 @@ impl Window {
                     (None, _) => r,
                     (_, None) => w.clone(),
                     (Some(a), Some(b)) => {
-                        if timestamp_of(b) < timestamp_of(a) {
+                        if b.timestamp() < a.timestamp() {
                             w.clone()
                         } else {
                             r
@@ -62,17 +61,13 @@ impl Window {
     pub fn since_utc(&self) -> Option<DateTime<Utc>> {
         self.since
             .as_ref()
-            .and_then(timestamp_of)
+            .and_then(WatermarkValue::timestamp)
             .map(|t| t.and_utc())
     }
 
     /// The bound of a Matomo `WHERE wm >= ?`.
     pub fn matomo(&self) -> Option<&WatermarkValue> {
         self.since.as_ref()
-    }
-
-    pub fn since_text(&self) -> Option<String> {
-        self.since.as_ref().map(ToString::to_string)
     }
 }
 
@@ -85,20 +80,10 @@ impl fmt::Display for Window {
     }
 }
 
-fn timestamp_of(v: &WatermarkValue) -> Option<NaiveDateTime> {
-    match v {
-        WatermarkValue::Timestamp(t) => Some(*t),
-        WatermarkValue::Int(_) => None,
-    }
-}
-
-/// `GLOBAL_DATE_THRESHOLD` when set and well-formed (`YYYY-MM-DD`); a malformed value is a
-/// warning and is ignored.
-pub fn global_threshold() -> Option<NaiveDate> {
-    let raw = std::env::var("GLOBAL_DATE_THRESHOLD")
-        .ok()
-        .filter(|v| !v.trim().is_empty())?;
-    let raw = raw.trim();
+/// `GLOBAL_DATE_THRESHOLD`'s value when set and well-formed (`YYYY-MM-DD`); a malformed
+/// value is a warning and is ignored.
+pub fn global_threshold(raw: Option<&str>) -> Option<NaiveDate> {
+    let raw = raw.map(str::trim).filter(|v| !v.is_empty())?;
     let valid_shape = raw.len() == 10 && raw.as_bytes()[4] == b'-' && raw.as_bytes()[7] == b'-';
     match NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
         Ok(d) if valid_shape => {
@@ -121,15 +106,20 @@ pub async fn windows(
     tables: &[&TableSpec],
     opts: &ExtractOptions,
 ) -> HashMap<String, Window> {
-    let threshold = global_threshold();
+    let threshold = opts.threshold;
     let need_watermarks = !opts.full
         && tables
             .iter()
             .any(|t| !t.force_reimport && t.watermark != Watermark::None);
-    let target = if need_watermarks {
-        target_watermarks(tables).await
-    } else {
-        None
+    let target = match (&opts.target, need_watermarks) {
+        (Some(settings), true) => target_watermarks(settings, tables).await,
+        (None, true) => {
+            tracing::info!(
+                "no PostgreSQL target configured: windows start at the recorded watermarks"
+            );
+            None
+        }
+        (_, false) => None,
     };
     let recorded = if need_watermarks && target.is_none() {
         recorded_watermarks(staging_dir)
@@ -198,21 +188,13 @@ fn table_window(
 }
 
 /// Per table, the target's watermark (`None` for an empty or missing table); `None` overall
-/// when PostgreSQL is not configured or not reachable.
+/// when PostgreSQL is not reachable.
 async fn target_watermarks(
+    settings: &PostgresSettings,
     tables: &[&TableSpec],
 ) -> Option<HashMap<String, Option<WatermarkValue>>> {
-    let configured = ["DATABASE_URL", "POSTGRES_HOST", "POSTGRES_DATABASE"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some());
-    if !configured {
-        tracing::info!("no PostgreSQL target configured: windows start at the recorded watermarks");
-        return None;
-    }
-    let settings = PostgresSettings::from_env().ok()?;
-    let client = match tokio::time::timeout(std::time::Duration::from_secs(10), settings.connect())
-        .await
-    {
+    let connect = tokio::time::timeout(std::time::Duration::from_secs(10), settings.connect());
+    let client = match connect.await {
         Ok(Ok(client)) => client,
         Ok(Err(e)) => {
             tracing::warn!(target = %settings, "PostgreSQL not reachable ({e}): windows start at the recorded watermarks");
@@ -225,16 +207,11 @@ async fn target_watermarks(
     };
     let mut out = HashMap::new();
     for t in tables {
-        let expr = match &t.watermark {
-            Watermark::CreatedUpdated => "MAX(GREATEST(created_at, updated_at))".to_string(),
-            Watermark::Column(c) => format!("MAX({})", ident(c)),
-            Watermark::None => continue,
+        let Some(query) = WatermarkQuery::of(t) else {
+            continue;
         };
-        let sql = format!("SELECT {expr}::text FROM {}", ident(&t.name));
-        let value = match client.query_one(&sql, &[]).await {
-            Ok(row) => row
-                .get::<_, Option<String>>(0)
-                .and_then(|s| parse_watermark(&s)),
+        let value = match client.query_one(&query.sql, &[]).await {
+            Ok(row) => query.value(&row),
             // A table that does not exist yet: first run.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
             Err(e) => {
@@ -247,44 +224,62 @@ async fn target_watermarks(
     Some(out)
 }
 
+/// How to read a table's watermark from the target, typed by its column's declared type.
+struct WatermarkQuery {
+    sql: String,
+    integer: bool,
+}
+
+impl WatermarkQuery {
+    fn of(t: &TableSpec) -> Option<WatermarkQuery> {
+        let table = ident(&t.name);
+        let (expr, ty) = match &t.watermark {
+            Watermark::CreatedUpdated => (
+                "GREATEST(created_at, updated_at)".to_string(),
+                SqlType::Timestamp,
+            ),
+            Watermark::Column(c) => (ident(c), t.column(c)?.sql_type),
+            Watermark::None => return None,
+        };
+        let (select, integer) = match ty {
+            SqlType::TimestampTz => (format!("MAX({expr}) AT TIME ZONE 'UTC'"), false),
+            SqlType::Timestamp | SqlType::Date => (format!("MAX({expr})::timestamp"), false),
+            // Integers of any width (NUMERIC(20,0) holds BIGINT UNSIGNED) as exact text.
+            _ => (format!("MAX({expr})::text"), true),
+        };
+        Some(WatermarkQuery {
+            sql: format!("SELECT {select} FROM {table}"),
+            integer,
+        })
+    }
+
+    fn value(&self, row: &tokio_postgres::Row) -> Option<WatermarkValue> {
+        if self.integer {
+            let text: Option<String> = row.try_get(0).ok()?;
+            text?.parse::<i128>().ok().map(WatermarkValue::Int)
+        } else {
+            let time: Option<NaiveDateTime> = row.try_get(0).ok()?;
+            time.map(WatermarkValue::Timestamp)
+        }
+    }
+}
+
 /// Watermarks recorded in the load manifest of the newest run that was loaded.
 fn recorded_watermarks(staging_dir: &Path) -> HashMap<String, WatermarkValue> {
     let Ok(Some(run)) = staging::latest_run(staging_dir, Stage::Load) else {
         return HashMap::new();
     };
-    let Ok(manifest) = run.manifest(Stage::Load) else {
-        return HashMap::new();
-    };
-    manifest
-        .entries
-        .iter()
-        .flat_map(|e| e.watermarks.iter())
-        .filter_map(|(table, v)| parse_watermark(v).map(|w| (table.clone(), w)))
-        .collect()
-}
-
-/// A watermark as PostgreSQL prints it or as a manifest records it.
-pub fn parse_watermark(text: &str) -> Option<WatermarkValue> {
-    let text = text.trim();
-    if let Ok(i) = text.parse::<i128>() {
-        return Some(WatermarkValue::Int(i));
-    }
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(WatermarkValue::Timestamp(t.naive_utc()));
-    }
-    for format in [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f%#z",
-    ] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(WatermarkValue::Timestamp(t));
+    match run.manifest(Stage::Load) {
+        Ok(manifest) => manifest
+            .entries
+            .into_iter()
+            .flat_map(|e| e.watermarks)
+            .collect(),
+        Err(e) => {
+            tracing::warn!("no recorded watermarks: {e}");
+            HashMap::new()
         }
     }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(WatermarkValue::Timestamp)
 }
 
 #[cfg(test)]
@@ -295,9 +290,11 @@ mod tests {
         ExtractOptions {
             mongo: None,
             matomo: None,
+            target: None,
             tables: None,
             full: false,
             since: None,
+            threshold: None,
             quiet: true,
         }
     }
@@ -311,7 +308,7 @@ mod tests {
     }
 
     fn ts(s: &str) -> WatermarkValue {
-        parse_watermark(s).unwrap()
+        WatermarkValue::Timestamp(NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap())
     }
 
     #[test]
@@ -376,28 +373,37 @@ mod tests {
 
     #[test]
     fn malformed_threshold_is_ignored() {
-        // Runs in its own process space only for this variable; other tests do not read it.
-        std::env::set_var("GLOBAL_DATE_THRESHOLD", "2024/01/15");
-        assert_eq!(global_threshold(), None);
-        std::env::set_var("GLOBAL_DATE_THRESHOLD", "2024-01-15 10:00:00");
-        assert_eq!(global_threshold(), None);
-        std::env::set_var("GLOBAL_DATE_THRESHOLD", "2024-01-15");
-        assert_eq!(global_threshold(), NaiveDate::from_ymd_opt(2024, 1, 15));
-        std::env::remove_var("GLOBAL_DATE_THRESHOLD");
+        assert_eq!(global_threshold(Some("2024/01/15")), None);
+        assert_eq!(global_threshold(Some("2024-01-15 10:00:00")), None);
+        assert_eq!(global_threshold(Some("2024-1-15")), None);
+        assert_eq!(global_threshold(Some("")), None);
+        assert_eq!(global_threshold(None), None);
+        assert_eq!(
+            global_threshold(Some(" 2024-01-15 ")),
+            NaiveDate::from_ymd_opt(2024, 1, 15)
+        );
     }
 
     #[test]
-    fn watermarks_parse_from_postgres_and_manifests() {
+    fn watermark_values_round_trip_through_json() {
+        let t = NaiveDate::from_ymd_opt(2024, 3, 1)
+            .unwrap()
+            .and_hms_micro_opt(12, 0, 0, 250)
+            .unwrap();
+        for w in [
+            WatermarkValue::Timestamp(t),
+            WatermarkValue::Int(i128::from(u64::MAX)),
+        ] {
+            let json = serde_json::to_string(&w).unwrap();
+            assert_eq!(
+                serde_json::from_str::<WatermarkValue>(&json).unwrap(),
+                w,
+                "{json}"
+            );
+        }
         assert_eq!(
-            ts("2024-03-06 08:00:00.123"),
-            WatermarkValue::Timestamp(
-                NaiveDate::from_ymd_opt(2024, 3, 6)
-                    .unwrap()
-                    .and_hms_milli_opt(8, 0, 0, 123)
-                    .unwrap()
-            )
+            serde_json::to_string(&WatermarkValue::Timestamp(t)).unwrap(),
+            r#"{"timestamp":"2024-03-01T12:00:00.000250"}"#
         );
-        assert_eq!(ts("2024-03-06T08:00:00+00:00"), ts("2024-03-06 08:00:00"));
-        assert_eq!(ts("4294967295"), WatermarkValue::Int(4294967295));
     }
 }

@@ -6,6 +6,7 @@
 //! row, end the data (`\.`), or be read as SQL.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{
@@ -13,6 +14,40 @@ use arrow::datatypes::{
     Int64Type, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType,
 };
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+
+use super::LoadError;
+use crate::staging::{self, FileEntry};
+
+/// Bytes of COPY data handed over at a time (one message to PostgreSQL, one file write).
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Reads each staged file (after checking its checksum) and hands COPY text in chunks to
+/// `send`; stops early when `send` returns false.
+pub(crate) fn encode_files(
+    dir: &Path,
+    files: &[FileEntry],
+    table: &str,
+    mut send: impl FnMut(Bytes) -> bool,
+) -> Result<(), LoadError> {
+    let mut buf = Vec::with_capacity(COPY_CHUNK + 64 * 1024);
+    for file in files {
+        staging::verify_file(dir, file)?;
+        let path = dir.join(&file.path);
+        for batch in staging::stream_batches(&path, 8 * 1024)? {
+            let batch = batch?;
+            encode_batch(&batch, &mut buf)
+                .map_err(|message| LoadError::Internal(format!("table `{table}`: {message}")))?;
+            if buf.len() >= COPY_CHUNK && !send(Bytes::from(std::mem::take(&mut buf))) {
+                return Ok(());
+            }
+        }
+    }
+    if !buf.is_empty() {
+        send(Bytes::from(buf));
+    }
+    Ok(())
+}
 
 /// Appends every row of `batch` to `out`. Fails only on an Arrow type transform never writes.
 pub fn encode_batch(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), String> {

@@ -10,7 +10,6 @@ mod sql_files;
 use std::path::{Path, PathBuf};
 
 pub use copy_text::{encode_batch, escape_text};
-pub use plan::{plan_table, TablePlan};
 
 use crate::config::{Config, TableSpec};
 use crate::settings::PostgresSettings;
@@ -24,11 +23,23 @@ pub enum LoadError {
     Staging(#[from] StagingError),
     #[error("cannot connect to {target}: {message}")]
     Connect { target: String, message: String },
-    #[error("table `{table}`: {message}\n  in: {statement}")]
+    #[error("table `{table}`: {}\n  in: {statement}", postgres::db_message(.source))]
     Sql {
         table: String,
+        /// The statement's beginning.
         statement: String,
-        message: String,
+        source: tokio_postgres::Error,
+    },
+    #[error(transparent)]
+    UnknownTables(#[from] crate::config::UnknownTables),
+    #[error(
+        "table `{table}`: the run was transformed with columns ({staged}) but the config now \
+         loads ({wanted}); run `etl transform` again"
+    )]
+    ConfigChanged {
+        table: String,
+        staged: String,
+        wanted: String,
     },
     #[error("{0}")]
     Internal(String),
@@ -45,6 +56,8 @@ pub struct TableLoad {
     pub deleted: u64,
     pub orphans: Vec<OrphanReject>,
     pub seconds: f64,
+    /// Every statement the live load ran for the table, in order (COPY data left out).
+    pub statements: Vec<String>,
 }
 
 /// A row whose foreign key points nowhere, left out of the load.
@@ -71,7 +84,7 @@ fn planned<'a>(
     manifest: &'a Manifest,
     tables: Option<&[String]>,
 ) -> Result<Vec<(&'a TableSpec, &'a ManifestEntry)>, LoadError> {
-    let selected = config.select(tables).map_err(LoadError::Internal)?;
+    let selected = config.select(tables)?;
     let planned: Vec<(&TableSpec, &ManifestEntry)> = selected
         .into_iter()
         .filter_map(|t| manifest.entry(&t.name).map(|e| (t, e)))
@@ -81,19 +94,17 @@ fn planned<'a>(
         let staged: Vec<&str> = entry.schema.iter().map(|(name, _)| name.as_str()).collect();
         let wanted: Vec<&str> = table.loaded_columns().map(|c| c.name.as_str()).collect();
         if staged != wanted {
-            return Err(LoadError::Internal(format!(
-                "table `{}`: the run was transformed with columns ({}) but the config now loads ({}); \
-                 run `etl transform` again",
-                table.name,
-                staged.join(", "),
-                wanted.join(", ")
-            )));
+            return Err(LoadError::ConfigChanged {
+                table: table.name.clone(),
+                staged: staged.join(", "),
+                wanted: wanted.join(", "),
+            });
         }
     }
     Ok(planned)
 }
 
-/// `etl load --dry-run`: the plan and every statement, touching nothing.
+/// `etl load --dry-run`: the plan as the psql script a bundle holds, touching nothing.
 pub fn dry_run(
     config: &Config,
     staging_dir: &Path,
@@ -102,24 +113,8 @@ pub fn dry_run(
 ) -> Result<String, LoadError> {
     let run = RunDir::open(staging_dir, run, Stage::Transform)?;
     let manifest = run.manifest(Stage::Transform)?;
-    let mut out = format!(
-        "-- etl load plan for run {} (dry run: nothing is executed)\nBEGIN;\n",
-        run.id
-    );
-    for (table, entry) in planned(config, &manifest, tables)? {
-        out.push_str(&format!(
-            "\n-- {}: {} rows from {} file(s)\n",
-            table.name,
-            entry.rows,
-            entry.files.len()
-        ));
-        for s in plan_table(table).statements() {
-            out.push_str(&s);
-            out.push_str(";\n");
-        }
-    }
-    out.push_str("COMMIT;\n");
-    Ok(out)
+    let plan = plan::plan_load(config, &run.id, &planned(config, &manifest, tables)?);
+    Ok(sql_files::dry_run(&plan))
 }
 
 /// Loads a transformed run into `sink`; returns the run and per-table results, and writes the
@@ -134,6 +129,7 @@ pub async fn run(
     let run = RunDir::open(staging_dir, run, Stage::Transform)?;
     let manifest = run.manifest(Stage::Transform)?;
     let planned = planned(config, &manifest, tables)?;
+    let plan = plan::plan_load(config, &run.id, &planned);
     let transform_dir = run.stage_dir(Stage::Transform);
     let (loads, written_to) = match sink {
         Sink::Postgres(settings) => {
@@ -144,16 +140,17 @@ pub async fn run(
                     target: settings.to_string(),
                     message,
                 })?;
-            let loads = postgres::load(&mut client, config, &transform_dir, &planned).await?;
+            let loads = postgres::load(&mut client, &plan, &transform_dir).await?;
             (loads, PathBuf::from(settings.to_string()))
         }
         Sink::SqlFiles(out_dir) => {
-            let file = sql_files::write_bundle(config, &run.id, &transform_dir, &planned, out_dir)?;
-            let loads = planned
+            let file = sql_files::write_bundle(&plan, &transform_dir, out_dir)?;
+            let loads = plan
+                .tables
                 .iter()
-                .map(|(t, e)| TableLoad {
-                    table: t.name.clone(),
-                    rows: e.rows,
+                .map(|t| TableLoad {
+                    table: t.table.clone(),
+                    rows: t.rows,
                     ..Default::default()
                 })
                 .collect();
@@ -175,11 +172,9 @@ pub async fn run(
                 transformed: entry.rows,
                 ..entry.counts
             },
-            notes: [
-                ("target".to_string(), written_to.display().to_string()),
-                ("seconds".to_string(), format!("{:.3}", load.seconds)),
-            ]
-            .into(),
+            seconds: load.seconds,
+            target: Some(written_to.display().to_string()),
+            statements: load.statements.clone(),
             ..Default::default()
         });
     }

@@ -1,87 +1,311 @@
-//! The SQL a load runs for each table, generated once from the config. The live PostgreSQL
-//! load, the SQL export files and `--dry-run` all print or run these same statements.
+//! The load plan: every statement a load runs, built once from the config and the transform
+//! manifest, as data. Three executors walk the same plan: the live load runs it
+//! (`postgres.rs`), the SQL bundle writes it as a psql script and `--dry-run` prints that
+//! script without the data (`sql_files.rs`). A test holds the three together.
 //!
-//! Per table: COPY into a temporary staging table, move orphans (foreign keys pointing
-//! nowhere) out, delete the children of replaced parents, then one
-//! `INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE IS DISTINCT FROM`, so a rerun of
-//! the same rows updates nothing.
+//! Per table: lock the target against other writers, then branch on whether it is empty
+//! (checked under the lock, so the answer holds until commit):
+//!
+//! * empty, no foreign key: COPY straight into the table;
+//! * empty, with foreign keys: COPY into a temporary stage, move orphans out, plain INSERT;
+//! * not empty: COPY into the stage (and the parents of replaced children into their own
+//!   stage), move orphans out, delete the children that are gone, then one
+//!   `INSERT ... ON CONFLICT DO UPDATE ... WHERE IS DISTINCT FROM`, so a rerun of the same rows
+//!   writes nothing.
+//!
+//! A table receiving many rows has its foreign keys dropped and re-added (validated in one
+//! pass) around the write, by plain SQL steps that work the same live and in psql.
 
 use crate::config::ddl::{create_table, ident, ident_list};
-use crate::config::{ColumnSource, Keep, TableSpec};
+use crate::config::{ColumnSource, Config, Keep, TableSpec};
+use crate::staging::{FileEntry, ManifestEntry};
 
-/// Statements for one table, in the order they run.
+/// Rows from which a load rebuilds a table's foreign keys instead of checking them row by
+/// row (5x faster on 700k link rows; it holds an exclusive lock on the table until commit).
+pub(crate) const FK_REBUILD_ROWS: u64 = 50_000;
+
+/// A whole load: statements before any table, then each table in load order.
 #[derive(Debug, Clone)]
-pub struct TablePlan {
-    pub table: String,
-    /// The table's name as SQL (quoted where needed).
-    pub target: String,
-    pub create: String,
-    /// `TRUNCATE ... CASCADE` when `force_reimport` and `truncate_before_import`.
-    pub truncate: Option<String>,
-    pub create_stage: String,
-    /// `COPY <stage> (...) FROM STDIN`.
-    pub copy: String,
-    /// Replace-per-parent tables: the parents' staging table, its COPY, and the DELETE.
-    pub parents: Option<ParentsPlan>,
-    /// One per foreign key: deletes orphan rows from the stage, returning
-    /// (document key, column, value) for the rejects file.
-    pub orphans: Vec<OrphanCheck>,
-    /// Returns (inserted, updated).
-    pub upsert: String,
-    /// What an empty target allows (checked under a lock): no row can conflict and no
-    /// child needs deleting, so a plain INSERT does (2.4x faster than the upsert on 1M
-    /// link rows), or even a COPY straight into the table when there is no foreign key.
-    pub empty: EmptyPlan,
+pub(crate) struct LoadPlan {
+    pub(crate) run_id: String,
+    /// `CREATE TABLE IF NOT EXISTS` for every table of the config, so foreign keys always
+    /// find their targets.
+    pub(crate) prelude: Vec<String>,
+    pub(crate) tables: Vec<TablePlan>,
 }
 
+/// One table's steps, in the order they run.
 #[derive(Debug, Clone)]
-pub struct EmptyPlan {
-    /// Keeps other writers out between the check and the load (readers are not blocked).
-    pub lock: String,
-    /// Returns true when the target has no row.
-    pub is_empty: String,
-    /// Tables without foreign keys: COPY into the target itself, no stage at all.
-    pub direct_copy: Option<String>,
-    /// `INSERT INTO target SELECT ... FROM stage`, after the orphan checks.
-    pub insert: String,
+pub(crate) struct TablePlan {
+    pub(crate) table: String,
+    /// Rows in the transform output.
+    pub(crate) rows: u64,
+    /// The staged files of each data set, relative to the transform folder.
+    pub(crate) files: Vec<FileEntry>,
+    pub(crate) parent_files: Vec<FileEntry>,
+    pub(crate) steps: Vec<Step>,
 }
 
-#[derive(Debug, Clone)]
-pub struct ParentsPlan {
-    pub create_stage: String,
-    pub copy: String,
-    /// Deletes the replaced parents' children that are not in the stage; returns the count.
-    pub delete_children: String,
+impl TablePlan {
+    pub(crate) fn files(&self, data: Data) -> &[FileEntry] {
+        match data {
+            Data::Rows => &self.files,
+            Data::Parents => &self.parent_files,
+        }
+    }
 }
 
-#[derive(Debug, Clone)]
-pub struct OrphanCheck {
-    pub column: String,
-    pub references: String,
-    pub sql: String,
+/// One thing a load does. Executors interpret each variant; none adds statements of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Step {
+    /// A statement run as is.
+    Sql(String),
+    /// `COPY <into> FROM STDIN`, fed with one of the table's staged data sets.
+    Copy {
+        /// `table (col, ...)`.
+        into: String,
+        data: Data,
+        /// True when the COPY goes straight into the target: its row count is `inserted`.
+        into_target: bool,
+    },
+    /// Deletes orphan rows from the stage, returning (row key, value) for the rejects.
+    Orphans(OrphanCheck),
+    /// Deletes the replaced parents' children that are gone; its row count is `deleted`.
+    DeleteChildren(String),
+    /// Writes the stage into the target.
+    Write { sql: String, counts: WriteCounts },
+    /// `then` when `check` (a `SELECT` of one boolean) is true at this point, else `otherwise`.
+    IfEmpty {
+        check: String,
+        then: Vec<Step>,
+        otherwise: Vec<Step>,
+    },
+}
+
+/// Which staged files a COPY reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Data {
+    /// The table's rows.
+    Rows,
+    /// The parents whose children a load replaces.
+    Parents,
+}
+
+/// What a write statement reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteCounts {
+    /// A plain INSERT: its row count is `inserted`.
+    Inserted,
+    /// The upsert returns one row: (inserted, updated).
+    InsertedUpdated,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OrphanCheck {
+    pub(crate) column: String,
+    /// `table(column)`, for messages.
+    pub(crate) references: String,
+    /// `DELETE FROM <stage> ... RETURNING <key>, <value>`.
+    pub(crate) sql: String,
     /// A self reference may need several passes (a child of an orphan is an orphan).
-    pub repeat: bool,
+    pub(crate) repeat: bool,
 }
 
-pub fn stage_name(table: &str) -> String {
+impl Step {
+    /// The statement as it is sent to PostgreSQL (the COPY of a data set as `FROM STDIN`);
+    /// `None` for a branch, whose statements are those of its arms.
+    pub(crate) fn statement(&self) -> Option<String> {
+        match self {
+            Step::Sql(sql) | Step::DeleteChildren(sql) | Step::Write { sql, .. } => {
+                Some(sql.clone())
+            }
+            Step::Copy { into, .. } => Some(format!("COPY {into} FROM STDIN")),
+            Step::Orphans(check) => Some(check.sql.clone()),
+            Step::IfEmpty { .. } => None,
+        }
+    }
+}
+
+/// The plan of a run: `tables` are the selected tables with their transform manifest entries,
+/// in load order.
+pub(crate) fn plan_load(
+    config: &Config,
+    run_id: &str,
+    tables: &[(&TableSpec, &ManifestEntry)],
+) -> LoadPlan {
+    LoadPlan {
+        run_id: run_id.to_string(),
+        prelude: config
+            .tables
+            .iter()
+            .map(|t| create_table(t).trim_end().trim_end_matches(';').to_string())
+            .collect(),
+        tables: tables
+            .iter()
+            .map(|(t, entry)| TablePlan {
+                files: entry.files.clone(),
+                parent_files: entry.parent_files.clone(),
+                ..plan_table(t, entry.rows)
+            })
+            .collect(),
+    }
+}
+
+/// The name of a table's temporary stage.
+pub(crate) fn stage_name(table: &str) -> String {
     ident(&format!("etl_stage_{table}"))
 }
 
-pub fn plan_table(t: &TableSpec) -> TablePlan {
-    let target = ident(&t.name);
-    let stage = stage_name(&t.name);
-    let loaded: Vec<String> = t.loaded_columns().map(|c| c.name.clone()).collect();
-    let cols = ident_list(&loaded);
-    let stage_columns: Vec<String> = t
+/// One table's steps for `rows` incoming rows.
+pub(crate) fn plan_table(t: &TableSpec, rows: u64) -> TablePlan {
+    let names = Names::new(t);
+    let mut steps = Vec::new();
+    if t.force_reimport && t.truncate_before_import {
+        steps.push(Step::Sql(format!(
+            "TRUNCATE TABLE {} CASCADE",
+            names.target
+        )));
+    }
+    // Keeps other writers out between the emptiness check and the commit; readers go on.
+    steps.push(Step::Sql(format!(
+        "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+        names.target
+    )));
+    steps.push(Step::IfEmpty {
+        check: format!("SELECT NOT EXISTS (SELECT 1 FROM {})", names.target),
+        then: into_empty(t, &names, rows),
+        otherwise: into_loaded(t, &names, rows),
+    });
+    TablePlan {
+        table: t.name.clone(),
+        rows,
+        files: Vec::new(),
+        parent_files: Vec::new(),
+        steps,
+    }
+}
+
+/// Identifiers one table's statements share.
+struct Names {
+    target: String,
+    stage: String,
+    /// The loaded columns, as a SQL list.
+    cols: String,
+}
+
+impl Names {
+    fn new(t: &TableSpec) -> Names {
+        let loaded: Vec<String> = t.loaded_columns().map(|c| c.name.clone()).collect();
+        Names {
+            target: ident(&t.name),
+            stage: stage_name(&t.name),
+            cols: ident_list(&loaded),
+        }
+    }
+}
+
+/// An empty target: no row can conflict and no child needs deleting, so a plain INSERT does
+/// (2.4x faster than the upsert on 1M link rows), or a COPY straight into the table when no
+/// row can be an orphan.
+fn into_empty(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
+    let has_foreign_keys = t.columns.iter().any(|c| c.foreign_key.is_some());
+    if !has_foreign_keys {
+        return vec![Step::Copy {
+            into: format!("{} ({})", names.target, names.cols),
+            data: Data::Rows,
+            into_target: true,
+        }];
+    }
+    let mut steps = stage_rows(t, names);
+    steps.extend(orphan_checks(t, names).into_iter().map(Step::Orphans));
+    let insert = Step::Write {
+        sql: format!(
+            "INSERT INTO {} ({cols}) SELECT {cols} FROM {}",
+            names.target,
+            names.stage,
+            cols = names.cols
+        ),
+        counts: WriteCounts::Inserted,
+    };
+    steps.extend(around_foreign_keys(t, names, rows, insert));
+    steps
+}
+
+/// A target with rows: stage, orphans out, children that are gone deleted, upsert.
+fn into_loaded(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
+    let mut steps = stage_rows(t, names);
+    let parents = t.replace_parent_column().map(|parent| {
+        let pstage = stage_name(&format!("{}_parents", t.name));
+        let parent_type = t.column(parent).map_or_else(
+            || "TEXT".to_string(),
+            |c| c.sql_type.referenced_as().to_string(),
+        );
+        let setup = [
+            Step::Sql(format!(
+                "CREATE TEMP TABLE {pstage} (parent {parent_type}) ON COMMIT DROP"
+            )),
+            Step::Copy {
+                into: format!("{pstage} (parent)"),
+                data: Data::Parents,
+                into_target: false,
+            },
+        ];
+        // Only the children that are gone: the ones still there are upserted, so a rerun of
+        // the same run deletes and rewrites nothing.
+        let delete = Step::DeleteChildren(format!(
+            "DELETE FROM {target} t USING (SELECT DISTINCT parent FROM {pstage}) p \
+             WHERE t.{} = p.parent AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {})",
+            ident(parent),
+            key_match(&t.conflict_key),
+            target = names.target,
+            stage = names.stage,
+        ));
+        (setup, delete)
+    });
+    let delete = parents.map(|(setup, delete)| {
+        steps.extend(setup);
+        delete
+    });
+    steps.extend(orphan_checks(t, names).into_iter().map(Step::Orphans));
+    steps.extend(delete);
+    let upsert = Step::Write {
+        sql: upsert_sql(t, names),
+        counts: WriteCounts::InsertedUpdated,
+    };
+    steps.extend(around_foreign_keys(t, names, rows, upsert));
+    steps
+}
+
+/// `CREATE TEMP TABLE <stage>` and the COPY of the rows into it.
+fn stage_rows(t: &TableSpec, names: &Names) -> Vec<Step> {
+    let columns: Vec<String> = t
         .loaded_columns()
         .map(|c| format!("{} {}", ident(&c.name), c.sql_type.referenced_as()))
         .collect();
-    let create_stage = format!(
-        "CREATE TEMP TABLE {stage} ({}) ON COMMIT DROP",
-        stage_columns.join(", ")
-    );
-    let copy = format!("COPY {stage} ({cols}) FROM STDIN");
+    vec![
+        Step::Sql(format!(
+            "CREATE TEMP TABLE {} ({}) ON COMMIT DROP",
+            names.stage,
+            columns.join(", ")
+        )),
+        Step::Copy {
+            into: format!("{} ({})", names.stage, names.cols),
+            data: Data::Rows,
+            into_target: false,
+        },
+    ]
+}
 
+/// `s.a = t.a AND s.b = t.b` over the conflict key.
+fn key_match(key: &[String]) -> String {
+    key.iter()
+        .map(|k| format!("s.{k} = t.{k}", k = ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// One check per foreign key: deletes the stage's rows whose key points nowhere.
+fn orphan_checks(t: &TableSpec, names: &Names) -> Vec<OrphanCheck> {
     let key_expr = format!(
         "concat_ws(',', {})",
         t.conflict_key
@@ -90,15 +314,19 @@ pub fn plan_table(t: &TableSpec) -> TablePlan {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let orphans = t
-        .columns
+    let stage = &names.stage;
+    t.columns
         .iter()
         .filter_map(|c| c.foreign_key.as_ref().map(|fk| (c, fk)))
         .map(|(c, fk)| {
             let col = ident(&c.name);
             let self_ref = fk.table == t.name;
+            // Parents arriving in the same load count as present.
             let also_stage = if self_ref {
-                format!(" AND NOT EXISTS (SELECT 1 FROM {stage} p2 WHERE p2.{} = s.{col})", ident(&fk.column))
+                format!(
+                    " AND NOT EXISTS (SELECT 1 FROM {stage} p2 WHERE p2.{} = s.{col})",
+                    ident(&fk.column)
+                )
             } else {
                 String::new()
             };
@@ -107,59 +335,58 @@ pub fn plan_table(t: &TableSpec) -> TablePlan {
                 references: format!("{}({})", fk.table, fk.column),
                 sql: format!(
                     "DELETE FROM {stage} s WHERE s.{col} IS NOT NULL AND NOT EXISTS \
-                     (SELECT 1 FROM {} p WHERE p.{} = s.{col}){also_stage} RETURNING {key_expr}, s.{col}::text",
+                     (SELECT 1 FROM {} p WHERE p.{} = s.{col}){also_stage} \
+                     RETURNING {key_expr}, s.{col}::text",
                     ident(&fk.table),
                     ident(&fk.column)
                 ),
                 repeat: self_ref,
             }
         })
-        .collect();
+        .collect()
+}
 
-    let parents = t.replace_parent_column().map(|parent| {
-        let pstage = stage_name(&format!("{}_parents", t.name));
-        let parent_type = t.column(parent).map(|c| c.sql_type.referenced_as().to_string()).unwrap_or_else(|| "TEXT".into());
-        ParentsPlan {
-            create_stage: format!("CREATE TEMP TABLE {pstage} (parent {parent_type}) ON COMMIT DROP"),
-            copy: format!("COPY {pstage} (parent) FROM STDIN"),
-            // Only the children that are gone: the ones still there are upserted, so a
-            // rerun of the same run deletes and rewrites nothing.
-            delete_children: format!(
-                "DELETE FROM {target} t USING (SELECT DISTINCT parent FROM {pstage}) p WHERE t.{} = p.parent \
-                 AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {})",
-                ident(parent),
-                t.conflict_key.iter().map(|k| format!("s.{k} = t.{k}", k = ident(k))).collect::<Vec<_>>().join(" AND ")
-            ),
-        }
-    });
-
-    TablePlan {
-        table: t.name.clone(),
-        target: target.clone(),
-        create: create_table(t),
-        truncate: (t.force_reimport && t.truncate_before_import)
-            .then(|| format!("TRUNCATE TABLE {target} CASCADE")),
-        create_stage,
-        copy,
-        parents,
-        orphans,
-        upsert: upsert_sql(t, &target, &stage, &cols),
-        empty: EmptyPlan {
-            lock: format!("LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE"),
-            is_empty: format!("SELECT NOT EXISTS (SELECT 1 FROM {target})"),
-            direct_copy: t
-                .columns
-                .iter()
-                .all(|c| c.foreign_key.is_none())
-                .then(|| format!("COPY {target} ({cols}) FROM STDIN")),
-            insert: format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage}"),
-        },
+/// `write`, wrapped in dropping and re-adding the table's foreign keys when the load is big
+/// enough for one validation pass to beat row-by-row checks. Orphans are already gone from
+/// the stage, so the keys hold when they come back.
+fn around_foreign_keys(t: &TableSpec, names: &Names, rows: u64, write: Step) -> Vec<Step> {
+    let has_foreign_keys = t.columns.iter().any(|c| c.foreign_key.is_some());
+    if rows < FK_REBUILD_ROWS || !has_foreign_keys {
+        return vec![write];
     }
+    let saved = ident(&format!("etl_fkeys_{}", t.name));
+    let target = &names.target;
+    // Whatever foreign keys the table has now (a user may have added some), by name.
+    let save = format!(
+        "CREATE TEMP TABLE {saved} ON COMMIT DROP AS SELECT conname::text AS name, \
+         pg_get_constraintdef(oid) AS definition FROM pg_constraint \
+         WHERE conrelid = {}::regclass AND contype = 'f'",
+        literal(target)
+    );
+    let each = |action: &str| {
+        format!(
+            "DO $etl$ DECLARE r record; BEGIN FOR r IN SELECT name, definition FROM {saved} \
+             ORDER BY name LOOP EXECUTE format({}, r.name, r.definition); END LOOP; END $etl$",
+            literal(&format!("ALTER TABLE {target} {action}"))
+        )
+    };
+    vec![
+        Step::Sql(save),
+        // `%2$s` unused on drop: format() ignores extra arguments.
+        Step::Sql(each("DROP CONSTRAINT %I")),
+        write,
+        Step::Sql(each("ADD CONSTRAINT %I %s")),
+    ]
+}
+
+/// A string as a SQL literal (`'` doubled; standard_conforming_strings is on by default).
+pub(crate) fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// `INSERT ... ON CONFLICT (key) DO UPDATE SET` every non-key column, only where something
 /// differs; dedupe rules decide how a conflicting row combines with the stored one.
-fn upsert_sql(t: &TableSpec, target: &str, stage: &str, cols: &str) -> String {
+fn upsert_sql(t: &TableSpec, names: &Names) -> String {
     let key = &t.conflict_key;
     let updates: Vec<(String, String)> = t
         .loaded_columns()
@@ -183,7 +410,7 @@ fn upsert_sql(t: &TableSpec, target: &str, stage: &str, cols: &str) -> String {
         let old: Vec<String> = updates.iter().map(|(c, _)| format!("t.{c}")).collect();
         let new: Vec<&str> = updates.iter().map(|(_, v)| v.as_str()).collect();
         format!(
-            "ON CONFLICT ({}) DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})",
+            "ON CONFLICT ({}) DO UPDATE SET {} WHERE {} IS DISTINCT FROM {}",
             ident_list(key),
             set.join(", "),
             row_expr(&old),
@@ -192,9 +419,13 @@ fn upsert_sql(t: &TableSpec, target: &str, stage: &str, cols: &str) -> String {
     };
     // Inserted rows have xmax = 0; updated ones carry the updating transaction's id.
     format!(
-        "WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {stage} {on_conflict} \
-         RETURNING (xmax = 0) AS inserted) \
-         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
+        "WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {stage} \
+         {on_conflict} RETURNING (xmax = 0) AS inserted) \
+         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) \
+         FROM written",
+        target = names.target,
+        stage = names.stage,
+        cols = names.cols,
     )
 }
 
@@ -208,38 +439,6 @@ fn row_expr(items: &[impl AsRef<str>]) -> String {
     }
 }
 
-impl TablePlan {
-    /// Every statement, for `--dry-run` and the SQL files (COPY data shown as a placeholder).
-    pub fn statements(&self) -> Vec<String> {
-        let mut out = vec![self.create.trim_end().trim_end_matches(';').to_string()];
-        out.extend(self.truncate.clone());
-        let e = &self.empty;
-        out.push(e.lock.clone());
-        match &e.direct_copy {
-            Some(copy) => out.push(format!(
-                "{} -- when true: {copy} and nothing else",
-                e.is_empty
-            )),
-            None => out.push(format!(
-                "{} -- when true: the statements below, with `{}` instead of the delete and upsert",
-                e.is_empty, e.insert
-            )),
-        }
-        out.push(self.create_stage.clone());
-        out.push(self.copy.clone());
-        if let Some(p) = &self.parents {
-            out.push(p.create_stage.clone());
-            out.push(p.copy.clone());
-        }
-        out.extend(self.orphans.iter().map(|o| o.sql.clone()));
-        if let Some(p) = &self.parents {
-            out.push(p.delete_children.clone());
-        }
-        out.push(self.upsert.clone());
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,47 +448,125 @@ mod tests {
         Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config")).unwrap()
     }
 
-    #[test]
-    fn logbook_upsert_keeps_earliest_created_and_latest_updated() {
-        let config = config();
-        let plan = plan_table(config.table("users_logbook").unwrap());
-        assert!(plan.upsert.contains("ON CONFLICT (user_id, day) DO UPDATE SET created_at = LEAST(t.created_at, EXCLUDED.created_at), updated_at = GREATEST(t.updated_at, EXCLUDED.updated_at)"), "{}", plan.upsert);
-        assert!(
-            !plan.copy.contains("(id"),
-            "the SERIAL id is generated: {}",
-            plan.copy
-        );
-        assert!(plan.parents.is_none());
+    /// Every statement of the steps, both arms of a branch included.
+    fn statements(steps: &[Step]) -> Vec<String> {
+        let mut out = Vec::new();
+        for step in steps {
+            match step {
+                Step::IfEmpty {
+                    check,
+                    then,
+                    otherwise,
+                } => {
+                    out.push(check.clone());
+                    out.extend(statements(then));
+                    out.extend(statements(otherwise));
+                }
+                other => out.extend(other.statement()),
+            }
+        }
+        out
+    }
+
+    fn arms(plan: &TablePlan) -> (&[Step], &[Step]) {
+        plan.steps
+            .iter()
+            .find_map(|s| match s {
+                Step::IfEmpty {
+                    then, otherwise, ..
+                } => Some((then.as_slice(), otherwise.as_slice())),
+                _ => None,
+            })
+            .expect("every table plan branches on an empty target")
     }
 
     #[test]
-    fn link_tables_replace_children_of_their_parents() {
+    fn logbook_upsert_keeps_earliest_created_and_latest_updated() {
         let config = config();
-        let plan = plan_table(config.table("users_targets").unwrap());
-        let parents = plan.parents.as_ref().unwrap();
+        let plan = plan_table(config.table("users_logbook").unwrap(), 10);
+        let all = statements(&plan.steps).join("\n");
+        assert!(all.contains("ON CONFLICT (user_id, day) DO UPDATE SET created_at = LEAST(t.created_at, EXCLUDED.created_at), updated_at = GREATEST(t.updated_at, EXCLUDED.updated_at)"), "{all}");
         assert!(
-            parents
-                .delete_children
-                .contains("WHERE t.user_id = p.parent"),
-            "{}",
-            parents.delete_children
+            !all.contains("etl_stage_users_logbook (id"),
+            "the SERIAL id is generated: {all}"
         );
-        assert_eq!(plan.orphans.len(), 2);
+        assert!(!all.contains("_parents"), "{all}");
+    }
+
+    #[test]
+    fn link_tables_replace_children_of_their_parents_only_when_the_target_has_rows() {
+        let config = config();
+        let plan = plan_table(config.table("users_targets").unwrap(), 10);
+        let (empty, loaded) = arms(&plan);
+        let deletes = |steps: &[Step]| {
+            steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::DeleteChildren(sql) => Some(sql.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(deletes(empty).is_empty());
+        let delete = deletes(loaded);
+        assert_eq!(delete.len(), 1);
+        assert!(
+            delete[0].contains("WHERE t.user_id = p.parent"),
+            "{delete:?}"
+        );
+        let orphans = loaded
+            .iter()
+            .filter(|s| matches!(s, Step::Orphans(_)))
+            .count();
+        assert_eq!(orphans, 2);
         // Upserted link tables keep removed elements: no parent delete.
-        assert!(plan_table(config.table("menu_recipes").unwrap())
-            .parents
-            .is_none());
+        let menu = plan_table(config.table("menu_recipes").unwrap(), 10);
+        assert!(deletes(arms(&menu).1).is_empty());
+    }
+
+    #[test]
+    fn an_empty_table_without_foreign_keys_is_copied_into_directly() {
+        let config = config();
+        let plan = plan_table(config.table("ingredients").unwrap(), 10);
+        let (empty, _) = arms(&plan);
+        assert_eq!(empty.len(), 1, "{empty:?}");
+        assert!(matches!(
+            &empty[0],
+            Step::Copy {
+                into_target: true,
+                data: Data::Rows,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn big_loads_rebuild_foreign_keys_around_the_write_in_both_arms() {
+        let config = config();
+        let table = config.table("users_targets").unwrap();
+        let small = statements(&plan_table(table, FK_REBUILD_ROWS - 1).steps).join("\n");
+        assert!(!small.contains("DROP CONSTRAINT"), "{small}");
+        let big = plan_table(table, FK_REBUILD_ROWS);
+        let (empty, loaded) = arms(&big);
+        for arm in [empty, loaded] {
+            let sql = statements(arm);
+            let drop = sql.iter().position(|s| s.contains("DROP CONSTRAINT"));
+            let write = arm.iter().position(|s| matches!(s, Step::Write { .. }));
+            let add = sql.iter().position(|s| s.contains("ADD CONSTRAINT"));
+            assert!(drop < write && write < add && drop.is_some(), "{sql:#?}");
+        }
     }
 
     #[test]
     fn reserved_column_names_are_quoted_everywhere() {
         let config = config();
-        let plan = plan_table(config.table("periods").unwrap());
+        let plan = plan_table(config.table("periods").unwrap(), 10);
+        let all = statements(&plan.steps).join("\n");
+        assert!(all.contains("\"order\" = EXCLUDED.\"order\""), "{all}");
+        assert!(all.contains("COPY etl_stage_periods ("), "{all}");
         assert!(
-            plan.upsert.contains("\"order\" = EXCLUDED.\"order\""),
-            "{}",
-            plan.upsert
+            !all.contains(" order,") && !all.contains(" order)"),
+            "{all}"
         );
-        assert!(plan.copy.contains("\"order\""));
     }
 }

@@ -6,13 +6,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 
 use super::StagingError;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Bumped when the layout changes incompatibly; older manifests are refused with a message.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Format 2: typed watermarks and windows, timings and per-stage facts as fields (format 1
+/// kept them as text in `notes`).
+pub const MANIFEST_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,9 +59,9 @@ pub struct Manifest {
 pub struct ManifestEntry {
     /// Collection or source table (extract), target table (transform, load).
     pub name: String,
-    /// `mongo`, `dump` or `matomo` for extract entries.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub source: String,
+    /// Where an extract entry was read from (carried along by later stages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceKind>,
     /// Files relative to the stage folder.
     #[serde(default)]
     pub files: Vec<FileEntry>,
@@ -70,20 +73,95 @@ pub struct ManifestEntry {
     /// Arrow schema of the files: column name -> type.
     #[serde(default)]
     pub schema: Vec<(String, String)>,
-    /// Start of the window extracted (inclusive), when not everything was taken.
+    /// Start of the window extracted (inclusive); absent when everything was taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window_since: Option<String>,
+    pub window_since: Option<WatermarkValue>,
     /// Why the window starts there (watermark, --since, GLOBAL_DATE_THRESHOLD, full).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub window_reason: String,
-    /// Highest watermark value seen in what was extracted (per target table for Mongo).
+    /// Highest watermark value seen in what was extracted, per target table.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub watermarks: BTreeMap<String, String>,
+    pub watermarks: BTreeMap<String, WatermarkValue>,
     #[serde(default)]
     pub counts: Counts,
-    /// Free-form facts worth keeping (e.g. zero dates turned to NULL).
+    /// Seconds the stage spent on this entry.
+    #[serde(default)]
+    pub seconds: f64,
+    /// Extract: documents read, in the window or not (MongoDB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanned: Option<u64>,
+    /// Extract: the source has no such collection or table, so its tables got no rows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
+    /// Extract (Matomo): zero dates (`0000-00-00`) read as NULL.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub zero_dates_as_null: u64,
+    /// Transform: rows filtered out, per rule the config states.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub notes: BTreeMap<String, String>,
+    pub filtered_by_rule: BTreeMap<String, u64>,
+    /// Load: where the rows went (the target without its password, or the bundle's script).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Load: every statement the live load ran for the table, in order (COPY data left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statements: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Where extracted rows came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A live MongoDB server.
+    Mongo,
+    /// A mongodump folder or archive.
+    Dump,
+    /// Matomo tables in MariaDB/MySQL.
+    Matomo,
+}
+
+impl SourceKind {
+    /// The name used in staged paths and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Mongo => "mongo",
+            SourceKind::Dump => "dump",
+            SourceKind::Matomo => "matomo",
+        }
+    }
+}
+
+/// The value that starts an incremental window: the highest timestamp or integer an extract
+/// saw in a table's watermark column(s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatermarkValue {
+    /// A date or time watermark, in UTC.
+    Timestamp(NaiveDateTime),
+    /// An integer watermark (`log_action.idaction`); i128 holds every MariaDB integer.
+    Int(i128),
+}
+
+impl WatermarkValue {
+    /// The instant, for a time watermark.
+    pub fn timestamp(&self) -> Option<NaiveDateTime> {
+        match self {
+            WatermarkValue::Timestamp(t) => Some(*t),
+            WatermarkValue::Int(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for WatermarkValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WatermarkValue::Timestamp(t) => write!(f, "{}", t.format("%Y-%m-%d %H:%M:%S%.f")),
+            WatermarkValue::Int(i) => write!(f, "{i}"),
+        }
+    }
 }
 
 /// Row accounting; for every table `extracted = transformed + rejected + filtered`, and after
@@ -153,22 +231,39 @@ impl Manifest {
                 source: e,
             },
         })?;
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| StagingError::Invalid {
-                path: path.clone(),
-                message: format!("unreadable manifest: {e}"),
-            })?;
-        if manifest.format != MANIFEST_FORMAT {
-            return Err(StagingError::Invalid {
-                path,
-                message: format!(
-                    "manifest format {} but this etl reads format {MANIFEST_FORMAT}",
-                    manifest.format
-                ),
-            });
+        let unreadable = |e: serde_json::Error| StagingError::Invalid {
+            path: path.clone(),
+            message: format!("unreadable manifest: {e}"),
+        };
+        // The version first: an older layout must get the message below, not a parse error.
+        let header: Header = serde_json::from_slice(&bytes).map_err(unreadable)?;
+        if header.format != MANIFEST_FORMAT {
+            let stage = header.stage;
+            let message = if header.format < MANIFEST_FORMAT {
+                format!(
+                    "written by an older etl (manifest format {}; this etl reads format \
+                     {MANIFEST_FORMAT}): run `etl {stage}` again to stage this run anew",
+                    header.format
+                )
+            } else {
+                format!(
+                    "written by a newer etl (manifest format {}; this etl reads format \
+                     {MANIFEST_FORMAT}): upgrade etl",
+                    header.format
+                )
+            };
+            return Err(StagingError::Invalid { path, message });
         }
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(unreadable)?;
         Ok(manifest)
     }
+}
+
+/// The part of a manifest every format version has.
+#[derive(Deserialize)]
+struct Header {
+    format: u32,
+    stage: Stage,
 }
 
 /// Arrow schema as (name, type) pairs for the manifest.

@@ -300,6 +300,29 @@ pub fn verify_file(stage_dir: &Path, entry: &FileEntry) -> Result<(), StagingErr
 }
 
 /// Reads every batch of one staged file.
+/// Streams a staged file's batches of up to `batch_rows` rows, each error naming the file.
+pub(crate) fn stream_batches(
+    path: &Path,
+    batch_rows: usize,
+) -> Result<impl Iterator<Item = Result<RecordBatch, StagingError>> + '_, StagingError> {
+    let file = File::open(path).map_err(StagingError::io(path))?;
+    let to_err = |source| StagingError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(to_err)?
+        .with_batch_size(batch_rows)
+        .build()
+        .map_err(to_err)?;
+    Ok(reader.map(move |batch| {
+        batch.map_err(|e| StagingError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }))
+}
+
 pub fn read_batches(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), StagingError> {
     let file = File::open(path).map_err(StagingError::io(path))?;
     let to_err = |source| StagingError::Parquet {

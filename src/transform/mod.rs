@@ -35,6 +35,8 @@ const READ_BATCH_ROWS: usize = 32 * 1024;
 pub enum TransformError {
     #[error(transparent)]
     Staging(#[from] StagingError),
+    #[error(transparent)]
+    UnknownTables(#[from] crate::config::UnknownTables),
     #[error(
         "table `{table}`: the staged `{source_name}` has no field `{field}`; the config changed since \
          extract: run `etl extract` again"
@@ -76,12 +78,7 @@ pub fn run(
     if extract.config_fingerprint != config.fingerprint {
         tracing::warn!(run = %run.id, "the config changed since this run was extracted");
     }
-    let selected = config
-        .select(tables)
-        .map_err(|message| StagingError::Invalid {
-            path: config_path(config),
-            message,
-        })?;
+    let selected = config.select(tables)?;
     let out_dir = run.reset_stage(Stage::Transform)?;
     let rejects_dir = run.rejects_dir();
     std::fs::create_dir_all(&rejects_dir).map_err(StagingError::io(&rejects_dir))?;
@@ -132,14 +129,6 @@ pub fn run(
     }
     manifest.write(&out_dir)?;
     Ok((run, reports))
-}
-
-fn config_path(config: &Config) -> std::path::PathBuf {
-    config
-        .tables
-        .first()
-        .map(|t| t.file.clone())
-        .unwrap_or_default()
 }
 
 /// What one piece (one row group of one staged file) gave for a table.
@@ -228,7 +217,7 @@ fn transform_table(
     let seconds = started.elapsed().as_secs_f64();
     let manifest_entry = ManifestEntry {
         name: table.name.clone(),
-        source: entry.source.clone(),
+        source: entry.source,
         rows: counts.transformed,
         files,
         parent_files,
@@ -237,10 +226,9 @@ fn transform_table(
         window_reason: entry.window_reason.clone(),
         watermarks: entry.watermarks.clone(),
         counts,
-        notes: filtered_by_rule
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_string()))
-            .collect(),
+        seconds,
+        filtered_by_rule: filtered_by_rule.clone(),
+        ..Default::default()
     };
     Ok((
         manifest_entry,
