@@ -104,3 +104,88 @@ fn load_refuses_a_run_transformed_with_other_columns() {
         "{err}"
     );
 }
+
+#[test]
+fn exit_codes_say_usage_error_2_and_failed_stage_1() {
+    let work = Workdir::new();
+    let dump = work.path().join("dump");
+    let dump = dump.to_str().unwrap();
+    for args in [
+        &[
+            "extract",
+            "--source",
+            "dump",
+            "--dump",
+            dump,
+            "--tables",
+            "users,bogus",
+        ][..],
+        &["transform", "--tables", "bogus"],
+        &["load", "--tables", "bogus"],
+        &[
+            "run", "--source", "dump", "--dump", dump, "--tables", "bogus",
+        ],
+    ] {
+        let out = work.etl(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "etl {args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("unknown table(s) in --tables: bogus") && err.contains("users"),
+            "etl {args:?}: the message names the unknown table and the known ones: {err}"
+        );
+    }
+    assert!(
+        !work.path().join("staging").exists(),
+        "a usage error stops before anything is written"
+    );
+    let usage = [
+        &["extract", "--source", "dump"][..],
+        &["frobnicate"],
+        &["load", "--to", "nowhere"],
+    ];
+    for args in usage {
+        let out = work.etl(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "etl {args:?}: {}", stderr(&out));
+    }
+    // Nothing to load: the stage fails.
+    let out = work.etl(&["load"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("run `etl transform` first"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn strict_turns_a_collection_missing_from_the_dump_into_exit_1() {
+    let work = Workdir::new();
+    let db = work.path().join("dump/smartdiet");
+    std::fs::create_dir_all(&db).unwrap();
+    let user = bson::doc! { "_id": bson::oid::ObjectId::new(), "email": "a@b.c" };
+    smartdiet::write_collection(&db, "users", [&user].into_iter());
+    let dump = db.to_str().unwrap();
+    let args = [
+        "extract",
+        "--source",
+        "dump",
+        "--dump",
+        dump,
+        "--tables",
+        "users,companies",
+    ];
+    let out = work.etl(&args, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let summary = stdout(&out);
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.starts_with("companies") && l.contains("missing from the source")),
+        "the summary shows the missing collection:\n{summary}"
+    );
+    let mut strict = vec!["--strict"];
+    strict.extend(args);
+    let out = work.etl(&strict, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("companies"), "{}", stderr(&out));
+}
