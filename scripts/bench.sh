@@ -48,7 +48,7 @@ done
 for v in ETL_TEST_POSTGRES_URL ETL_TEST_MARIADB_OUTFILE_DIR MATOMO_HOST MATOMO_PORT MATOMO_USER MATOMO_PASSWORD; do
     [[ -n ${!v:-} ]] || die "$v is not set: run through scripts/with-services.sh (make bench)"
 done
-for c in /usr/bin/time psql mariadb awk git; do
+for c in /usr/bin/time psql mariadb awk git python3; do
     command -v "$c" >/dev/null || die "$c not found"
 done
 
@@ -143,22 +143,27 @@ run_timed() {
     [[ $CPU_PCT =~ ^[0-9]+%$ ]] || CPU_PCT="?"
 }
 
-# etl summary tables (stdout): header, a rule of dashes, then one row per table.
-# summary_col FILE ROWNAME N: field N of that row (dies when absent).
-summary_col() {
+# Figures come from the manifest each etl stage writes (typed fields), never from the printed
+# summary. keep_manifest NAME STAGING STAGE copies the newest run's manifest of that stage to
+# $logs/NAME.json right after the command, before another run overwrites it.
+keep_manifest() {
+    local run
+    run=$(find "$2" -mindepth 1 -maxdepth 1 -type d ! -name '.*' -printf '%f\n' | sort | tail -n 1)
+    [[ -n $run && -f $2/$run/$3/manifest.json ]] || die "$1: no $3 manifest under $2"
+    cp "$2/$run/$3/manifest.json" "$logs/$1.json"
+}
+# mf NAME ENTRY FIELD: FIELD (rows, seconds, counts.inserted, ...) of ENTRY in NAME's manifest;
+# ENTRY '*' sums it over every entry. Dies when absent.
+mf() {
     local v
-    v=$(awk -v t="$2" -v n="$3" 'seen && $1 == t { print $n; exit } /^-+( |$)/ { seen = 1 }' "$1")
-    [[ $v =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "no numeric column $3 for '$2' in $1"
+    v=$(python3 "$repo/scripts/manifest_value.py" "$logs/$1.json" "$2" "$3") || die "$1: cannot read $3 of $2"
+    [[ $v =~ ^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]] || die "$1: $3 of $2 is not a number: $v"
     echo "$v"
 }
-# summary_sum FILE N: sum of field N over all rows.
-summary_sum() {
-    local v
-    v=$(awk -v n="$2" 'seen && NF >= n { if ($n !~ /^[0-9.]+$/) { bad = 1 } s += $n; rows++ }
-        /^-+( |$)/ { seen = 1 } END { if (bad || !rows) print "x"; else printf "%.0f", s }' "$1")
-    [[ $v =~ ^[0-9]+$ ]] || die "cannot sum column $2 of the summary in $1"
-    echo "$v"
-}
+# mf_top NAME N FIELD: the N entries with the largest FIELD, "name<TAB>value" per line.
+mf_top() { python3 "$repo/scripts/manifest_value.py" "$logs/$1.json" --top "$2" "$3" || die "$1: cannot rank by $3"; }
+# mf_count NAME: how many entries NAME's manifest has.
+mf_count() { python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["entries"]))' "$logs/$1.json"; }
 
 # Number formatting. Never invents a figure: a rate over a zero time is "n/a".
 int() { awk -v x="$1" 'BEGIN { s = sprintf("%.0f", x); n = length(s); o = "";
@@ -446,8 +451,9 @@ floor_bson_wall=$WALL
 run_timed extract_dump env "$etl" --config "$work/config" --staging "$work/staging" \
     extract --source dump --dump "$dump" --full
 ext_wall=$WALL ext_rss=$RSS_KB
-ext_docs=$(summary_sum "$logs/extract_dump.out" 3)
-ext_users=$(summary_col "$logs/extract_dump.out" users 3)
+keep_manifest extract_dump "$work/staging" extract
+ext_docs=$(mf extract_dump '*' rows)
+ext_users=$(mf extract_dump users rows)
 ((ext_users == BENCH_USERS)) || die "extract staged $ext_users users, expected $BENCH_USERS"
 staged_bytes=$(dir_bytes "$work/staging")
 
@@ -455,7 +461,8 @@ staged_bytes=$(dir_bytes "$work/staging")
 run_timed extract_matomo env MATOMO_DATABASE=$MY_DB "$etl" --config "$work/config" \
     --staging "$work/staging-matomo" extract --source matomo --full --tables $LVA
 mext_wall=$WALL mext_rss=$RSS_KB
-mext_rows=$(summary_col "$logs/extract_matomo.out" $LVA 3)
+keep_manifest extract_matomo "$work/staging-matomo" extract
+mext_rows=$(mf extract_matomo $LVA rows)
 ((mext_rows == N)) || die "etl extracted $mext_rows rows of $LVA, expected $N"
 
 # The OUTFILE select list: every column in table order, binary ones as PostgreSQL bytea hex.
@@ -502,6 +509,7 @@ declare -A tr_walls tr_rss tr_cpu
 for ((i = 1; i <= BENCH_TRANSFORM_REPEAT; i++)); do
     for t in 1 2; do
         run_timed "transform_${t}t_$i" env RAYON_NUM_THREADS=$t "$etl" --config "$work/config" --staging "$work/staging" transform
+        keep_manifest "transform_${t}t_$i" "$work/staging" transform
         tr_walls[$t]+="$WALL " tr_rss[$t]+="$RSS_KB " tr_cpu[$t]+="$CPU_PCT "
     done
 done
@@ -511,12 +519,10 @@ done
 tr1_wall=$(median <<<"${tr_walls[1]% }") tr1_rss=$(max_of <<<"${tr_rss[1]% }")
 tr2_wall=$(median <<<"${tr_walls[2]% }") tr2_rss=$(max_of <<<"${tr_rss[2]% }")
 tr_range() { tr ' ' '\n' <<<"${tr_walls[$1]% }" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f-%.2f", v[1], v[NR] }'; }
-cp "$logs/transform_2t_1.out" "$logs/transform_2t.out"
-cp "$logs/transform_1t_1.out" "$logs/transform_1t.out"
-tr_read=$(summary_sum "$logs/transform_2t.out" 2)
-tr_rows=$(summary_sum "$logs/transform_2t.out" 3)
-tr_rejected=$(summary_sum "$logs/transform_2t.out" 4)
-tr_rows_1t=$(summary_sum "$logs/transform_1t.out" 3)
+tr_read=$(mf transform_2t_1 '*' counts.extracted)
+tr_rows=$(mf transform_2t_1 '*' counts.transformed)
+tr_rejected=$(mf transform_2t_1 '*' counts.rejected)
+tr_rows_1t=$(mf transform_1t_1 '*' counts.transformed)
 ((tr_rows == tr_rows_1t)) || die "transform wrote $tr_rows_1t rows with 1 thread and $tr_rows with 2"
 
 {
@@ -528,10 +534,9 @@ tr_rows_1t=$(summary_sum "$logs/transform_1t.out" 3)
 note "docs in = documents the extract staged ($(int "$ext_docs")); the transform read $(int "$tr_read") source rows"
 note "(one collection feeds several tables) and rejected $(int "$tr_rejected"). $BENCH_TRANSFORM_REPEAT run(s) per variant, alternating."
 out ""
-out "   slowest tables (RAYON_NUM_THREADS=2, per etl's summary):"
-awk 'seen && $6 ~ /^[0-9.]+$/ { printf "%s\t%s\t%s\t%s\n", $1, $2, $3, $6 } /^-+( |$)/ { seen = 1 }' "$logs/transform_2t.out" |
-    sort -t$'\t' -k4,4gr | head -n 6 | while IFS=$'\t' read -r t r w sec; do
-    printf '%s\t%s\t%s\t%s\n' "$t" "$(int "$r")" "$(int "$w")" "$sec"
+out "   slowest tables (RAYON_NUM_THREADS=2, per etl's transform manifest):"
+mf_top transform_2t_1 6 seconds | while IFS=$'\t' read -r t sec; do
+    printf '%s\t%s\t%s\t%s\n' "$t" "$(int "$(mf transform_2t_1 "$t" counts.extracted)")" "$(int "$(mf transform_2t_1 "$t" counts.transformed)")" "$(secs "$sec")"
 done | { printf 'table\tread\twritten\tseconds\n'; cat; } | table
 
 # RSS scaling: the same pipeline on a dump with RSS_FACTOR x the users.
@@ -541,8 +546,9 @@ if [[ $BENCH_RSS_SCALE == 1 ]]; then
     run_timed extract_dump_5x "$etl" --config "$work/config" --staging "$work/staging5" \
         extract --source dump --dump "$work/dump5/smartdiet" --full
     ext5_wall=$WALL ext5_rss=$RSS_KB
-    ext5_users=$(summary_col "$logs/extract_dump_5x.out" users 3)
-    ext5_docs=$(summary_sum "$logs/extract_dump_5x.out" 3)
+    keep_manifest extract_dump_5x "$work/staging5" extract
+    ext5_users=$(mf extract_dump_5x users rows)
+    ext5_docs=$(mf extract_dump_5x '*' rows)
     ((ext5_users == users5)) || die "5x extract staged $ext5_users users, expected $users5"
     run_timed transform_5x env RAYON_NUM_THREADS=2 "$etl" --config "$work/config" --staging "$work/staging5" transform
     tr5_wall=$WALL tr5_rss=$RSS_KB
@@ -565,7 +571,8 @@ section "4. Load"
 # The Matomo run: transform it, then load into an empty database, twice more into the full one.
 run_timed transform_matomo "$etl" --config "$work/config" --staging "$work/staging-matomo" transform --tables $LVA
 mtr_wall=$WALL mtr_rss=$RSS_KB
-mtr_rows=$(summary_col "$logs/transform_matomo.out" $LVA 3)
+keep_manifest transform_matomo "$work/staging-matomo" transform
+mtr_rows=$(mf transform_matomo $LVA counts.transformed)
 ((mtr_rows == N)) || die "transform wrote $mtr_rows rows of $LVA, expected $N"
 
 fresh_pg_db $DB_EMPTY
@@ -574,9 +581,10 @@ etl_load_lva() { # NAME: etl load of the Matomo run into $DB_EMPTY; sets L_WALL 
     run_timed "$1" env DATABASE_URL="$url_empty" "$etl" --config "$work/config" \
         --staging "$work/staging-matomo" load --tables $LVA
     L_WALL=$WALL L_RSS=$RSS_KB
-    L_SECS=$(summary_col "$logs/$1.out" $LVA 7)
-    L_INS=$(summary_col "$logs/$1.out" $LVA 3)
-    L_UPD=$(summary_col "$logs/$1.out" $LVA 4)
+    keep_manifest "$1" "$work/staging-matomo" load
+    L_SECS=$(mf "$1" $LVA seconds)
+    L_INS=$(mf "$1" $LVA counts.inserted)
+    L_UPD=$(mf "$1" $LVA counts.updated)
 }
 etl_load_lva load_lva_empty
 le_wall=$L_WALL le_rss=$L_RSS le_secs=$L_SECS le_ins=$L_INS le_upd=$L_UPD
@@ -662,14 +670,16 @@ fresh_pg_db $DB_USERS
 url_users=$PG_BASE/$DB_USERS
 run_timed load_users_empty env DATABASE_URL="$url_users" "$etl" --config "$work/config" --staging "$work/staging" load
 ue_wall=$WALL ue_rss=$RSS_KB
+keep_manifest load_users_empty "$work/staging" load
 pg "$url_users" -c "VACUUM ANALYZE" >/dev/null
 run_timed load_users_full env DATABASE_URL="$url_users" "$etl" --config "$work/config" --staging "$work/staging" load
 uf_wall=$WALL uf_rss=$RSS_KB
-ue_rows=$(summary_sum "$logs/load_users_empty.out" 2)
-ue_ins=$(summary_sum "$logs/load_users_empty.out" 3)
-uf_ins=$(summary_sum "$logs/load_users_full.out" 3)
-uf_upd=$(summary_sum "$logs/load_users_full.out" 4)
-uf_del=$(summary_sum "$logs/load_users_full.out" 5)
+keep_manifest load_users_full "$work/staging" load
+ue_rows=$(mf load_users_empty '*' rows)
+ue_ins=$(mf load_users_empty '*' counts.inserted)
+uf_ins=$(mf load_users_full '*' counts.inserted)
+uf_upd=$(mf load_users_full '*' counts.updated)
+uf_del=$(mf load_users_full '*' counts.deleted)
 ((ue_rows == tr_rows)) || note "WARNING: the load read $ue_rows rows, the transform wrote $tr_rows"
 [[ $(pg_value "$url_users" "SELECT count(*) FROM users") == "$BENCH_USERS" ]] || die "$DB_USERS.users does not hold $BENCH_USERS rows"
 
@@ -677,18 +687,17 @@ out ""
 out "   SmartDiet run ($(int "$BENCH_USERS") users) into $DB_USERS: empty, then full (identical rows):"
 {
     printf 'table\trows\tempty s\tempty rows/s\tfull s\tfull rows/s\tfull ins/upd/del\n'
-    awk 'seen && $2 ~ /^[0-9]+$/ { print $1, $2 } /^-+( |$)/ { seen = 1 }' "$logs/load_users_empty.out" |
-        sort -k2,2nr | head -n 8 | while read -r t rows; do
-        es=$(summary_col "$logs/load_users_empty.out" "$t" 7)
-        fs=$(summary_col "$logs/load_users_full.out" "$t" 7)
-        fi_=$(summary_col "$logs/load_users_full.out" "$t" 3)
-        fu_=$(summary_col "$logs/load_users_full.out" "$t" 4)
-        fd_=$(summary_col "$logs/load_users_full.out" "$t" 5)
+    mf_top load_users_empty 8 rows | while IFS=$'\t' read -r t rows; do
+        es=$(mf load_users_empty "$t" seconds)
+        fs=$(mf load_users_full "$t" seconds)
+        fi_=$(mf load_users_full "$t" counts.inserted)
+        fu_=$(mf load_users_full "$t" counts.updated)
+        fd_=$(mf load_users_full "$t" counts.deleted)
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$(int "$rows")" "$(secs "$es")" "$(rate "$rows" "$es")" "$(secs "$fs")" "$(rate "$rows" "$fs")" "$fi_/$fu_/$fd_"
     done
     printf 'all tables (whole command)\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(int "$ue_rows")" "$(secs "$ue_wall")" "$(rate "$ue_rows" "$ue_wall")" "$(secs "$uf_wall")" "$(rate "$ue_rows" "$uf_wall")" "$uf_ins/$uf_upd/$uf_del"
 } | table
-note "The 8 largest of $(awk 'seen && NF >= 7 { n++ } /^-+( |$)/ { seen = 1 } END { print n + 0 }' "$logs/load_users_empty.out") tables; per-table seconds from etl's load summary. Peak RSS: empty $(mib "$ue_rss") MiB, full $(mib "$uf_rss") MiB."
+note "The 8 largest of $(mf_count load_users_empty) tables; per-table seconds from etl's load manifest. Peak RSS: empty $(mib "$ue_rss") MiB, full $(mib "$uf_rss") MiB."
 note "Empty load inserted $(int "$ue_ins") rows."
 
 # Floors for the biggest link table, users_targets: the same rows with psql alone.
@@ -711,8 +720,8 @@ pg "$url_users" -c "DROP TABLE ut_floor"
 } >"$work/ut_upsert.sql"
 run_timed floor_ut_upsert psql -X -q -1 -v ON_ERROR_STOP=1 "$url_users" -f "$work/ut_upsert.sql"
 ftu_wall=$WALL
-ut_empty=$(summary_col "$logs/load_users_empty.out" users_targets 7)
-ut_full=$(summary_col "$logs/load_users_full.out" users_targets 7)
+ut_empty=$(mf load_users_empty users_targets seconds)
+ut_full=$(mf load_users_full users_targets seconds)
 out ""
 out "   users_targets ($(int "$ut_rows") rows) against psql alone on the same rows:"
 {
