@@ -276,6 +276,33 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 /// `etl extract`; returns the new run's id.
 async fn extract(cli: &Cli, config: &Config, args: &ExtractArgs) -> Result<String, CliError> {
+    let opts = extract_options(cli, args)?;
+    let started = Instant::now();
+    let (run, reports) = extract::run(config, &cli.staging, &opts)
+        .await
+        .context("extract")?;
+    println!(
+        "extract: run {} ({:.1}s)",
+        run.id,
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", extract_summary(&reports));
+    let missing: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.missing)
+        .map(|r| r.name.as_str())
+        .collect();
+    if cli.strict && !missing.is_empty() {
+        return Err(CliError::Strict(format!(
+            "missing from the source: {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(run.id)
+}
+
+/// The sources `--source` names, with their settings from the environment.
+fn extract_options(cli: &Cli, args: &ExtractArgs) -> Result<extract::ExtractOptions, CliError> {
     let mongo = match (args.source, &args.dump) {
         (SourceArg::Dump, None) => {
             return Err(CliError::Usage("--source dump needs --dump PATH".into()))
@@ -294,7 +321,7 @@ async fn extract(cli: &Cli, config: &Config, args: &ExtractArgs) -> Result<Strin
         }
         _ => None,
     };
-    let opts = extract::ExtractOptions {
+    Ok(extract::ExtractOptions {
         mongo,
         matomo,
         target: configured_target(),
@@ -305,60 +332,37 @@ async fn extract(cli: &Cli, config: &Config, args: &ExtractArgs) -> Result<Strin
             std::env::var("GLOBAL_DATE_THRESHOLD").ok().as_deref(),
         ),
         quiet: cli.quiet,
-    };
-    let started = Instant::now();
-    let (run, reports) = extract::run(config, &cli.staging, &opts)
-        .await
-        .context("extract")?;
+    })
+}
+
+fn extract_summary(reports: &[extract::ExtractReport]) -> String {
     let rows: Vec<Vec<String>> = reports
         .iter()
         .map(|r| {
+            let note = if r.missing {
+                "missing from the source"
+            } else {
+                ""
+            };
             vec![
                 r.name.clone(),
                 r.source.clone(),
                 r.rows.to_string(),
                 format!("{:.2}", r.seconds),
                 r.window.clone(),
-                if r.missing {
-                    "missing from the source"
-                } else {
-                    ""
-                }
-                .into(),
+                note.into(),
             ]
         })
         .collect();
-    println!(
-        "extract: run {} ({:.1}s)",
-        run.id,
-        started.elapsed().as_secs_f64()
-    );
-    print!(
-        "{}",
-        progress::table(
-            &[
-                "collection/table",
-                "source",
-                "extracted",
-                "seconds",
-                "window from",
-                "note"
-            ],
-            &rows
-        )
-    );
-    let missing: Vec<&str> = reports
-        .iter()
-        .filter(|r| r.missing)
-        .map(|r| r.name.as_str())
-        .collect();
-    if cli.strict && !missing.is_empty() {
-        return Err(CliError::Strict(format!(
-            "missing from the source: {}",
-            missing.join(", ")
-        )));
-    }
-    Ok(run.id)
+    let header = [
+        "collection/table",
+        "source",
+        "extracted",
+        "seconds",
+        "window from",
+        "note",
+    ];
+    progress::table(&header, &rows)
 }
 
 /// The target whose watermarks start the extract windows, when the environment names one.
@@ -472,6 +476,26 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
     )
     .await
     .context("load")?;
+    println!(
+        "load: run {} into {} ({:.1}s)",
+        run.id,
+        target.display(),
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", load_summary(&loads));
+    let rejected: u64 = loads.iter().map(|l| l.rejected).sum();
+    let orphans: usize = loads.iter().map(|l| l.orphans.len()).sum();
+    if rejected + orphans as u64 > 0 {
+        println!(
+            "{rejected} row(s) rejected by transform, {orphans} orphan(s) at load: see {}",
+            run.rejects_dir().display()
+        );
+    }
+    Ok(())
+}
+
+/// Per table; `rejected` counts the transform's rejects and the load's orphans.
+fn load_summary(loads: &[load::TableLoad]) -> String {
     let rows: Vec<Vec<String>> = loads
         .iter()
         .map(|l| {
@@ -481,25 +505,15 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
                 l.inserted.to_string(),
                 l.updated.to_string(),
                 l.deleted.to_string(),
-                l.orphans.len().to_string(),
+                (l.rejected + l.orphans.len() as u64).to_string(),
                 format!("{:.2}", l.seconds),
             ]
         })
         .collect();
-    println!(
-        "load: run {} into {} ({:.1}s)",
-        run.id,
-        target.display(),
-        started.elapsed().as_secs_f64()
-    );
-    print!(
-        "{}",
-        progress::table(
-            &["table", "rows", "inserted", "updated", "deleted", "rejected", "seconds"],
-            &rows
-        )
-    );
-    Ok(())
+    let header = [
+        "table", "rows", "inserted", "updated", "deleted", "rejected", "seconds",
+    ];
+    progress::table(&header, &rows)
 }
 
 /// `etl status`: every run, its finished stages, rows and watermarks.

@@ -189,3 +189,42 @@ fn strict_turns_a_collection_missing_from_the_dump_into_exit_1() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("companies"), "{}", stderr(&out));
 }
+
+/// Regression: the load summary showed 0 rejected for a table whose every row the transform
+/// rejected (it counted orphans only).
+#[test]
+fn load_summary_counts_transform_rejects_and_orphans() {
+    let work = Workdir::new();
+    let db = work.path().join("dump/smartdiet");
+    std::fs::create_dir_all(&db).unwrap();
+    let at = smartdiet::at(0);
+    // `name` is NOT NULL: both companies are rejected by transform.
+    let companies: Vec<bson::Document> = (0..2)
+        .map(|i| bson::doc! { "_id": smartdiet::oid(1, i), "creation_date": at, "update_date": at })
+        .collect();
+    // One user points to a company that will not exist: an orphan at load.
+    let user = bson::doc! {
+        "_id": smartdiet::oid(4, 0), "creation_date": at, "update_date": at,
+        "firstname": "Ada", "company": smartdiet::oid(1, 0),
+    };
+    smartdiet::write_collection(&db, "companies", companies.iter());
+    smartdiet::write_collection(&db, "users", [&user].into_iter());
+    work.extract_transform_dump(&db, &["--tables", "companies,users"], &[]);
+    let url = fresh_database("load_rejects");
+    let out = work.etl(&["load"], &[("DATABASE_URL", url.as_str())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = stdout(&out);
+    let row = |table: &str| -> Vec<String> {
+        summary
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(table))
+            .unwrap_or_else(|| panic!("no {table} row:\n{summary}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    // table rows inserted updated deleted rejected seconds
+    assert_eq!(row("companies")[5], "2", "{summary}");
+    assert_eq!(row("users")[5], "1", "{summary}");
+    assert_eq!(row("users")[2], "0", "{summary}");
+}

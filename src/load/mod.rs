@@ -51,6 +51,8 @@ pub struct TableLoad {
     pub table: String,
     /// Rows in the transform output.
     pub rows: u64,
+    /// Rows the transform rejected (in `rejects/<table>.parquet`).
+    pub rejected: u64,
     pub inserted: u64,
     pub updated: u64,
     pub deleted: u64,
@@ -157,6 +159,10 @@ pub async fn run(
             (loads, file)
         }
     };
+    let mut loads = loads;
+    for ((_, entry), load) in planned.iter().zip(loads.iter_mut()) {
+        load.rejected = entry.counts.rejected;
+    }
     write_orphans(&run, &loads)?;
     let mut report = Manifest::new(Stage::Load, &run.id, &manifest.config_fingerprint);
     for ((_, entry), load) in planned.iter().zip(&loads) {
@@ -168,7 +174,7 @@ pub async fn run(
                 inserted: load.inserted,
                 updated: load.updated,
                 deleted: load.deleted,
-                rejected: load.orphans.len() as u64,
+                orphans: load.orphans.len() as u64,
                 transformed: entry.rows,
                 ..entry.counts
             },

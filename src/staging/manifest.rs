@@ -165,7 +165,8 @@ impl std::fmt::Display for WatermarkValue {
 }
 
 /// Row accounting; for every table `extracted = transformed + rejected + filtered`, and after
-/// a load `transformed = inserted + updated + unchanged + orphans`.
+/// a load `transformed = inserted + updated + unchanged + orphans` (`rejected` stays the
+/// transform's).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub extracted: u64,
@@ -175,6 +176,9 @@ pub struct Counts {
     pub inserted: u64,
     pub updated: u64,
     pub deleted: u64,
+    /// Load: rows left out because a foreign key pointed nowhere.
+    #[serde(default)]
+    pub orphans: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
