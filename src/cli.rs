@@ -454,7 +454,8 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
                 config,
                 &cli.staging,
                 args.run.as_deref(),
-                args.tables.as_deref()
+                args.tables.as_deref(),
+                keep_history()?
             )
             .context("load")?
         );
@@ -473,6 +474,7 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
         args.run.as_deref(),
         args.tables.as_deref(),
         &sink,
+        keep_history()?,
     )
     .await
     .context("load")?;
@@ -492,6 +494,18 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
         );
     }
     Ok(())
+}
+
+/// `ETL_HISTORY_RUNS`: how many loaded runs keep what `etl rollback` needs.
+fn keep_history() -> Result<u32, CliError> {
+    match std::env::var("ETL_HISTORY_RUNS") {
+        Err(_) => Ok(load::DEFAULT_HISTORY_RUNS),
+        Ok(v) => v.trim().parse().map_err(|_| {
+            CliError::Usage(format!(
+                "ETL_HISTORY_RUNS must be a whole number of runs (0 keeps none), not `{v}`"
+            ))
+        }),
+    }
 }
 
 /// Per table; `rejected` counts the transform's rejects and the load's orphans.

@@ -3,6 +3,7 @@
 //! files.
 
 mod copy_text;
+mod ledger;
 mod plan;
 mod postgres;
 mod sql_files;
@@ -112,10 +113,16 @@ pub fn dry_run(
     staging_dir: &Path,
     run: Option<&str>,
     tables: Option<&[String]>,
+    keep_history: u32,
 ) -> Result<String, LoadError> {
     let run = RunDir::open(staging_dir, run, Stage::Transform)?;
     let manifest = run.manifest(Stage::Transform)?;
-    let plan = plan::plan_load(config, &run.id, &planned(config, &manifest, tables)?);
+    let planned = planned(config, &manifest, tables)?;
+    let plan = plan::plan_load(
+        config,
+        &plan_options(&run.id, &manifest, keep_history),
+        &planned,
+    );
     Ok(sql_files::dry_run(&plan))
 }
 
@@ -127,11 +134,16 @@ pub async fn run(
     run: Option<&str>,
     tables: Option<&[String]>,
     sink: &Sink,
+    keep_history: u32,
 ) -> Result<(RunDir, Vec<TableLoad>, PathBuf), LoadError> {
     let run = RunDir::open(staging_dir, run, Stage::Transform)?;
     let manifest = run.manifest(Stage::Transform)?;
     let planned = planned(config, &manifest, tables)?;
-    let plan = plan::plan_load(config, &run.id, &planned);
+    let plan = plan::plan_load(
+        config,
+        &plan_options(&run.id, &manifest, keep_history),
+        &planned,
+    );
     let transform_dir = run.stage_dir(Stage::Transform);
     let (loads, written_to) = match sink {
         Sink::Postgres(settings) => {
@@ -186,6 +198,28 @@ pub async fn run(
     }
     report.write(&run.stage_dir(Stage::Load))?;
     Ok((run, loads, written_to))
+}
+
+/// How many loaded runs keep the history `etl rollback` needs (`ETL_HISTORY_RUNS`).
+pub const DEFAULT_HISTORY_RUNS: u32 = ledger::DEFAULT_HISTORY_RUNS;
+
+fn plan_options<'a>(
+    run_id: &'a str,
+    manifest: &Manifest,
+    keep_history: u32,
+) -> plan::PlanOptions<'a> {
+    let mut sources: Vec<&str> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| e.source.map(crate::staging::SourceKind::as_str))
+        .collect();
+    sources.sort_unstable();
+    sources.dedup();
+    plan::PlanOptions {
+        run_id,
+        source: sources.join(","),
+        keep_history,
+    }
 }
 
 /// `rejects/<table>.orphans.parquet`, in the same shape as transform rejects.

@@ -16,6 +16,7 @@
 //! A table receiving many rows has its foreign keys dropped and re-added (validated in one
 //! pass) around the write, by plain SQL steps that work the same live and in psql.
 
+use super::ledger;
 use crate::config::ddl::{create_table, ident, ident_list};
 use crate::config::{ColumnSource, Config, Keep, TableSpec};
 use crate::staging::{FileEntry, ManifestEntry};
@@ -24,14 +25,26 @@ use crate::staging::{FileEntry, ManifestEntry};
 /// row (5x faster on 700k link rows; it holds an exclusive lock on the table until commit).
 pub(crate) const FK_REBUILD_ROWS: u64 = 50_000;
 
-/// A whole load: statements before any table, then each table in load order.
+/// A whole load: statements before any table, each table in load order, statements after.
 #[derive(Debug, Clone)]
 pub(crate) struct LoadPlan {
     pub(crate) run_id: String,
-    /// `CREATE TABLE IF NOT EXISTS` for every table of the config, so foreign keys always
-    /// find their targets.
+    /// `CREATE TABLE IF NOT EXISTS` for every table of the config (so foreign keys always find
+    /// their targets), the `etl` schema, and the run's ledger row.
     pub(crate) prelude: Vec<String>,
     pub(crate) tables: Vec<TablePlan>,
+    /// History kept for the last few runs only.
+    pub(crate) postlude: Vec<String>,
+}
+
+/// What a plan needs beyond the config and the tables.
+#[derive(Debug, Clone)]
+pub(crate) struct PlanOptions<'a> {
+    pub(crate) run_id: &'a str,
+    /// Where the run's rows came from (`dump`, `mongo`, `matomo`), for the ledger.
+    pub(crate) source: String,
+    /// Loaded runs whose history is kept (older ones can no longer be rolled back).
+    pub(crate) keep_history: u32,
 }
 
 /// One table's steps, in the order they run.
@@ -70,7 +83,8 @@ pub(crate) enum Step {
     },
     /// Deletes orphan rows from the stage, returning (row key, value) for the rejects.
     Orphans(OrphanCheck),
-    /// Deletes the replaced parents' children that are gone; its row count is `deleted`.
+    /// Deletes the replaced parents' children that are gone (into the history); returns one
+    /// row, the count, which is `deleted`.
     DeleteChildren(String),
     /// Writes the stage into the target.
     Write { sql: String, counts: WriteCounts },
@@ -130,24 +144,34 @@ impl Step {
 /// in load order.
 pub(crate) fn plan_load(
     config: &Config,
-    run_id: &str,
+    opts: &PlanOptions<'_>,
     tables: &[(&TableSpec, &ManifestEntry)],
 ) -> LoadPlan {
-    LoadPlan {
-        run_id: run_id.to_string(),
-        prelude: config
+    let mut prelude = vec![ledger::PIN_SEARCH_PATH.to_string()];
+    prelude.extend(
+        config
             .tables
             .iter()
-            .map(|t| create_table(t).trim_end().trim_end_matches(';').to_string())
-            .collect(),
+            .map(|t| create_table(t).trim_end().trim_end_matches(';').to_string()),
+    );
+    prelude.extend(ledger::SCHEMA.iter().map(ToString::to_string));
+    let rows: Vec<(String, u64)> = tables
+        .iter()
+        .map(|(t, e)| (t.name.clone(), e.rows))
+        .collect();
+    prelude.push(ledger::begin_run(opts.run_id, &opts.source, &rows));
+    LoadPlan {
+        run_id: opts.run_id.to_string(),
+        prelude,
         tables: tables
             .iter()
             .map(|(t, entry)| TablePlan {
                 files: entry.files.clone(),
                 parent_files: entry.parent_files.clone(),
-                ..plan_table(t, entry.rows)
+                ..plan_table(config, t, entry.rows)
             })
             .collect(),
+        postlude: ledger::prune_history(opts.keep_history),
     }
 }
 
@@ -157,14 +181,11 @@ pub(crate) fn stage_name(table: &str) -> String {
 }
 
 /// One table's steps for `rows` incoming rows.
-pub(crate) fn plan_table(t: &TableSpec, rows: u64) -> TablePlan {
+pub(crate) fn plan_table(config: &Config, t: &TableSpec, rows: u64) -> TablePlan {
     let names = Names::new(t);
     let mut steps = Vec::new();
     if t.force_reimport && t.truncate_before_import {
-        steps.push(Step::Sql(format!(
-            "TRUNCATE TABLE {} CASCADE",
-            names.target
-        )));
+        steps.extend(truncate(config, t, &names));
     }
     // Keeps other writers out between the emptiness check and the commit; readers go on.
     steps.push(Step::Sql(format!(
@@ -183,6 +204,37 @@ pub(crate) fn plan_table(t: &TableSpec, rows: u64) -> TablePlan {
         parent_files: Vec::new(),
         steps,
     }
+}
+
+/// `TRUNCATE ... CASCADE`, the rows it removes kept in the history first: this table's and
+/// those of the config's tables that reference it, directly or not (CASCADE empties them too).
+fn truncate(config: &Config, t: &TableSpec, names: &Names) -> Vec<Step> {
+    let mut cascade = vec![t];
+    let mut i = 0;
+    while let Some(table) = cascade.get(i).copied() {
+        for other in &config.tables {
+            let references = other.depends_on().any(|d| d == table.name);
+            if references && !cascade.iter().any(|c| c.name == other.name) {
+                cascade.push(other);
+            }
+        }
+        i += 1;
+    }
+    let mut steps: Vec<Step> = cascade
+        .iter()
+        .map(|c| {
+            Step::Sql(ledger::record_rows(
+                c,
+                'd',
+                &format!("{} t", ident(&c.name)),
+            ))
+        })
+        .collect();
+    steps.push(Step::Sql(format!(
+        "TRUNCATE TABLE {} CASCADE",
+        names.target
+    )));
+    steps
 }
 
 /// Identifiers one table's statements share.
@@ -208,15 +260,18 @@ impl Names {
 /// (2.4x faster than the upsert on 1M link rows), or a COPY straight into the table when no
 /// row can be an orphan.
 fn into_empty(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
+    // Rollback recognises this run's rows by their transaction id: nothing per row.
+    let mut steps = vec![Step::Sql(ledger::was_empty(&t.name))];
     let has_foreign_keys = t.columns.iter().any(|c| c.foreign_key.is_some());
     if !has_foreign_keys {
-        return vec![Step::Copy {
+        steps.push(Step::Copy {
             into: format!("{} ({})", names.target, names.cols),
             data: Data::Rows,
             into_target: true,
-        }];
+        });
+        return steps;
     }
-    let mut steps = stage_rows(t, names);
+    steps.extend(stage_rows(t, names));
     steps.extend(orphan_checks(t, names).into_iter().map(Step::Orphans));
     let insert = Step::Write {
         sql: format!(
@@ -251,12 +306,15 @@ fn into_loaded(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
             },
         ];
         // Only the children that are gone: the ones still there are upserted, so a rerun of
-        // the same run deletes and rewrites nothing.
+        // the same run deletes and rewrites nothing. The deleted rows go to the history.
         let delete = Step::DeleteChildren(format!(
-            "DELETE FROM {target} t USING (SELECT DISTINCT parent FROM {pstage}) p \
-             WHERE t.{} = p.parent AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {})",
+            "WITH gone AS (DELETE FROM {target} t USING (SELECT DISTINCT parent FROM {pstage}) p \
+             WHERE t.{} = p.parent AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {}) \
+             RETURNING {}), kept AS ({}) SELECT count(*) FROM gone",
             ident(parent),
             key_match(&t.conflict_key),
+            ledger::returned_row(t, "t"),
+            ledger::record_returned(&t.name, 'd', "gone"),
             target = names.target,
             stage = names.stage,
         ));
@@ -268,8 +326,23 @@ fn into_loaded(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
     });
     steps.extend(orphan_checks(t, names).into_iter().map(Step::Orphans));
     steps.extend(delete);
+    let updates = upsert_updates(t);
+    if !updates.is_empty() {
+        // The previous version of every row the upsert is about to change.
+        steps.push(Step::Sql(ledger::record_rows(
+            t,
+            'b',
+            &format!(
+                "{} t JOIN {} s ON {} WHERE {}",
+                names.target,
+                names.stage,
+                key_match(&t.conflict_key),
+                changes(&updates, "s")
+            ),
+        )));
+    }
     let upsert = Step::Write {
-        sql: upsert_sql(t, names),
+        sql: upsert_sql(t, names, &updates),
         counts: WriteCounts::InsertedUpdated,
     };
     steps.extend(around_foreign_keys(t, names, rows, upsert));
@@ -384,12 +457,11 @@ pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// `INSERT ... ON CONFLICT (key) DO UPDATE SET` every non-key column, only where something
-/// differs; dedupe rules decide how a conflicting row combines with the stored one.
-fn upsert_sql(t: &TableSpec, names: &Names) -> String {
+/// The columns an upsert updates and the value each takes: `EXCLUDED.c` (the incoming row),
+/// or the dedupe rule's combination with the stored `t.c`. `first` columns keep what is stored.
+fn upsert_updates(t: &TableSpec) -> Vec<(String, String)> {
     let key = &t.conflict_key;
-    let updates: Vec<(String, String)> = t
-        .loaded_columns()
+    t.loaded_columns()
         .filter(|c| !key.contains(&c.name) && c.source != ColumnSource::Generated)
         .filter_map(|c| {
             let col = ident(&c.name);
@@ -402,30 +474,47 @@ fn upsert_sql(t: &TableSpec, names: &Names) -> String {
             };
             Some((col, value))
         })
+        .collect()
+}
+
+/// True when applying `updates` to the stored row `t` changes it; `incoming` names the
+/// incoming row (`EXCLUDED` inside the upsert, the stage's alias elsewhere).
+fn changes(updates: &[(String, String)], incoming: &str) -> String {
+    let old: Vec<String> = updates.iter().map(|(c, _)| format!("t.{c}")).collect();
+    let new: Vec<String> = updates
+        .iter()
+        .map(|(_, v)| v.replace("EXCLUDED.", &format!("{incoming}.")))
         .collect();
+    format!("{} IS DISTINCT FROM {}", row_expr(&old), row_expr(&new))
+}
+
+/// `INSERT ... ON CONFLICT (key) DO UPDATE SET` every non-key column, only where something
+/// differs; dedupe rules decide how a conflicting row combines with the stored one. The keys
+/// of inserted rows go to the history in the same statement.
+fn upsert_sql(t: &TableSpec, names: &Names, updates: &[(String, String)]) -> String {
+    let key = &t.conflict_key;
     let on_conflict = if updates.is_empty() {
         format!("ON CONFLICT ({}) DO NOTHING", ident_list(key))
     } else {
         let set: Vec<String> = updates.iter().map(|(c, v)| format!("{c} = {v}")).collect();
-        let old: Vec<String> = updates.iter().map(|(c, _)| format!("t.{c}")).collect();
-        let new: Vec<&str> = updates.iter().map(|(_, v)| v.as_str()).collect();
         format!(
-            "ON CONFLICT ({}) DO UPDATE SET {} WHERE {} IS DISTINCT FROM {}",
+            "ON CONFLICT ({}) DO UPDATE SET {} WHERE {}",
             ident_list(key),
             set.join(", "),
-            row_expr(&old),
-            row_expr(&new)
+            changes(updates, "EXCLUDED")
         )
     };
     // Inserted rows have xmax = 0; updated ones carry the updating transaction's id.
     format!(
         "WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {stage} \
-         {on_conflict} RETURNING (xmax = 0) AS inserted) \
+         {on_conflict} RETURNING (xmax = 0) AS inserted, {key}), kept AS ({kept}) \
          SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) \
          FROM written",
         target = names.target,
         stage = names.stage,
         cols = names.cols,
+        key = format_args!("{} AS key", ledger::key_json(t, "t")),
+        kept = ledger::record_inserted(&t.name, "written"),
     )
 }
 
@@ -483,7 +572,7 @@ mod tests {
     #[test]
     fn logbook_upsert_keeps_earliest_created_and_latest_updated() {
         let config = config();
-        let plan = plan_table(config.table("users_logbook").unwrap(), 10);
+        let plan = plan_table(&config, config.table("users_logbook").unwrap(), 10);
         let all = statements(&plan.steps).join("\n");
         assert!(all.contains("ON CONFLICT (user_id, day) DO UPDATE SET created_at = LEAST(t.created_at, EXCLUDED.created_at), updated_at = GREATEST(t.updated_at, EXCLUDED.updated_at)"), "{all}");
         assert!(
@@ -496,7 +585,7 @@ mod tests {
     #[test]
     fn link_tables_replace_children_of_their_parents_only_when_the_target_has_rows() {
         let config = config();
-        let plan = plan_table(config.table("users_targets").unwrap(), 10);
+        let plan = plan_table(&config, config.table("users_targets").unwrap(), 10);
         let (empty, loaded) = arms(&plan);
         let deletes = |steps: &[Step]| {
             steps
@@ -520,18 +609,19 @@ mod tests {
             .count();
         assert_eq!(orphans, 2);
         // Upserted link tables keep removed elements: no parent delete.
-        let menu = plan_table(config.table("menu_recipes").unwrap(), 10);
+        let menu = plan_table(&config, config.table("menu_recipes").unwrap(), 10);
         assert!(deletes(arms(&menu).1).is_empty());
     }
 
     #[test]
     fn an_empty_table_without_foreign_keys_is_copied_into_directly() {
         let config = config();
-        let plan = plan_table(config.table("ingredients").unwrap(), 10);
+        let plan = plan_table(&config, config.table("ingredients").unwrap(), 10);
         let (empty, _) = arms(&plan);
-        assert_eq!(empty.len(), 1, "{empty:?}");
+        assert_eq!(empty.len(), 2, "{empty:?}");
+        assert!(matches!(&empty[0], Step::Sql(sql) if sql.contains("'e')")));
         assert!(matches!(
-            &empty[0],
+            &empty[1],
             Step::Copy {
                 into_target: true,
                 data: Data::Rows,
@@ -544,9 +634,9 @@ mod tests {
     fn big_loads_rebuild_foreign_keys_around_the_write_in_both_arms() {
         let config = config();
         let table = config.table("users_targets").unwrap();
-        let small = statements(&plan_table(table, FK_REBUILD_ROWS - 1).steps).join("\n");
+        let small = statements(&plan_table(&config, table, FK_REBUILD_ROWS - 1).steps).join("\n");
         assert!(!small.contains("DROP CONSTRAINT"), "{small}");
-        let big = plan_table(table, FK_REBUILD_ROWS);
+        let big = plan_table(&config, table, FK_REBUILD_ROWS);
         let (empty, loaded) = arms(&big);
         for arm in [empty, loaded] {
             let sql = statements(arm);
@@ -560,7 +650,7 @@ mod tests {
     #[test]
     fn reserved_column_names_are_quoted_everywhere() {
         let config = config();
-        let plan = plan_table(config.table("periods").unwrap(), 10);
+        let plan = plan_table(&config, config.table("periods").unwrap(), 10);
         let all = statements(&plan.steps).join("\n");
         assert!(all.contains("\"order\" = EXCLUDED.\"order\""), "{all}");
         assert!(all.contains("COPY etl_stage_periods ("), "{all}");

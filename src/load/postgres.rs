@@ -23,6 +23,11 @@ pub(crate) async fn load(
     plan: &LoadPlan,
     transform_dir: &Path,
 ) -> Result<Vec<TableLoad>, LoadError> {
+    // The ledger records which client ran a load (`etl`, or `psql` for a bundle).
+    client
+        .batch_execute("SET application_name = 'etl'")
+        .await
+        .map_err(|e| sql_error("", "SET application_name", e))?;
     let tx = client
         .transaction()
         .await
@@ -51,6 +56,11 @@ pub(crate) async fn load(
             "loaded"
         );
         loads.push(load);
+    }
+    for sql in &plan.postlude {
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| sql_error("", sql, e))?;
     }
     tx.commit().await.map_err(|e| sql_error("COMMIT", "", e))?;
     Ok(loads)
@@ -130,10 +140,12 @@ async fn run_step(
             }
         },
         Step::DeleteChildren(sql) => {
-            load.deleted += tx
-                .execute(sql.as_str(), &[])
+            let deleted: i64 = tx
+                .query_one(sql.as_str(), &[])
                 .await
-                .map_err(|e| sql_error(name, sql, e))?;
+                .map_err(|e| sql_error(name, sql, e))?
+                .get(0);
+            load.deleted += u64::try_from(deleted).unwrap_or(0);
         }
         Step::Write {
             sql,

@@ -146,6 +146,11 @@ fn script(plan: &LoadPlan, mut data: impl FnMut(&TablePlan, Data) -> String) -> 
             write_step(&mut out, table, step, &run, &mut data);
         }
     }
+    out.push_str("\n-- after every table\n");
+    for sql in &plan.postlude {
+        out.push_str(sql);
+        out.push_str(END);
+    }
     out
 }
 
