@@ -23,22 +23,23 @@ fn matomo_database(name: &str) -> String {
 
 fn mariadb(db: &str, sql: &str) -> String {
     use std::io::Write;
-    let var = |k: &str| {
-        std::env::var(k)
-            .unwrap_or_else(|_| panic!("{k} is not set: run the tests with `make test`"))
-    };
+    require_services(MARIADB_VARS);
     let mut child = Command::new("mariadb")
         .args([
             "-h",
-            &var("MATOMO_HOST"),
+            &service_var("MATOMO_HOST"),
             "-P",
-            &var("MATOMO_PORT"),
+            &service_var("MATOMO_PORT"),
             "-u",
-            &var("MATOMO_USER"),
+            &service_var("MATOMO_USER"),
             "-N",
             "-B",
         ])
-        .arg(format!("-p{}", var("MATOMO_PASSWORD")))
+        // The client reads the password from the environment: not on a command line `ps` shows.
+        .env(
+            "MYSQL_PWD",
+            std::env::var("MATOMO_PASSWORD").unwrap_or_default(),
+        )
         .args(if db.is_empty() {
             vec![]
         } else {
