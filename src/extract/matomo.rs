@@ -28,7 +28,7 @@ use arrow::record_batch::RecordBatch;
 use chrono::{NaiveDate, NaiveDateTime};
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Column, Conn, OptsBuilder, Params, Row, Value};
+use mysql_async::{BinaryProtocol, Column, Conn, OptsBuilder, Params, QueryResult, Row, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ColumnSource, Source, TableSpec, Watermark};
@@ -282,207 +282,294 @@ pub async fn extract_table(
     table: &TableSpec,
     since: Option<&WatermarkValue>,
     batch_rows: usize,
-    mut on_batch: impl FnMut(RecordBatch) -> anyhow::Result<()>,
+    on_batch: impl FnMut(RecordBatch) -> anyhow::Result<()>,
 ) -> Result<MatomoStats, MatomoError> {
-    let Source::Matomo {
-        table: source_table,
-    } = &table.source
-    else {
-        return Err(MatomoError::NotMatomo {
-            table: table.name.clone(),
-            source_name: table.source.name().to_string(),
-        });
-    };
-    let name = source_table.as_str();
-    let query_err = |source| MatomoError::Query {
-        table: name.to_string(),
-        source,
-    };
-
-    // Each MariaDB column once, in config order, even when two target columns read it.
-    let mut columns: Vec<&str> = Vec::new();
-    for column in table.loaded_columns() {
-        if let ColumnSource::Field(field) = &column.source {
-            if !columns.contains(&field.as_str()) {
-                columns.push(field);
-            }
-        }
-    }
-    let source_name = |target: &str| match table.column(target).map(|c| &c.source) {
-        Some(ColumnSource::Field(field)) => Some(field.as_str()),
-        _ => None,
-    };
-    let watermark = match &table.watermark {
-        Watermark::Column(col) => Some(source_name(col).ok_or_else(|| MatomoError::Watermark {
-            table: name.to_string(),
-            message: format!("watermark column `{col}` is not read from a MariaDB column"),
-        })?),
-        Watermark::None => None,
-        Watermark::CreatedUpdated => {
-            return Err(MatomoError::Watermark {
-                table: name.to_string(),
-                message: "a Matomo table's watermark is one of its columns".into(),
-            })
-        }
-    };
-
-    let source_types = source_columns(conn, name).await.map_err(query_err)?;
-    if source_types.is_empty() {
-        return Err(MatomoError::TableNotFound {
-            table: name.to_string(),
-        });
-    }
-    let type_of = |col: &str| {
-        source_types
-            .iter()
-            .find(|(c, _)| c.eq_ignore_ascii_case(col))
-            .map(|(_, t)| t.as_str())
-    };
-    let missing: Vec<String> = columns
-        .iter()
-        .filter(|c| type_of(c).is_none())
-        .map(|c| c.to_string())
-        .collect();
-    if !missing.is_empty() {
-        return Err(MatomoError::MissingColumns {
-            table: name.to_string(),
-            config: table.file.display().to_string(),
-            columns: missing,
-        });
-    }
-
-    let mut sql = format!(
-        "SELECT {} FROM {}",
-        columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", "),
-        quote_ident(name)
-    );
-    let params = match (since, watermark) {
-        (None, _) => Params::Empty,
-        (Some(since), Some(wm)) => {
-            check_watermark_kind(since, type_of(wm).unwrap_or_default()).map_err(|message| {
-                MatomoError::Watermark {
-                    table: name.to_string(),
-                    message: format!("watermark `{wm}`: {message}"),
-                }
-            })?;
-            let value = since.to_param().ok_or_else(|| MatomoError::Watermark {
-                table: name.to_string(),
-                message: format!("watermark value {since} is not a MariaDB integer"),
-            })?;
-            sql.push_str(&format!(" WHERE {} >= ?", quote_ident(wm)));
-            Params::Positional(vec![value])
-        }
-        (Some(_), None) => {
-            return Err(MatomoError::Watermark {
-                table: name.to_string(),
-                message: "a window was asked for but the table has no watermark column".into(),
-            })
-        }
-    };
+    let plan = ReadPlan::new(table)?;
+    let source_types = plan.check_source_columns(conn, table).await?;
+    let (sql, params) = plan.window_query(since, &source_types)?;
 
     // Text arrives as UTF-8 whatever the column's charset (binary strings stay charset 63),
     // and TIMESTAMP columns in UTC like Matomo's DATETIMEs.
     conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
         .await
-        .map_err(query_err)?;
-    tracing::debug!(table = name, %sql, since = ?since, "extracting Matomo table");
-    let mut result = conn.exec_iter(sql, params).await.map_err(query_err)?;
-    let metas: Vec<(String, ColumnMeta)> = result
-        .columns()
-        .map(|cols| {
-            cols.iter()
-                .map(|c| (c.name_str().into_owned(), ColumnMeta::of(c)))
-                .collect()
+        .map_err(|source| plan.query_error(source))?;
+    tracing::debug!(table = plan.name, %sql, since = ?since, "extracting Matomo table");
+    let mut result = conn
+        .exec_iter(sql, params)
+        .await
+        .map_err(|source| plan.query_error(source))?;
+    let schema = plan.schema(result.columns().as_deref().unwrap_or_default())?;
+    let stats = plan
+        .stream_rows(&mut result, &schema, batch_rows, on_batch)
+        .await?;
+    tracing::debug!(
+        table = plan.name,
+        rows = stats.rows,
+        zero_dates = stats.zero_dates,
+        "extracted Matomo table"
+    );
+    Ok(stats)
+}
+
+/// What `extract_table` reads of one table, resolved from its spec.
+struct ReadPlan<'a> {
+    /// The MariaDB table.
+    name: &'a str,
+    /// Each MariaDB column once, in config order, even when two target columns read it.
+    columns: Vec<&'a str>,
+    /// The MariaDB column whose values start the next window.
+    watermark: Option<&'a str>,
+    /// Positions in `columns` of the primary key's columns, to name a row in errors.
+    key_indexes: Vec<usize>,
+}
+
+impl<'a> ReadPlan<'a> {
+    fn new(table: &'a TableSpec) -> Result<ReadPlan<'a>, MatomoError> {
+        let Source::Matomo {
+            table: source_table,
+        } = &table.source
+        else {
+            return Err(MatomoError::NotMatomo {
+                table: table.name.clone(),
+                source_name: table.source.name().to_string(),
+            });
+        };
+        let name = source_table.as_str();
+        let mut columns: Vec<&str> = Vec::new();
+        for column in table.loaded_columns() {
+            if let ColumnSource::Field(field) = &column.source {
+                if !columns.contains(&field.as_str()) {
+                    columns.push(field);
+                }
+            }
+        }
+        let source_name = |target: &str| match table.column(target).map(|c| &c.source) {
+            Some(ColumnSource::Field(field)) => Some(field.as_str()),
+            _ => None,
+        };
+        let watermark = match &table.watermark {
+            Watermark::Column(col) => {
+                Some(source_name(col).ok_or_else(|| MatomoError::Watermark {
+                    table: name.to_string(),
+                    message: format!("watermark column `{col}` is not read from a MariaDB column"),
+                })?)
+            }
+            Watermark::None => None,
+            Watermark::CreatedUpdated => {
+                return Err(MatomoError::Watermark {
+                    table: name.to_string(),
+                    message: "a Matomo table's watermark is one of its columns".into(),
+                })
+            }
+        };
+        let key_indexes = table
+            .primary_key
+            .iter()
+            .filter_map(|k| source_name(k))
+            .filter_map(|k| columns.iter().position(|c| *c == k))
+            .collect();
+        Ok(ReadPlan {
+            name,
+            columns,
+            watermark,
+            key_indexes,
         })
-        .unwrap_or_default();
-
-    let mut fields = Vec::with_capacity(metas.len());
-    for (column, meta) in &metas {
-        let data_type = arrow_type(meta).ok_or_else(|| MatomoError::UnsupportedType {
-            table: name.to_string(),
-            column: column.clone(),
-            type_name: format!("{:?} (flags {:?})", meta.column_type, meta.flags),
-        })?;
-        fields.push(Field::new(column.as_str(), data_type, true));
     }
-    let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let key_indexes: Vec<usize> = table
-        .primary_key
-        .iter()
-        .filter_map(|k| source_name(k))
-        .filter_map(|k| columns.iter().position(|c| *c == k))
-        .collect();
-    let watermark_index = watermark.and_then(|wm| columns.iter().position(|c| *c == wm));
 
-    let batch_rows = batch_rows.max(1);
-    let mut batch = BatchBuilder::new(&schema, batch_rows);
-    let mut warned_zero = vec![false; schema.fields().len()];
-    let mut max_watermark: Option<WatermarkValue> = None;
-    let mut stats = MatomoStats {
-        rows: 0,
-        max_watermark: None,
-        zero_dates: 0,
-    };
-    let mut batches = 0u64;
+    fn query_error(&self, source: mysql_async::Error) -> MatomoError {
+        MatomoError::Query {
+            table: self.name.to_string(),
+            source,
+        }
+    }
 
-    while let Some(row) = result.next().await.map_err(query_err)? {
+    fn watermark_error(&self, message: String) -> MatomoError {
+        MatomoError::Watermark {
+            table: self.name.to_string(),
+            message,
+        }
+    }
+
+    /// The table's `(column, data type)`s; every column the config reads must be there.
+    async fn check_source_columns(
+        &self,
+        conn: &mut Conn,
+        table: &TableSpec,
+    ) -> Result<Vec<(String, String)>, MatomoError> {
+        let source_types = source_columns(conn, self.name)
+            .await
+            .map_err(|source| self.query_error(source))?;
+        if source_types.is_empty() {
+            return Err(MatomoError::TableNotFound {
+                table: self.name.to_string(),
+            });
+        }
+        let missing: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| type_of(&source_types, c).is_none())
+            .map(|c| c.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(MatomoError::MissingColumns {
+                table: self.name.to_string(),
+                config: table.file.display().to_string(),
+                columns: missing,
+            });
+        }
+        Ok(source_types)
+    }
+
+    /// The SELECT of the window starting at `since` (inclusive), and its parameter.
+    fn window_query(
+        &self,
+        since: Option<&WatermarkValue>,
+        source_types: &[(String, String)],
+    ) -> Result<(String, Params), MatomoError> {
+        let mut sql = format!(
+            "SELECT {} FROM {}",
+            self.columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            quote_ident(self.name)
+        );
+        let params = match (since, self.watermark) {
+            (None, _) => Params::Empty,
+            (Some(since), Some(wm)) => {
+                check_watermark_kind(since, type_of(source_types, wm).unwrap_or_default())
+                    .map_err(|message| {
+                        self.watermark_error(format!("watermark `{wm}`: {message}"))
+                    })?;
+                let value = since.to_param().ok_or_else(|| {
+                    self.watermark_error(format!(
+                        "watermark value {since} is not a MariaDB integer"
+                    ))
+                })?;
+                sql.push_str(&format!(" WHERE {} >= ?", quote_ident(wm)));
+                Params::Positional(vec![value])
+            }
+            (Some(_), None) => {
+                return Err(self.watermark_error(
+                    "a window was asked for but the table has no watermark column".into(),
+                ))
+            }
+        };
+        Ok((sql, params))
+    }
+
+    /// The staged schema from the result set's column metadata.
+    fn schema(&self, columns: &[Column]) -> Result<SchemaRef, MatomoError> {
+        let mut fields = Vec::with_capacity(columns.len());
+        for column in columns {
+            let meta = ColumnMeta::of(column);
+            let data_type = arrow_type(&meta).ok_or_else(|| MatomoError::UnsupportedType {
+                table: self.name.to_string(),
+                column: column.name_str().into_owned(),
+                type_name: format!("{:?} (flags {:?})", meta.column_type, meta.flags),
+            })?;
+            fields.push(Field::new(column.name_str(), data_type, true));
+        }
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// Reads every row of the result into batches handed to `on_batch`.
+    async fn stream_rows(
+        &self,
+        result: &mut QueryResult<'_, 'static, BinaryProtocol>,
+        schema: &SchemaRef,
+        batch_rows: usize,
+        mut on_batch: impl FnMut(RecordBatch) -> anyhow::Result<()>,
+    ) -> Result<MatomoStats, MatomoError> {
+        let watermark_index = self
+            .watermark
+            .and_then(|wm| self.columns.iter().position(|c| *c == wm));
+        let batch_rows = batch_rows.max(1);
+        let mut batch = BatchBuilder::new(schema, batch_rows);
+        let mut warned_zero = vec![false; schema.fields().len()];
+        let mut stats = MatomoStats {
+            rows: 0,
+            max_watermark: None,
+            zero_dates: 0,
+        };
+        let mut batches = 0u64;
+        while let Some(row) = result
+            .next()
+            .await
+            .map_err(|source| self.query_error(source))?
+        {
+            self.append_row(&mut batch, &row, schema, &mut stats, &mut warned_zero)?;
+            if let Some(seen) = watermark_index.and_then(|i| watermark_of(row.as_ref(i)?)) {
+                if stats
+                    .max_watermark
+                    .as_ref()
+                    .is_none_or(|max| seen_is_higher(&seen, max))
+                {
+                    stats.max_watermark = Some(seen);
+                }
+            }
+            stats.rows += 1;
+            batch.rows += 1;
+            if batch.rows >= batch_rows || batch.bytes >= MAX_BATCH_BYTES {
+                flush(&mut batch, schema, self.name, &mut on_batch)?;
+                batches += 1;
+            }
+        }
+        if batch.rows > 0 || batches == 0 {
+            flush(&mut batch, schema, self.name, &mut on_batch)?;
+        }
+        Ok(stats)
+    }
+
+    /// Appends one row's values to the batch; a value that does not convert stops the table
+    /// with an error naming the column and the row's key.
+    fn append_row(
+        &self,
+        batch: &mut BatchBuilder,
+        row: &Row,
+        schema: &SchemaRef,
+        stats: &mut MatomoStats,
+        warned_zero: &mut [bool],
+    ) -> Result<(), MatomoError> {
         for (i, builder) in batch.columns.iter_mut().enumerate() {
             let value = row.as_ref(i).unwrap_or(&Value::NULL);
             batch.bytes += ColumnBuilder::bytes_of(value);
+            let column = self.columns.get(i).copied().unwrap_or_default();
             match builder.append(value) {
                 Ok(Appended::Value) => {}
                 Ok(Appended::ZeroDate) => {
                     stats.zero_dates += 1;
-                    if !warned_zero[i] {
-                        warned_zero[i] = true;
+                    if let Some(warned @ false) = warned_zero.get_mut(i) {
+                        *warned = true;
                         tracing::warn!(
-                            table = name,
-                            column = columns[i],
+                            table = self.name,
+                            column,
                             "zero dates (0000-00-00) in this column become NULL"
                         );
                     }
                 }
                 Err(problem) => {
                     return Err(MatomoError::Value {
-                        table: name.to_string(),
-                        column: columns[i].to_string(),
+                        table: self.name.to_string(),
+                        column: column.to_string(),
                         arrow_type: schema.field(i).data_type().to_string(),
-                        key: row_key(&row, &key_indexes, &columns, stats.rows),
+                        key: row_key(row, &self.key_indexes, &self.columns, stats.rows),
                         problem: Box::new(problem),
                     })
                 }
             }
         }
-        if let Some(seen) = watermark_index.and_then(|i| watermark_of(row.as_ref(i)?)) {
-            if max_watermark
-                .as_ref()
-                .is_none_or(|max| seen_is_higher(&seen, max))
-            {
-                max_watermark = Some(seen);
-            }
-        }
-        stats.rows += 1;
-        batch.rows += 1;
-        if batch.rows >= batch_rows || batch.bytes >= MAX_BATCH_BYTES {
-            flush(&mut batch, &schema, name, &mut on_batch)?;
-            batches += 1;
-        }
+        Ok(())
     }
-    if batch.rows > 0 || batches == 0 {
-        flush(&mut batch, &schema, name, &mut on_batch)?;
-    }
-    stats.max_watermark = max_watermark;
-    tracing::debug!(
-        table = name,
-        rows = stats.rows,
-        zero_dates = stats.zero_dates,
-        "extracted Matomo table"
-    );
-    Ok(stats)
+}
+
+/// The data type of `column` in `source_columns`' answer (MariaDB names ignore case).
+fn type_of<'t>(source_types: &'t [(String, String)], column: &str) -> Option<&'t str> {
+    source_types
+        .iter()
+        .find(|(c, _)| c.eq_ignore_ascii_case(column))
+        .map(|(_, t)| t.as_str())
 }
 
 /// `(column name, data type)` of a table in the connection's database; empty when the table
@@ -550,13 +637,13 @@ fn seen_is_higher(seen: &WatermarkValue, max: &WatermarkValue) -> bool {
 /// The row's primary key for messages (`idvisit=42`); its position when the key is not read.
 fn row_key(row: &Row, key_indexes: &[usize], columns: &[&str], rows_before: u64) -> String {
     if key_indexes.is_empty() {
-        return format!("#{}", rows_before + 1);
+        return format!("#{}", rows_before.saturating_add(1));
     }
     key_indexes
         .iter()
         .map(|&i| {
             let value = row.as_ref(i).map_or_else(|| "?".into(), |v| v.as_sql(true));
-            format!("{}={value}", columns[i])
+            format!("{}={value}", columns.get(i).copied().unwrap_or("?"))
         })
         .collect::<Vec<_>>()
         .join(", ")
