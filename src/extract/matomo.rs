@@ -617,11 +617,10 @@ fn watermark_of(value: &Value) -> Option<WatermarkValue> {
     match *value {
         Value::Int(i) => Some(WatermarkValue::Int(i128::from(i))),
         Value::UInt(u) => Some(WatermarkValue::Int(i128::from(u))),
-        Value::Date(y, mo, d, h, mi, s, us) => {
-            NaiveDate::from_ymd_opt(y.into(), mo.into(), d.into())
-                .and_then(|date| date.and_hms_micro_opt(h.into(), mi.into(), s.into(), us))
-                .map(WatermarkValue::Timestamp)
-        }
+        Value::Date(..) => match mariadb_date(value)? {
+            MariaDate::Valid(t) => Some(WatermarkValue::Timestamp(t)),
+            MariaDate::Zero | MariaDate::Invalid => None,
+        },
         _ => None,
     }
 }
@@ -841,44 +840,24 @@ impl ColumnBuilder {
                 ),
                 other => return Err(unexpected(other)),
             },
-            ColumnBuilder::Timestamp(b) => match *value {
-                Value::NULL => b.append_null(),
-                Value::Date(0, 0, 0, 0, 0, 0, 0) => {
-                    b.append_null();
-                    return Ok(Appended::ZeroDate);
-                }
-                Value::Date(y, mo, d, h, mi, s, us) => {
-                    let t = NaiveDate::from_ymd_opt(y.into(), mo.into(), d.into())
-                        .and_then(|date| date.and_hms_micro_opt(h.into(), mi.into(), s.into(), us))
-                        .ok_or_else(|| ValueProblem::InvalidDate(value.as_sql(true)))?;
-                    b.append_value(t.and_utc().timestamp_micros());
-                }
-                ref other => return Err(unexpected(other)),
-            },
-            ColumnBuilder::Date32(b) => match *value {
-                Value::NULL => b.append_null(),
-                Value::Date(0, 0, 0, ..) => {
-                    b.append_null();
-                    return Ok(Appended::ZeroDate);
-                }
-                Value::Date(y, mo, d, ..) => {
-                    let days = NaiveDate::from_ymd_opt(y.into(), mo.into(), d.into())
-                        .map(|date| (date - NaiveDate::default()).num_days())
-                        .and_then(|days| i32::try_from(days).ok())
-                        .ok_or_else(|| ValueProblem::InvalidDate(value.as_sql(true)))?;
-                    b.append_value(days);
-                }
-                ref other => return Err(unexpected(other)),
-            },
+            ColumnBuilder::Timestamp(b) => {
+                let (t, appended) = date_of(value)?;
+                b.append_option(t.map(|t| t.and_utc().timestamp_micros()));
+                return Ok(appended);
+            }
+            ColumnBuilder::Date32(b) => {
+                let (t, appended) = date_of(value)?;
+                let days = t
+                    .map(|t| days_since_epoch(t.date()).ok_or_else(|| out_of_range(value)))
+                    .transpose()?;
+                b.append_option(days);
+                return Ok(appended);
+            }
             ColumnBuilder::Time64(b) => match *value {
                 Value::NULL => b.append_null(),
                 Value::Time(negative, days, h, mi, s, us) => {
-                    let micros = ((i64::from(days) * 24 + i64::from(h)) * 60 + i64::from(mi)) * 60
-                        + i64::from(s);
-                    let micros = micros * 1_000_000 + i64::from(us);
-                    if micros >= MICROS_PER_DAY || (negative && micros != 0) {
-                        return Err(ValueProblem::TimeOutOfDay(value.as_sql(true)));
-                    }
+                    let micros = time_of_day(negative, days, h, mi, s, us)
+                        .ok_or_else(|| ValueProblem::TimeOutOfDay(value.as_sql(true)))?;
                     b.append_value(micros);
                 }
                 ref other => return Err(unexpected(other)),
@@ -908,6 +887,58 @@ impl ColumnBuilder {
             _ => 0,
         }
     }
+}
+
+/// What a `DATE`, `DATETIME` or `TIMESTAMP` value on the wire (`Value::Date`) means. The one
+/// place that reads MariaDB's date fields: the column builders and the watermark go through
+/// it (`date_value` is its inverse, for the window's parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MariaDate {
+    /// `0000-00-00 00:00:00`, MariaDB's "no date".
+    Zero,
+    Valid(NaiveDateTime),
+    /// Fields that name no instant: `2024-02-30` or `2024-00-10` (stored under a lax
+    /// `sql_mode` such as `ALLOW_INVALID_DATES`), or a time of day out of range.
+    Invalid,
+}
+
+/// `None` when `value` is not a date at all.
+fn mariadb_date(value: &Value) -> Option<MariaDate> {
+    let Value::Date(y, mo, d, h, mi, s, us) = *value else {
+        return None;
+    };
+    if (y, mo, d, h, mi, s, us) == (0, 0, 0, 0, 0, 0, 0) {
+        return Some(MariaDate::Zero);
+    }
+    let t = NaiveDate::from_ymd_opt(y.into(), mo.into(), d.into())
+        .and_then(|date| date.and_hms_micro_opt(h.into(), mi.into(), s.into(), us));
+    Some(t.map_or(MariaDate::Invalid, MariaDate::Valid))
+}
+
+/// The instant a date column's value holds (`None`: NULL) and how it was appended: zero
+/// dates become NULL and are reported, invalid ones are an error.
+fn date_of(value: &Value) -> Result<(Option<NaiveDateTime>, Appended), ValueProblem> {
+    match (value, mariadb_date(value)) {
+        (Value::NULL, _) => Ok((None, Appended::Value)),
+        (_, Some(MariaDate::Valid(t))) => Ok((Some(t), Appended::Value)),
+        (_, Some(MariaDate::Zero)) => Ok((None, Appended::ZeroDate)),
+        (_, Some(MariaDate::Invalid)) => Err(ValueProblem::InvalidDate(value.as_sql(true))),
+        (other, None) => Err(unexpected(other)),
+    }
+}
+
+/// A `TIME` value as microseconds since midnight; `None` outside `[00:00:00, 24:00:00)`
+/// (MariaDB's `TIME` spans ±838 hours; a hostile server could send any `days`).
+fn time_of_day(negative: bool, days: u32, h: u8, mi: u8, s: u8, us: u32) -> Option<i64> {
+    let seconds = ((i64::from(days) * 24 + i64::from(h)) * 60 + i64::from(mi)) * 60 + i64::from(s);
+    let micros = seconds.checked_mul(1_000_000)?.checked_add(i64::from(us))?;
+    let in_day = (0..MICROS_PER_DAY).contains(&micros) && !(negative && micros != 0);
+    in_day.then_some(micros)
+}
+
+/// Arrow's `Date32`: days since 1970-01-01 (every MariaDB date fits).
+fn days_since_epoch(date: NaiveDate) -> Option<i32> {
+    i32::try_from(date.signed_duration_since(NaiveDate::default()).num_days()).ok()
 }
 
 fn unexpected(value: &Value) -> ValueProblem {
@@ -1195,6 +1226,85 @@ mod tests {
         let dates = d.finish();
         assert_eq!(dates.as_primitive::<Date32Type>().value(1), 1);
         assert!(dates.is_null(0));
+    }
+
+    /// Every path that reads a `Value::Date` (timestamp and date builders, watermark) goes
+    /// through `mariadb_date`, so they agree on what is zero, valid and invalid.
+    #[test]
+    fn one_rule_reads_every_mariadb_date() {
+        let t = |y, mo, d, h, mi, s, us| {
+            NaiveDate::from_ymd_opt(y, mo, d)
+                .and_then(|date| date.and_hms_micro_opt(h, mi, s, us))
+                .unwrap()
+        };
+        for (value, expected) in [
+            (Value::Date(0, 0, 0, 0, 0, 0, 0), Some(MariaDate::Zero)),
+            (
+                Value::Date(2024, 2, 29, 23, 59, 59, 5),
+                Some(MariaDate::Valid(t(2024, 2, 29, 23, 59, 59, 5))),
+            ),
+            (
+                Value::Date(1000, 1, 1, 0, 0, 0, 0),
+                Some(MariaDate::Valid(t(1000, 1, 1, 0, 0, 0, 0))),
+            ),
+            (
+                Value::Date(2024, 2, 30, 0, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (
+                Value::Date(2023, 2, 29, 0, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (
+                Value::Date(2024, 0, 10, 0, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (
+                Value::Date(2024, 4, 0, 0, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (Value::Date(0, 0, 0, 10, 0, 0, 0), Some(MariaDate::Invalid)),
+            (
+                Value::Date(2024, 1, 1, 24, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (
+                Value::Date(2024, 13, 1, 0, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (
+                Value::Date(
+                    u16::MAX,
+                    u8::MAX,
+                    u8::MAX,
+                    u8::MAX,
+                    u8::MAX,
+                    u8::MAX,
+                    u32::MAX,
+                ),
+                Some(MariaDate::Invalid),
+            ),
+            (Value::NULL, None),
+            (Value::Bytes(b"2024-01-01".to_vec()), None),
+        ] {
+            assert_eq!(mariadb_date(&value), expected, "{value:?}");
+            let watermark = match expected {
+                Some(MariaDate::Valid(t)) => Some(WatermarkValue::Timestamp(t)),
+                _ => None,
+            };
+            assert_eq!(watermark_of(&value), watermark, "{value:?}");
+        }
+        // The window's parameter is the inverse.
+        let at = t(2024, 3, 1, 12, 0, 0, 250);
+        assert_eq!(mariadb_date(&date_value(&at)), Some(MariaDate::Valid(at)));
+    }
+
+    /// A `TIME` of u32::MAX days overflowed i64 microseconds (a panic in debug builds).
+    #[test]
+    fn time_of_day_arithmetic_never_overflows() {
+        assert_eq!(time_of_day(false, u32::MAX, 255, 255, 255, u32::MAX), None);
+        assert_eq!(time_of_day(true, u32::MAX, 0, 0, 0, 0), None);
+        assert_eq!(time_of_day(false, 0, 0, 0, 0, 1), Some(1));
     }
 
     #[test]
