@@ -148,8 +148,9 @@ fn hex(s: &str) -> Option<Vec<u8>> {
 }
 
 const LOG_VISIT_SCHEMA: &str = "idvisit: UInt64;idsite: UInt32;idvisitor: Binary;\
-    visit_last_action_time: Timestamp(µs, \"UTC\");config_id: Binary;location_ip: Binary;\
-    profilable: Int8;user_id: Utf8;visit_first_action_time: Timestamp(µs, \"UTC\");\
+    visit_last_action_time: Timestamp(µs, \"UTC\");visit_last_action_time__raw: Utf8;\
+    config_id: Binary;location_ip: Binary;profilable: Int8;user_id: Utf8;\
+    visit_first_action_time: Timestamp(µs, \"UTC\");visit_first_action_time__raw: Utf8;\
     visit_goal_buyer: Int8;visit_goal_converted: Int8;visitor_returning: Int8;\
     visitor_seconds_since_first: UInt32;visitor_seconds_since_order: UInt32;\
     visitor_count_visits: UInt32;visit_entry_idaction_name: UInt32;\
@@ -193,6 +194,17 @@ async fn log_visit_rows_come_out_with_exact_types_and_values() {
     );
     assert_eq!(stats.max_watermark, Some(at("2024-03-01 12:00:01")));
     assert_eq!(stats.zero_dates, 1);
+    assert_eq!(stats.invalid_dates, 0);
+    for raw in [
+        "visit_last_action_time__raw",
+        "visit_first_action_time__raw",
+    ] {
+        assert_eq!(
+            column(&batch, raw).null_count(),
+            3,
+            "{raw}: every date is valid"
+        );
+    }
 
     let ids = column(&batch, "idvisit").as_primitive::<UInt64Type>();
     assert_eq!(ids.values().as_ref(), &[1, 2, u64::MAX]);
@@ -299,7 +311,7 @@ async fn log_visit_rows_come_out_with_exact_types_and_values() {
     let nulls = batch.columns().iter().filter(|c| c.is_null(1)).count();
     assert_eq!(
         nulls,
-        60 - 8,
+        62 - 8,
         "row 2: NULL everywhere but idvisit, idsite, idvisitor, times, config_id, ip, counts"
     );
 }
@@ -317,7 +329,8 @@ async fn log_link_visit_action_and_log_action_values() {
         .unwrap();
     db.drop().await;
 
-    assert_eq!(actions.num_columns(), 41);
+    // 40 columns, and server_time__raw.
+    assert_eq!(actions.num_columns(), 42);
     assert_eq!(action_stats.max_watermark, Some(at("2024-03-01 12:00:00")));
     let float = column(&actions, "custom_float").as_primitive::<Float64Type>();
     assert_eq!((float.is_null(0), float.value(1)), (true, 12.5));
@@ -426,7 +439,7 @@ async fn window_is_inclusive_at_the_boundary_second() {
     assert_eq!((stats.rows, stats.max_watermark.clone()), (0, None));
     assert_eq!(
         (got.len(), got[0].num_rows(), got[0].num_columns()),
-        (1, 0, 60)
+        (1, 0, 62)
     );
 
     // A window of the wrong kind is refused before anything is read.
@@ -510,6 +523,97 @@ async fn zero_date_becomes_null_and_is_counted() {
     assert_eq!(
         (first.is_null(0), first.is_null(1), first.is_null(2)),
         (true, true, false)
+    );
+}
+
+/// A table of `columns` (space-separated) read from MariaDB table `source`, keyed by `id`.
+fn table_reading(source: &str, columns: &str, watermark: &str) -> TableSpec {
+    let mut table = spec("matomo_log_action");
+    table.source = Source::Matomo {
+        table: source.into(),
+    };
+    table.primary_key = vec!["id".into()];
+    table.watermark = Watermark::Column(watermark.into());
+    table.columns = columns
+        .split(' ')
+        .map(|n| ColumnSpec {
+            name: n.into(),
+            sql_type: SqlType::Text,
+            nullable: true,
+            foreign_key: None,
+            source: ColumnSource::Field(n.into()),
+        })
+        .collect();
+    table
+}
+
+/// A date that names no day (`2024-02-30`, stored under `ALLOW_INVALID_DATES`; `2024-04-00`
+/// without `NO_ZERO_IN_DATE`) stopped the whole extract with "is not a valid date". The server
+/// sends such a date's fields as they are; the row is now staged with NULL and the date's
+/// text in `<column>__raw`, and the extract goes on.
+#[tokio::test]
+async fn invalid_dates_are_staged_as_null_with_their_text_and_the_extract_goes_on() {
+    let mut db = TestDb::new(false).await;
+    db.conn
+        .query_drop(
+            "CREATE TABLE dates (
+               id INT NOT NULL PRIMARY KEY, d DATE, dt DATETIME(6), ts TIMESTAMP NULL
+             );
+             SET SESSION sql_mode = 'ALLOW_INVALID_DATES';
+             INSERT INTO dates VALUES
+               (1, '2024-02-30', '2024-02-30 10:00:00.5', '2024-02-30 10:00:00'),
+               (2, '2024-03-01', '2024-03-01 12:00:00', '2024-03-01 12:00:00');
+             SET SESSION sql_mode = '';
+             INSERT INTO dates VALUES
+               (3, '2024-04-00', '2024-00-10 00:00:00', NULL),
+               (4, '0000-00-00', '0000-00-00 00:00:00', NULL);
+             SET SESSION sql_mode = DEFAULT",
+        )
+        .await
+        .unwrap();
+    let (batch, _, stats) = db
+        .extract(&table_reading("dates", "id d dt ts", "dt"), None, 10)
+        .await
+        .unwrap();
+    db.drop().await;
+
+    assert_eq!(stats.rows, 4);
+    assert_eq!(stats.invalid_dates, 4, "d and dt of rows 1 and 3");
+    // A TIMESTAMP cannot hold 2024-02-30: MariaDB stored the zero date (row 1), and row 4.
+    assert_eq!(stats.zero_dates, 3);
+    // Only valid dates count for the watermark.
+    assert_eq!(stats.max_watermark, Some(at("2024-03-01 12:00:00")));
+    let nulls = |name: &str| {
+        let array = column(&batch, name);
+        (0..4).map(|i| array.is_null(i)).collect::<Vec<_>>()
+    };
+    assert_eq!(nulls("d"), [true, false, true, true]);
+    assert_eq!(nulls("dt"), [true, false, true, true]);
+    assert_eq!(nulls("ts"), [true, false, true, true]);
+    assert_eq!(
+        texts(&batch, "d__raw"),
+        [
+            Some("2024-02-30".into()),
+            None,
+            Some("2024-04-00".into()),
+            None
+        ]
+    );
+    assert_eq!(
+        texts(&batch, "dt__raw"),
+        [
+            Some("2024-02-30 10:00:00.500000".into()),
+            None,
+            Some("2024-00-10 00:00:00".into()),
+            None
+        ]
+    );
+    assert_eq!(texts(&batch, "ts__raw"), [None, None, None, None]);
+    assert_eq!(
+        column(&batch, "dt")
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(1),
+        micros("2024-03-01 12:00:00")
     );
 }
 
@@ -615,8 +719,11 @@ async fn every_mariadb_type_maps_as_documented() {
             "f Float32",
             "g Float64",
             "dt Timestamp(µs, \"UTC\")",
+            "dt__raw Utf8",
             "ts Timestamp(µs, \"UTC\")",
+            "ts__raw Utf8",
             "d Date32",
+            "d__raw Utf8",
             "t Time64(µs)",
             "y Int16",
             "b UInt64",

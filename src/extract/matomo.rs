@@ -10,6 +10,13 @@
 //! Staged columns are named by their MariaDB column (`ColumnSource::Field`), in config order,
 //! and are all nullable: a `NOT NULL DATETIME` can still hold `0000-00-00 00:00:00`, which
 //! becomes NULL (counted in `MatomoStats::zero_dates`).
+//!
+//! A date that names no day (`2024-02-30`, `2024-04-00`: MariaDB stores them under
+//! `ALLOW_INVALID_DATES` or without `NO_ZERO_IN_DATE`, and sends their fields as they are)
+//! must not stop a table: like a MongoDB value that does not fit its staged type, it is staged
+//! as NULL with its text in the `<column>__raw` companion that every `DATE`/`DATETIME`/
+//! `TIMESTAMP` column has (counted in `MatomoStats::invalid_dates`). Transform then rejects
+//! the row with that raw value, so it is never loaded as a silent NULL.
 
 use std::sync::Arc;
 
@@ -33,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ColumnSource, Source, TableSpec, Watermark};
 use crate::settings::MatomoSettings;
+use crate::staging::fields::RAW_SUFFIX;
 
 /// MariaDB's character set number for binary strings (`BINARY`, `VARBINARY`, `BLOB`).
 const BINARY_CHARSET: u16 = 63;
@@ -82,6 +90,8 @@ pub struct MatomoStats {
     pub max_watermark: Option<WatermarkValue>,
     /// `0000-00-00` dates turned into NULL.
     pub zero_dates: u64,
+    /// Dates that name no day, staged as NULL with their text in `<column>__raw`.
+    pub invalid_dates: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,8 +152,6 @@ pub enum ValueProblem {
     InvalidUtf8,
     #[error("TIME {0} is not a time of day (00:00:00 to 23:59:59.999999)")]
     TimeOutOfDay(String),
-    #[error("{0} is not a valid date")]
-    InvalidDate(String),
     #[error("value {0} does not fit the column's Arrow type")]
     OutOfRange(String),
     #[error("unexpected value {0} for the column's Arrow type")]
@@ -298,14 +306,15 @@ pub async fn extract_table(
         .exec_iter(sql, params)
         .await
         .map_err(|source| plan.query_error(source))?;
-    let schema = plan.schema(result.columns().as_deref().unwrap_or_default())?;
+    let staged = plan.staged_columns(result.columns().as_deref().unwrap_or_default())?;
     let stats = plan
-        .stream_rows(&mut result, &schema, batch_rows, on_batch)
+        .stream_rows(&mut result, &staged, batch_rows, on_batch)
         .await?;
     tracing::debug!(
         table = plan.name,
         rows = stats.rows,
         zero_dates = stats.zero_dates,
+        invalid_dates = stats.invalid_dates,
         "extracted Matomo table"
     );
     Ok(stats)
@@ -459,8 +468,10 @@ impl<'a> ReadPlan<'a> {
         Ok((sql, params))
     }
 
-    /// The staged schema from the result set's column metadata.
-    fn schema(&self, columns: &[Column]) -> Result<SchemaRef, MatomoError> {
+    /// The Arrow type of each result column (from its metadata) and the staged schema: those
+    /// columns, each date column followed by its `__raw` companion.
+    fn staged_columns(&self, columns: &[Column]) -> Result<StagedColumns, MatomoError> {
+        let mut types = Vec::with_capacity(columns.len());
         let mut fields = Vec::with_capacity(columns.len());
         for column in columns {
             let meta = ColumnMeta::of(column);
@@ -469,29 +480,39 @@ impl<'a> ReadPlan<'a> {
                 column: column.name_str().into_owned(),
                 type_name: format!("{:?} (flags {:?})", meta.column_type, meta.flags),
             })?;
-            fields.push(Field::new(column.name_str(), data_type, true));
+            fields.push(Field::new(column.name_str(), data_type.clone(), true));
+            if has_raw_companion(&data_type) {
+                let raw = format!("{}{RAW_SUFFIX}", column.name_str());
+                fields.push(Field::new(raw, DataType::Utf8, true));
+            }
+            types.push(data_type);
         }
-        Ok(Arc::new(Schema::new(fields)))
+        Ok(StagedColumns {
+            types,
+            schema: Arc::new(Schema::new(fields)),
+        })
     }
 
     /// Reads every row of the result into batches handed to `on_batch`.
     async fn stream_rows(
         &self,
         result: &mut QueryResult<'_, 'static, BinaryProtocol>,
-        schema: &SchemaRef,
+        staged: &StagedColumns,
         batch_rows: usize,
         mut on_batch: impl FnMut(RecordBatch) -> anyhow::Result<()>,
     ) -> Result<MatomoStats, MatomoError> {
+        let schema = &staged.schema;
         let watermark_index = self
             .watermark
             .and_then(|wm| self.columns.iter().position(|c| *c == wm));
         let batch_rows = batch_rows.max(1);
-        let mut batch = BatchBuilder::new(schema, batch_rows);
-        let mut warned_zero = vec![false; schema.fields().len()];
+        let mut batch = BatchBuilder::new(&staged.types, batch_rows);
+        let mut warned = Warned::default();
         let mut stats = MatomoStats {
             rows: 0,
             max_watermark: None,
             zero_dates: 0,
+            invalid_dates: 0,
         };
         let mut batches = 0u64;
         while let Some(row) = result
@@ -499,7 +520,7 @@ impl<'a> ReadPlan<'a> {
             .await
             .map_err(|source| self.query_error(source))?
         {
-            self.append_row(&mut batch, &row, schema, &mut stats, &mut warned_zero)?;
+            self.append_row(&mut batch, &row, &mut stats, &mut warned)?;
             if let Some(seen) = watermark_index.and_then(|i| watermark_of(row.as_ref(i)?)) {
                 if stats
                     .max_watermark
@@ -528,11 +549,10 @@ impl<'a> ReadPlan<'a> {
         &self,
         batch: &mut BatchBuilder,
         row: &Row,
-        schema: &SchemaRef,
         stats: &mut MatomoStats,
-        warned_zero: &mut [bool],
+        warned: &mut Warned,
     ) -> Result<(), MatomoError> {
-        for (i, builder) in batch.columns.iter_mut().enumerate() {
+        for (i, (data_type, builder)) in batch.columns.iter_mut().enumerate() {
             let value = row.as_ref(i).unwrap_or(&Value::NULL);
             batch.bytes += ColumnBuilder::bytes_of(value);
             let column = self.columns.get(i).copied().unwrap_or_default();
@@ -540,8 +560,7 @@ impl<'a> ReadPlan<'a> {
                 Ok(Appended::Value) => {}
                 Ok(Appended::ZeroDate) => {
                     stats.zero_dates += 1;
-                    if let Some(warned @ false) = warned_zero.get_mut(i) {
-                        *warned = true;
+                    if warned.zero_dates.insert(i) {
                         tracing::warn!(
                             table = self.name,
                             column,
@@ -549,11 +568,23 @@ impl<'a> ReadPlan<'a> {
                         );
                     }
                 }
+                Ok(Appended::InvalidDate) => {
+                    stats.invalid_dates += 1;
+                    if warned.invalid_dates.insert(i) {
+                        tracing::warn!(
+                            table = self.name,
+                            column,
+                            key = row_key(row, &self.key_indexes, &self.columns, stats.rows),
+                            "dates that name no day (like 2024-02-30) in this column: staged as \
+                             text in `{column}{RAW_SUFFIX}`, their rows are rejected by transform"
+                        );
+                    }
+                }
                 Err(problem) => {
                     return Err(MatomoError::Value {
                         table: self.name.to_string(),
                         column: column.to_string(),
-                        arrow_type: schema.field(i).data_type().to_string(),
+                        arrow_type: data_type.to_string(),
                         key: row_key(row, &self.key_indexes, &self.columns, stats.rows),
                         problem: Box::new(problem),
                     })
@@ -562,6 +593,28 @@ impl<'a> ReadPlan<'a> {
         }
         Ok(())
     }
+}
+
+/// What a result set is staged as.
+struct StagedColumns {
+    /// The Arrow type of each result column, in result order.
+    types: Vec<DataType>,
+    /// The staged schema: those columns, and a `__raw` companion after each date column.
+    schema: SchemaRef,
+}
+
+/// Whether a staged column of this type has a `<column>__raw` companion: dates, whose
+/// invalid values are kept as text there.
+fn has_raw_companion(data_type: &DataType) -> bool {
+    matches!(data_type, DataType::Timestamp(..) | DataType::Date32)
+}
+
+/// Columns (by result position) whose zero or invalid dates were already reported: one
+/// warning per column, not per row.
+#[derive(Default)]
+struct Warned {
+    zero_dates: std::collections::BTreeSet<usize>,
+    invalid_dates: std::collections::BTreeSet<usize>,
 }
 
 /// The data type of `column` in `source_columns`' answer (MariaDB names ignore case).
@@ -664,21 +717,20 @@ fn flush(
     })
 }
 
-/// The builders of one batch.
+/// The builders of one batch, one per result column, with its Arrow type.
 struct BatchBuilder {
-    columns: Vec<ColumnBuilder>,
+    columns: Vec<(DataType, ColumnBuilder)>,
     rows: usize,
     /// Text and binary bytes appended since the last flush.
     bytes: usize,
 }
 
 impl BatchBuilder {
-    fn new(schema: &Schema, capacity: usize) -> BatchBuilder {
+    fn new(types: &[DataType], capacity: usize) -> BatchBuilder {
         BatchBuilder {
-            columns: schema
-                .fields()
+            columns: types
                 .iter()
-                .map(|f| ColumnBuilder::new(f.data_type(), capacity))
+                .map(|t| (t.clone(), ColumnBuilder::new(t, capacity)))
                 .collect(),
             rows: 0,
             bytes: 0,
@@ -686,7 +738,10 @@ impl BatchBuilder {
     }
 
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-        let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for (_, builder) in &mut self.columns {
+            builder.finish_into(&mut arrays);
+        }
         self.rows = 0;
         self.bytes = 0;
         RecordBatch::try_new(schema.clone(), arrays)
@@ -694,11 +749,13 @@ impl BatchBuilder {
 }
 
 /// What `ColumnBuilder::append` did with a value.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Appended {
     Value,
     /// A `0000-00-00` date, appended as NULL.
     ZeroDate,
+    /// A date that names no day, appended as NULL with its text in the `__raw` companion.
+    InvalidDate,
 }
 
 /// An Arrow builder for one of the types `arrow_type` returns.
@@ -715,8 +772,9 @@ enum ColumnBuilder {
     Float64(Float64Builder),
     Decimal128(Decimal128Builder, u8),
     Decimal256(Decimal256Builder, u8),
-    Timestamp(TimestampMicrosecondBuilder),
-    Date32(Date32Builder),
+    /// With the `__raw` companion's builder.
+    Timestamp(TimestampMicrosecondBuilder, StringBuilder),
+    Date32(Date32Builder, StringBuilder),
     Time64(Time64MicrosecondBuilder),
     Utf8(StringBuilder),
     Binary(BinaryBuilder),
@@ -745,8 +803,11 @@ impl ColumnBuilder {
             ),
             DataType::Timestamp(..) => ColumnBuilder::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(n).with_data_type(data_type.clone()),
+                StringBuilder::new(),
             ),
-            DataType::Date32 => ColumnBuilder::Date32(Date32Builder::with_capacity(n)),
+            DataType::Date32 => {
+                ColumnBuilder::Date32(Date32Builder::with_capacity(n), StringBuilder::new())
+            }
             DataType::Time64(_) => {
                 ColumnBuilder::Time64(Time64MicrosecondBuilder::with_capacity(n))
             }
@@ -756,8 +817,9 @@ impl ColumnBuilder {
         }
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
+    /// Appends the finished array (and the `__raw` companion's) to `arrays`.
+    fn finish_into(&mut self, arrays: &mut Vec<ArrayRef>) {
+        let array: ArrayRef = match self {
             ColumnBuilder::Int8(b) => Arc::new(b.finish()),
             ColumnBuilder::Int16(b) => Arc::new(b.finish()),
             ColumnBuilder::Int32(b) => Arc::new(b.finish()),
@@ -770,12 +832,19 @@ impl ColumnBuilder {
             ColumnBuilder::Float64(b) => Arc::new(b.finish()),
             ColumnBuilder::Decimal128(b, _) => Arc::new(b.finish()),
             ColumnBuilder::Decimal256(b, _) => Arc::new(b.finish()),
-            ColumnBuilder::Timestamp(b) => Arc::new(b.finish()),
-            ColumnBuilder::Date32(b) => Arc::new(b.finish()),
+            ColumnBuilder::Timestamp(b, raw) => {
+                arrays.push(Arc::new(b.finish()));
+                Arc::new(raw.finish())
+            }
+            ColumnBuilder::Date32(b, raw) => {
+                arrays.push(Arc::new(b.finish()));
+                Arc::new(raw.finish())
+            }
             ColumnBuilder::Time64(b) => Arc::new(b.finish()),
             ColumnBuilder::Utf8(b) => Arc::new(b.finish()),
             ColumnBuilder::Binary(b) => Arc::new(b.finish()),
-        }
+        };
+        arrays.push(array);
     }
 }
 
@@ -840,17 +909,19 @@ impl ColumnBuilder {
                 ),
                 other => return Err(unexpected(other)),
             },
-            ColumnBuilder::Timestamp(b) => {
+            ColumnBuilder::Timestamp(b, raw) => {
                 let (t, appended) = date_of(value)?;
                 b.append_option(t.map(|t| t.and_utc().timestamp_micros()));
+                raw.append_option(invalid_date_text(value, appended, true));
                 return Ok(appended);
             }
-            ColumnBuilder::Date32(b) => {
+            ColumnBuilder::Date32(b, raw) => {
                 let (t, appended) = date_of(value)?;
                 let days = t
                     .map(|t| days_since_epoch(t.date()).ok_or_else(|| out_of_range(value)))
                     .transpose()?;
                 b.append_option(days);
+                raw.append_option(invalid_date_text(value, appended, false));
                 return Ok(appended);
             }
             ColumnBuilder::Time64(b) => match *value {
@@ -915,16 +986,35 @@ fn mariadb_date(value: &Value) -> Option<MariaDate> {
     Some(t.map_or(MariaDate::Invalid, MariaDate::Valid))
 }
 
-/// The instant a date column's value holds (`None`: NULL) and how it was appended: zero
-/// dates become NULL and are reported, invalid ones are an error.
+/// The instant a date column's value holds (`None`: NULL) and how it is appended: zero and
+/// invalid dates become NULL, reported as such.
 fn date_of(value: &Value) -> Result<(Option<NaiveDateTime>, Appended), ValueProblem> {
     match (value, mariadb_date(value)) {
         (Value::NULL, _) => Ok((None, Appended::Value)),
         (_, Some(MariaDate::Valid(t))) => Ok((Some(t), Appended::Value)),
         (_, Some(MariaDate::Zero)) => Ok((None, Appended::ZeroDate)),
-        (_, Some(MariaDate::Invalid)) => Err(ValueProblem::InvalidDate(value.as_sql(true))),
+        (_, Some(MariaDate::Invalid)) => Ok((None, Appended::InvalidDate)),
         (other, None) => Err(unexpected(other)),
     }
+}
+
+/// The text MariaDB shows for an invalid date (`2024-02-30`, or `2024-02-30 10:00:00[.ffffff]`
+/// when `with_time`), kept in the `__raw` companion; `None` for every other value.
+fn invalid_date_text(value: &Value, appended: Appended, with_time: bool) -> Option<String> {
+    let Value::Date(y, mo, d, h, mi, s, us) = *value else {
+        return None;
+    };
+    if appended != Appended::InvalidDate {
+        return None;
+    }
+    let mut text = format!("{y:04}-{mo:02}-{d:02}");
+    if with_time {
+        text.push_str(&format!(" {h:02}:{mi:02}:{s:02}"));
+        if us > 0 {
+            text.push_str(&format!(".{us:06}"));
+        }
+    }
+    Some(text)
 }
 
 /// A `TIME` value as microseconds since midnight; `None` outside `[00:00:00, 24:00:00)`
@@ -1155,6 +1245,13 @@ mod tests {
         ColumnBuilder::new(&data_type, 4)
     }
 
+    /// The arrays a builder finishes: one, or two for a date and its `__raw` companion.
+    fn finish<const N: usize>(builder: &mut ColumnBuilder) -> [ArrayRef; N] {
+        let mut arrays = Vec::new();
+        builder.finish_into(&mut arrays);
+        arrays.try_into().expect("number of arrays")
+    }
+
     #[test]
     fn invalid_utf8_is_an_error_never_a_lossy_string() {
         let mut b = builder_for(DataType::Utf8);
@@ -1190,42 +1287,62 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let array = b.finish();
+        let [array] = finish(&mut b);
         let times = array.as_primitive::<Time64MicrosecondType>();
         assert_eq!(times.values().as_ref(), &[86_399_999_999, 0]);
     }
 
+    /// Zero dates become NULL; a date that names no day (`2024-02-30` under
+    /// `ALLOW_INVALID_DATES`) stopped the whole extract with an error: now it is NULL with its
+    /// text in the `__raw` companion, for transform to reject the row with.
     #[test]
-    fn zero_dates_become_null_and_bad_dates_are_errors() {
+    fn zero_dates_become_null_and_invalid_dates_keep_their_text() {
         let mut b = builder_for(utc_micros());
-        assert_eq!(
-            b.append(&Value::Date(0, 0, 0, 0, 0, 0, 0)),
-            Ok(Appended::ZeroDate)
-        );
-        assert_eq!(
-            b.append(&Value::Date(2024, 2, 29, 23, 59, 59, 5)),
-            Ok(Appended::Value)
-        );
+        for (value, appended) in [
+            (Value::Date(0, 0, 0, 0, 0, 0, 0), Appended::ZeroDate),
+            (Value::Date(2024, 2, 29, 23, 59, 59, 5), Appended::Value),
+            (Value::Date(2024, 2, 30, 10, 0, 0, 0), Appended::InvalidDate),
+            (Value::Date(2024, 0, 0, 0, 0, 0, 250), Appended::InvalidDate),
+            (Value::NULL, Appended::Value),
+        ] {
+            assert_eq!(b.append(&value), Ok(appended), "{value:?}");
+        }
         assert!(matches!(
-            b.append(&Value::Date(2024, 0, 0, 0, 0, 0, 0)),
-            Err(ValueProblem::InvalidDate(_))
+            b.append(&Value::Bytes(b"2024-02-30".to_vec())),
+            Err(ValueProblem::Unexpected(_))
         ));
         let mut d = builder_for(DataType::Date32);
-        assert_eq!(
-            d.append(&Value::Date(0, 0, 0, 0, 0, 0, 0)),
-            Ok(Appended::ZeroDate)
-        );
-        assert_eq!(
-            d.append(&Value::Date(1970, 1, 2, 0, 0, 0, 0)),
-            Ok(Appended::Value)
-        );
-        let ts = b.finish();
+        for (value, appended) in [
+            (Value::Date(0, 0, 0, 0, 0, 0, 0), Appended::ZeroDate),
+            (Value::Date(1970, 1, 2, 0, 0, 0, 0), Appended::Value),
+            (Value::Date(2023, 2, 29, 0, 0, 0, 0), Appended::InvalidDate),
+        ] {
+            assert_eq!(d.append(&value), Ok(appended), "{value:?}");
+        }
+        let [ts, ts_raw] = finish(&mut b);
         let ts = ts.as_primitive::<TimestampMicrosecondType>();
-        assert!(ts.is_null(0));
+        assert_eq!(
+            (0..5).map(|i| ts.is_null(i)).collect::<Vec<_>>(),
+            [true, false, true, true, true]
+        );
         assert_eq!(ts.value(1), 1_709_251_199_000_005);
-        let dates = d.finish();
+        assert_eq!(
+            ts_raw.as_string::<i32>().iter().collect::<Vec<_>>(),
+            [
+                None,
+                None,
+                Some("2024-02-30 10:00:00"),
+                Some("2024-00-00 00:00:00.000250"),
+                None
+            ]
+        );
+        let [dates, dates_raw] = finish(&mut d);
         assert_eq!(dates.as_primitive::<Date32Type>().value(1), 1);
-        assert!(dates.is_null(0));
+        assert!(dates.is_null(0) && dates.is_null(2));
+        assert_eq!(
+            dates_raw.as_string::<i32>().iter().collect::<Vec<_>>(),
+            [None, None, Some("2023-02-29")]
+        );
     }
 
     /// Every path that reads a `Value::Date` (timestamp and date builders, watermark) goes
@@ -1315,7 +1432,10 @@ mod tests {
         // BIT(12) b'101000000001'
         u64s.append(&Value::Bytes(vec![0x0a, 0x01])).unwrap();
         assert_eq!(
-            u64s.finish().as_primitive::<UInt64Type>().values().as_ref(),
+            finish::<1>(&mut u64s)[0]
+                .as_primitive::<UInt64Type>()
+                .values()
+                .as_ref(),
             &[u64::MAX, 7, 0x0a01]
         );
         let mut u8s = builder_for(DataType::UInt8);
