@@ -737,6 +737,8 @@ fn parse_foreign_key(text: &str) -> Option<ForeignKey> {
     })
 }
 
+/// Checks between tables: each name declared once, each foreign key pointing at a key of
+/// a declared table, with a matching type.
 fn check_cross_table(tables: &[TableSpec], problems: &mut Problems) {
     let mut seen: HashMap<&str, &Path> = HashMap::new();
     for t in tables {
@@ -751,60 +753,46 @@ fn check_cross_table(tables: &[TableSpec], problems: &mut Problems) {
     }
     for t in tables {
         for c in &t.columns {
-            let Some(fk) = &c.foreign_key else { continue };
-            let key = format!("{}.foreign_key", c.name);
-            match tables.iter().find(|o| o.name == fk.table) {
-                None => problems.add(
-                    &t.file,
-                    Some(&t.name),
-                    Some(&key),
-                    format!(
-                        "column `{}` references table `{}`, which no config declares",
-                        c.name, fk.table
-                    ),
-                ),
-                Some(target) => match target.column(&fk.column) {
-                    None => problems.add(
-                        &t.file,
-                        Some(&t.name),
-                        Some(&key),
-                        format!(
-                            "column `{}` references `{}({})`, which has no such column",
-                            c.name, fk.table, fk.column
-                        ),
-                    ),
-                    Some(tc) => {
-                        let unique = target.primary_key == [fk.column.clone()]
-                            || target.unique == [fk.column.clone()];
-                        if !unique {
-                            problems.add(
-                                &t.file,
-                                Some(&t.name),
-                                Some(&key),
-                                format!(
-                                    "`{}({})` is neither the primary key nor a unique key of `{}`",
-                                    fk.table, fk.column, fk.table
-                                ),
-                            );
-                        }
-                        if tc.sql_type.referenced_as() != c.sql_type
-                            && !(is_text(tc.sql_type) && is_text(c.sql_type))
-                        {
-                            problems.add(
-                                &t.file,
-                                Some(&t.name),
-                                Some(&key),
-                                format!(
-                                    "column `{}` is {} but `{}({})` is {}",
-                                    c.name, c.sql_type, fk.table, fk.column, tc.sql_type
-                                ),
-                            );
-                        }
-                    }
-                },
+            if let Some(fk) = &c.foreign_key {
+                let key = format!("{}.foreign_key", c.name);
+                for message in foreign_key_problems(tables, c, fk) {
+                    problems.add(&t.file, Some(&t.name), Some(&key), message);
+                }
             }
         }
     }
+}
+
+/// What is wrong with column `c`'s foreign key `fk`: a missing table or column, a column
+/// that is not a key, a type that differs.
+fn foreign_key_problems(tables: &[TableSpec], c: &ColumnSpec, fk: &ForeignKey) -> Vec<String> {
+    let Some(target) = tables.iter().find(|o| o.name == fk.table) else {
+        return vec![format!(
+            "column `{}` references table `{}`, which no config declares",
+            c.name, fk.table
+        )];
+    };
+    let Some(tc) = target.column(&fk.column) else {
+        return vec![format!(
+            "column `{}` references `{}({})`, which has no such column",
+            c.name, fk.table, fk.column
+        )];
+    };
+    let mut found = Vec::new();
+    let unique = target.primary_key == [fk.column.clone()] || target.unique == [fk.column.clone()];
+    if !unique {
+        found.push(format!(
+            "`{}({})` is neither the primary key nor a unique key of `{}`",
+            fk.table, fk.column, fk.table
+        ));
+    }
+    if tc.sql_type.referenced_as() != c.sql_type && !(is_text(tc.sql_type) && is_text(c.sql_type)) {
+        found.push(format!(
+            "column `{}` is {} but `{}({})` is {}",
+            c.name, c.sql_type, fk.table, fk.column, tc.sql_type
+        ));
+    }
+    found
 }
 
 fn is_text(ty: SqlType) -> bool {
