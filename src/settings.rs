@@ -17,7 +17,18 @@ pub fn load_dotenv(path: &Path) {
     let Ok(text) = std::fs::read_to_string(path) else {
         return;
     };
-    for line in text.lines() {
+    for (key, value) in parse_dotenv(&text) {
+        if std::env::var_os(&key).is_none() {
+            std::env::set_var(key, value);
+        }
+    }
+}
+
+/// The `KEY=VALUE` pairs of a `.env` text. Lines the environment cannot hold (a NUL byte,
+/// which `set_var` panics on) are skipped with a warning naming the line, not its value.
+fn parse_dotenv(text: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for (number, line) in text.lines().enumerate() {
         let line = line.trim();
         let line = line.strip_prefix("export ").unwrap_or(line);
         if line.is_empty() || line.starts_with('#') {
@@ -33,10 +44,15 @@ pub fn load_dotenv(path: &Path) {
             .and_then(|v| v.strip_suffix('"'))
             .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
             .unwrap_or(value);
-        if !key.is_empty() && std::env::var_os(key).is_none() {
-            std::env::set_var(key, value);
+        if key.contains('\0') || value.contains('\0') {
+            tracing::warn!(line = number + 1, "a .env line holds a NUL byte: skipped");
+            continue;
+        }
+        if !key.is_empty() {
+            pairs.push((key.to_string(), value.to_string()));
         }
     }
+    pairs
 }
 
 /// A variable of the process environment; empty counts as unset.
@@ -553,6 +569,21 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    /// `set_var` panics on a NUL byte: such a `.env` line made `etl` exit 101.
+    #[test]
+    fn dotenv_lines_are_parsed_and_nul_bytes_skipped() {
+        let text = "# comment\nexport A=1\nB = \"two words\"\nC='x=y'\nD\nN\0UL=1\nE=nul\0byte\n=empty\nF=é中\n";
+        assert_eq!(
+            parse_dotenv(text),
+            [
+                ("A".to_string(), "1".to_string()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x=y".into()),
+                ("F".into(), "é中".into()),
+            ]
+        );
     }
 
     #[test]
