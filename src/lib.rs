@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod extract;
 pub mod load;
+mod percent;
 pub mod progress;
 pub mod settings;
 pub mod staging;

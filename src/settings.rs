@@ -2,6 +2,11 @@
 //!
 //! Passwords live only in these structs and the drivers' own config: `Debug` and `Display`
 //! print everything but the password, so a setting can be logged or put in an error.
+//!
+//! In `DATABASE_URL` and `MONGODB_URL` the credentials run from after `scheme://` to the LAST
+//! `@`, so a password may hold `/ @ : % # ?`, spaces or any character unescaped (an `@` in the
+//! host, database or query must then be written `%40`). A URL that does not parse is never
+//! echoed, not even redacted: the error names the variable and the part that is wrong.
 
 use std::fmt;
 use std::path::Path;
@@ -12,7 +17,18 @@ pub fn load_dotenv(path: &Path) {
     let Ok(text) = std::fs::read_to_string(path) else {
         return;
     };
-    for line in text.lines() {
+    for (key, value) in parse_dotenv(&text) {
+        if std::env::var_os(&key).is_none() {
+            std::env::set_var(key, value);
+        }
+    }
+}
+
+/// The `KEY=VALUE` pairs of a `.env` text. Lines the environment cannot hold (a NUL byte,
+/// which `set_var` panics on) are skipped with a warning naming the line, not its value.
+fn parse_dotenv(text: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for (number, line) in text.lines().enumerate() {
         let line = line.trim();
         let line = line.strip_prefix("export ").unwrap_or(line);
         if line.is_empty() || line.starts_with('#') {
@@ -28,24 +44,45 @@ pub fn load_dotenv(path: &Path) {
             .and_then(|v| v.strip_suffix('"'))
             .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
             .unwrap_or(value);
-        if !key.is_empty() && std::env::var_os(key).is_none() {
-            std::env::set_var(key, value);
+        if key.contains('\0') || value.contains('\0') {
+            tracing::warn!(line = number + 1, "a .env line holds a NUL byte: skipped");
+            continue;
+        }
+        if !key.is_empty() {
+            pairs.push((key.to_string(), value.to_string()));
         }
     }
+    pairs
 }
 
+/// A variable of the process environment; empty counts as unset.
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn default_sslmode() -> String {
-    var("POSTGRES_SSLMODE")
-        .or_else(|| var("PGSSLMODE"))
+/// How settings read variables: the process environment in `from_env`, a table in tests.
+type Vars<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn default_sslmode(vars: Vars) -> String {
+    vars("POSTGRES_SSLMODE")
+        .or_else(|| vars("PGSSLMODE"))
         .unwrap_or_else(|| "prefer".into())
 }
 
-fn default_sslrootcert() -> Option<String> {
-    var("POSTGRES_SSLROOTCERT").or_else(|| var("PGSSLROOTCERT"))
+fn default_sslrootcert(vars: Vars) -> Option<String> {
+    vars("POSTGRES_SSLROOTCERT").or_else(|| vars("PGSSLROOTCERT"))
+}
+
+/// A port number from a variable; the message names the variable, not the value (a value
+/// pasted into the wrong variable may be a secret).
+fn port(vars: Vars, name: &str, default: u16) -> Result<u16, String> {
+    match vars(name) {
+        None => Ok(default),
+        Some(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name} is not a port number (1 to 65535)")),
+    }
 }
 
 /// PostgreSQL target: `DATABASE_URL`, or `POSTGRES_HOST/PORT/DATABASE/USER/PASSWORD`.
@@ -66,28 +103,38 @@ pub struct PostgresSettings {
 
 impl PostgresSettings {
     pub fn from_env() -> Result<PostgresSettings, String> {
-        if let Some(url) = var("DATABASE_URL") {
-            return Self::from_url(&url);
+        Self::from_vars(&var)
+    }
+
+    fn from_vars(vars: Vars) -> Result<PostgresSettings, String> {
+        if let Some(url) = vars("DATABASE_URL") {
+            return Self::parse_url(&url, "DATABASE_URL", vars);
         }
-        let port = var("POSTGRES_PORT").unwrap_or_else(|| "5432".into());
         Ok(PostgresSettings {
-            host: var("POSTGRES_HOST").unwrap_or_else(|| "localhost".into()),
-            port: port
-                .parse()
-                .map_err(|_| format!("POSTGRES_PORT `{port}` is not a port number"))?,
-            database: var("POSTGRES_DATABASE").unwrap_or_else(|| "postgres".into()),
-            user: var("POSTGRES_USER").unwrap_or_else(|| "postgres".into()),
-            password: var("POSTGRES_PASSWORD"),
-            sslmode: default_sslmode(),
-            sslrootcert: default_sslrootcert(),
+            host: vars("POSTGRES_HOST").unwrap_or_else(|| "localhost".into()),
+            port: port(vars, "POSTGRES_PORT", 5432)?,
+            database: vars("POSTGRES_DATABASE").unwrap_or_else(|| "postgres".into()),
+            user: vars("POSTGRES_USER").unwrap_or_else(|| "postgres".into()),
+            password: vars("POSTGRES_PASSWORD"),
+            sslmode: default_sslmode(vars),
+            sslrootcert: default_sslrootcert(vars),
         })
     }
 
-    /// Parses `postgres://user:pass@host:port/db?sslmode=...`.
+    /// Parses `postgres://user:pass@host:port/db?sslmode=...` (see [`UrlParts`] for where the
+    /// password ends). Errors name the part that is wrong, never the URL's text.
     pub fn from_url(url: &str) -> Result<PostgresSettings, String> {
-        let parts = UrlParts::parse(url, &["postgres", "postgresql"])?;
-        let sslmode = parts.query("sslmode").unwrap_or_else(default_sslmode);
-        let sslrootcert = parts.query("sslrootcert").or_else(default_sslrootcert);
+        Self::parse_url(url, "DATABASE_URL", &var)
+    }
+
+    fn parse_url(url: &str, name: &str, vars: Vars) -> Result<PostgresSettings, String> {
+        let parts = UrlParts::parse(url, name, &["postgres", "postgresql"])?;
+        let sslmode = parts
+            .query("sslmode")
+            .unwrap_or_else(|| default_sslmode(vars));
+        let sslrootcert = parts
+            .query("sslrootcert")
+            .or_else(|| default_sslrootcert(vars));
         Ok(PostgresSettings {
             host: parts.host,
             port: parts.port.unwrap_or(5432),
@@ -104,7 +151,8 @@ impl PostgresSettings {
     }
 
     /// Connects (the connection task runs on the tokio runtime), with TLS as `sslmode`
-    /// says. Errors never carry the password: tokio-postgres does not print it.
+    /// says. Errors never carry the password: tokio-postgres does not print it, and the
+    /// text is scrubbed of it all the same.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, String> {
         use tokio_postgres::config::SslMode;
         let mut pg = tokio_postgres::Config::new();
@@ -117,13 +165,12 @@ impl PostgresSettings {
             pg.password(password);
         }
         let root_cert = self.sslrootcert.as_deref().map(std::path::Path::new);
+        let failed = |e: tokio_postgres::Error| scrub_secret(&error_text(&e), self.password());
         match crate::tls::connector(&self.sslmode, root_cert)? {
             None => {
                 pg.ssl_mode(SslMode::Disable);
-                let (client, connection) = pg
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| error_text(&e))?;
+                let (client, connection) =
+                    pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
                 tokio::spawn(async move { log_connection_end(connection.await) });
                 Ok(client)
             }
@@ -132,7 +179,7 @@ impl PostgresSettings {
                     "allow" | "prefer" => SslMode::Prefer,
                     _ => SslMode::Require,
                 });
-                let (client, connection) = pg.connect(tls).await.map_err(|e| error_text(&e))?;
+                let (client, connection) = pg.connect(tls).await.map_err(failed)?;
                 tokio::spawn(async move { log_connection_end(connection.await) });
                 Ok(client)
             }
@@ -189,20 +236,26 @@ pub struct MatomoSettings {
 
 impl MatomoSettings {
     pub fn from_env() -> Result<MatomoSettings, String> {
-        let port = var("MATOMO_PORT").unwrap_or_else(|| "3306".into());
+        Self::from_vars(&var)
+    }
+
+    fn from_vars(vars: Vars) -> Result<MatomoSettings, String> {
         Ok(MatomoSettings {
-            host: var("MATOMO_HOST").unwrap_or_else(|| "localhost".into()),
-            port: port
-                .parse()
-                .map_err(|_| format!("MATOMO_PORT `{port}` is not a port number"))?,
-            database: var("MATOMO_DATABASE").unwrap_or_else(|| "matomo".into()),
-            user: var("MATOMO_USER").unwrap_or_else(|| "root".into()),
-            password: var("MATOMO_PASSWORD"),
+            host: vars("MATOMO_HOST").unwrap_or_else(|| "localhost".into()),
+            port: port(vars, "MATOMO_PORT", 3306)?,
+            database: vars("MATOMO_DATABASE").unwrap_or_else(|| "matomo".into()),
+            user: vars("MATOMO_USER").unwrap_or_else(|| "root".into()),
+            password: vars("MATOMO_PASSWORD"),
         })
     }
 
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()
+    }
+
+    /// `text` (a driver error) without the password, should the driver ever quote it.
+    pub fn scrub(&self, text: &str) -> String {
+        scrub_secret(text, self.password())
     }
 }
 
@@ -225,15 +278,41 @@ impl fmt::Debug for MatomoSettings {
 /// Live MongoDB source: `MONGODB_URL`, `MONGODB_DATABASE`.
 #[derive(Clone)]
 pub struct MongoSettings {
+    /// The URL for the driver: `MONGODB_URL` with its user and password escaped.
     url: String,
+    /// Every form of the password that may show up in a driver error: as written, as
+    /// escaped for the driver, and decoded.
+    secrets: Vec<String>,
     pub database: String,
 }
 
 impl MongoSettings {
     pub fn from_env() -> MongoSettings {
+        Self::from_vars(&var)
+    }
+
+    fn from_vars(vars: Vars) -> MongoSettings {
+        let written = vars("MONGODB_URL").unwrap_or_else(|| "mongodb://localhost:27017".into());
+        let url = escape_userinfo(&written);
+        let mut secrets: Vec<String> = [&written, &url]
+            .iter()
+            .filter_map(|u| split_url(u).userinfo)
+            .filter_map(|info| info.split_once(':').map(|(_, password)| password))
+            .flat_map(|p| {
+                [
+                    p.to_string(),
+                    crate::percent::decode_utf8(p).unwrap_or_default(),
+                ]
+            })
+            .filter(|p| !p.is_empty())
+            .collect();
+        // Longest first, so a secret that contains another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
         MongoSettings {
-            url: var("MONGODB_URL").unwrap_or_else(|| "mongodb://localhost:27017".into()),
-            database: var("MONGODB_DATABASE").unwrap_or_else(|| "default".into()),
+            url,
+            secrets,
+            database: vars("MONGODB_DATABASE").unwrap_or_else(|| "default".into()),
         }
     }
 
@@ -242,20 +321,19 @@ impl MongoSettings {
         &self.url
     }
 
-    /// The URL without its password, for messages.
+    /// The URL without its credentials, for messages.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
     }
 
-    /// `text` with the URL's password replaced, for driver errors that might quote it.
+    /// `text` (a driver error) with the URL's password replaced, in any form the driver might
+    /// quote it.
     pub fn scrub(&self, text: &str) -> String {
-        let full = &self.url;
-        let redacted = self.redacted_url();
-        let text = text.replace(full.as_str(), &redacted);
-        match url_password(full) {
-            Some(p) if !p.is_empty() => text.replace(&p, "***"),
-            _ => text,
+        let mut text = text.replace(self.url.as_str(), &self.redacted_url());
+        for secret in &self.secrets {
+            text = text.replace(secret.as_str(), "***");
         }
+        text
     }
 }
 
@@ -270,33 +348,102 @@ impl fmt::Debug for MongoSettings {
     }
 }
 
-/// `scheme://user:secret@host` -> `scheme://user:***@host`.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:***{}",
-                &url[..scheme_end + 3],
-                &rest[..colon],
-                &rest[at..]
-            ),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+/// `text` with every occurrence of `secret` replaced by `***`.
+fn scrub_secret(text: &str, secret: Option<&str>) -> String {
+    match secret {
+        Some(secret) if !secret.is_empty() => text.replace(secret, "***"),
+        _ => text.to_string(),
     }
 }
 
-fn url_password(url: &str) -> Option<String> {
-    UrlParts::parse(url, &["mongodb", "mongodb+srv"])
-        .ok()
-        .and_then(|p| p.password)
+/// The credentials of a URL replaced: `scheme://user:secret@host/db` ->
+/// `scheme://***@host/db`. Everything from after `scheme://` (or from the start, when the
+/// URL has no valid scheme) to the LAST `@` is hidden, so a password holding `/`, `@`, `:`,
+/// `?`, `#` or `%` is hidden whole; a URL without `@` has no credentials and is shown as is.
+pub fn redact_url(url: &str) -> String {
+    let split = split_url(url);
+    if split.userinfo.is_none() {
+        return url.to_string();
+    }
+    match split.scheme {
+        Some(scheme) => format!("{scheme}://***@{}", split.rest),
+        None => format!("***@{}", split.rest),
+    }
 }
 
+/// A URL cut where every reader of it in this module agrees: the scheme (before the first
+/// `://`, when that is a valid scheme), the credentials (up to the LAST `@`: a password
+/// may hold `/`, `?`, `#`, `@` and `:` unescaped), and the rest (host, port, path, query;
+/// an `@` there must be escaped as `%40`).
+struct UrlSplit<'a> {
+    scheme: Option<&'a str>,
+    userinfo: Option<&'a str>,
+    rest: &'a str,
+}
+
+fn split_url(url: &str) -> UrlSplit<'_> {
+    let (scheme, after) = match url.split_once("://") {
+        Some((scheme, after)) if is_scheme(scheme) => (Some(scheme), after),
+        _ => (None, url),
+    };
+    match after.rsplit_once('@') {
+        Some((userinfo, rest)) => UrlSplit {
+            scheme,
+            userinfo: Some(userinfo),
+            rest,
+        },
+        None => UrlSplit {
+            scheme,
+            userinfo: None,
+            rest: after,
+        },
+    }
+}
+
+/// RFC 3986: a letter, then letters, digits, `+`, `-` or `.`.
+fn is_scheme(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// `url` with its user and password percent-escaped where the MongoDB driver refuses them
+/// raw (`:` in the user, `/ ? # [ ] @` and a `%` that starts no `%XX` escape); escapes
+/// already there are kept, so a correctly escaped URL is unchanged.
+fn escape_userinfo(url: &str) -> String {
+    let split = split_url(url);
+    let Some(userinfo) = split.userinfo else {
+        return url.to_string();
+    };
+    let escaped = match userinfo.split_once(':') {
+        Some((user, password)) => format!("{}:{}", escape_part(user), escape_part(password)),
+        None => escape_part(userinfo),
+    };
+    match split.scheme {
+        Some(scheme) => format!("{scheme}://{escaped}@{}", split.rest),
+        None => format!("{escaped}@{}", split.rest),
+    }
+}
+
+fn escape_part(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.char_indices() {
+        let starts_escape = c == '%'
+            && bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit));
+        if matches!(c, ':' | '/' | '?' | '#' | '[' | ']' | '@') || (c == '%' && !starts_escape) {
+            out.push_str(&format!("%{:02X}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The parts of a database URL (`scheme://user:password@host:port/path?key=value`), split
+/// as [`split_url`] does and percent-decoded.
 struct UrlParts {
     user: Option<String>,
     password: Option<String>,
@@ -307,37 +454,37 @@ struct UrlParts {
 }
 
 impl UrlParts {
-    fn parse(url: &str, schemes: &[&str]) -> Result<UrlParts, String> {
-        let shown = redact_url(url);
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| format!("`{shown}` is not a URL"))?;
-        if !schemes.contains(&scheme) {
-            return Err(format!("`{shown}`: expected a {} URL", schemes[0]));
+    /// Parses the URL held by variable `name`. Errors say which variable and which part is
+    /// wrong, never the text: a URL that does not parse may be cut anywhere, so any piece of
+    /// it may be a piece of the password.
+    fn parse(url: &str, name: &str, schemes: &[&str]) -> Result<UrlParts, String> {
+        let expected = schemes.first().copied().unwrap_or("database");
+        let split = split_url(url);
+        if !split.scheme.is_some_and(|s| schemes.contains(&s)) {
+            return Err(format!(
+                "{name} is not a {expected} URL: expected {expected}://user:password@host:port/database"
+            ));
         }
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hostport) = match authority.rfind('@') {
-            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-            None => (None, authority),
+        let decode = |text: &str, part: &str| {
+            crate::percent::decode_utf8(text).ok_or_else(|| {
+                format!("{name}: the {part} is not valid UTF-8 once its %XX escapes are decoded")
+            })
         };
-        let (user, password) = match userinfo {
+        let (user, password) = match split.userinfo {
             Some(info) => match info.split_once(':') {
-                Some((u, p)) => (Some(percent_decode(u)), Some(percent_decode(p))),
-                None => (Some(percent_decode(info)), None),
+                Some((u, p)) => (Some(decode(u, "user")?), Some(decode(p, "password")?)),
+                None => (Some(decode(info, "user")?), None),
             },
             None => (None, None),
         };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                Some(
-                    p.parse::<u16>()
-                        .map_err(|_| format!("`{shown}`: bad port `{p}`"))?,
-                ),
-            ),
-            None => (hostport, None),
-        };
+        let (rest, query) = split.rest.split_once('?').unwrap_or((split.rest, ""));
+        let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (host, port) = split_port(hostport)
+            .ok_or_else(|| format!("{name}: the port is not a number from 1 to 65535"))?;
+        let mut pairs = Vec::new();
+        for (key, value) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+            pairs.push((key.to_string(), decode(value, "query")?));
+        }
         Ok(UrlParts {
             user: user.filter(|u| !u.is_empty()),
             password,
@@ -347,12 +494,11 @@ impl UrlParts {
                 host.into()
             },
             port,
-            path: (!path.is_empty()).then(|| percent_decode(path)),
-            query: query
-                .split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), percent_decode(v)))
-                .collect(),
+            path: match path {
+                "" => None,
+                path => Some(decode(path, "database name")?),
+            },
+            query: pairs,
         })
     }
 
@@ -364,22 +510,15 @@ impl UrlParts {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// `host:port` -> host and port; `[v6]:port` and `[v6]` keep their brackets off the port.
+/// `None` when the port is not a number.
+fn split_port(hostport: &str) -> Option<(&str, Option<u16>)> {
+    let port_start = match hostport.rfind(':') {
+        Some(colon) if !hostport[colon..].contains(']') => colon,
+        _ => return Some((hostport, None)),
+    };
+    let (host, port) = (&hostport[..port_start], &hostport[port_start + 1..]);
+    Some((host, Some(port.parse::<u16>().ok()?)))
 }
 
 #[cfg(test)]
@@ -407,14 +546,204 @@ mod tests {
         assert!(!shown.contains("cret"), "{shown}");
     }
 
+    /// Passwords of every troublesome shape: the URL separators, escapes that decode to
+    /// nothing valid, spaces, non-ASCII. Each piece holds the marker `xyzzy`, so a message that
+    /// shows any fragment of a password is caught.
+    const PASSWORDS: &[&str] = &[
+        "xyzzySl/ash",
+        "xyzzy@at@xyzzy",
+        "xyzzy:colon:xyzzy",
+        "xyzzy%zz%xyzzy",
+        "xyzzy#hash#xyzzy",
+        "xyzzy?query?xyzzy",
+        "xyzzy space xyzzy",
+        "xyzzyé中🎉xyzzy",
+        "xyzzy/a@b:c#d?e f%xyzzy",
+        "xyzzy://xyzzy",
+    ];
+
+    fn vars<'a>(table: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            table
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    /// `set_var` panics on a NUL byte: such a `.env` line made `etl` exit 101.
+    #[test]
+    fn dotenv_lines_are_parsed_and_nul_bytes_skipped() {
+        let text = "# comment\nexport A=1\nB = \"two words\"\nC='x=y'\nD\nN\0UL=1\nE=nul\0byte\n=empty\nF=é中\n";
+        assert_eq!(
+            parse_dotenv(text),
+            [
+                ("A".to_string(), "1".to_string()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x=y".into()),
+                ("F".into(), "é中".into()),
+            ]
+        );
+    }
+
     #[test]
     fn redacts_passwords_in_urls() {
         assert_eq!(
             redact_url("mongodb://u:p4ss@h:27017/db"),
-            "mongodb://u:***@h:27017/db"
+            "mongodb://***@h:27017/db"
         );
         assert_eq!(redact_url("mongodb://h:27017"), "mongodb://h:27017");
         let err = PostgresSettings::from_url("mysql://u:topsecret@h/db").unwrap_err();
         assert!(!err.contains("topsecret"), "{err}");
+    }
+
+    /// `redact_url` ended the credentials at the first `/` (`postgres://u:Sl/ash@host/db`
+    /// showed `Sl/ash`) and redacted nothing without `://`.
+    #[test]
+    fn redaction_runs_to_the_last_at_with_or_without_scheme() {
+        for (url, shown) in [
+            ("postgres://u:Sl/ash@host/db", "postgres://***@host/db"),
+            ("postgres//u:pw@host/db", "***@host/db"),
+            ("u:pw@host:5432/db", "***@host:5432/db"),
+            (
+                "mongodb://u:a/b@c:d#e?f%g h@host:27017/db?w=1",
+                "mongodb://***@host:27017/db?w=1",
+            ),
+            (
+                "mongodb+srv://u:p@cluster.example/db",
+                "mongodb+srv://***@cluster.example/db",
+            ),
+            // Not a scheme: the password holds `://`.
+            ("u:p://q@host/db", "***@host/db"),
+            ("mongodb://host:27017", "mongodb://host:27017"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        for password in PASSWORDS {
+            let shown = redact_url(&format!("postgres://bob:{password}@db.example:5432/app"));
+            assert_eq!(shown, "postgres://***@db.example:5432/app");
+        }
+    }
+
+    #[test]
+    fn database_url_passwords_of_any_shape_parse_and_never_show() {
+        for password in PASSWORDS {
+            let url = format!("postgres://bob:{password}@db.example:6543/app?sslmode=require");
+            let s = PostgresSettings::from_url(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(
+                (
+                    s.host.as_str(),
+                    s.port,
+                    s.database.as_str(),
+                    s.user.as_str()
+                ),
+                ("db.example", 6543, "app", "bob"),
+                "{url}"
+            );
+            assert_eq!(s.password(), Some(*password), "{url}");
+            assert_eq!(s.sslmode, "require");
+            let shown = format!("{s} {s:?}");
+            assert!(!shown.contains("xyzzy"), "{shown}");
+        }
+        let s = PostgresSettings::from_url("postgres://bob:p%2Fa%40ss@[::1]:5433/app").unwrap();
+        assert_eq!(
+            (s.password(), s.host.as_str(), s.port),
+            (Some("p/a@ss"), "[::1]", 5433)
+        );
+        let s = PostgresSettings::from_url("postgresql://bob@[::1]/app").unwrap();
+        assert_eq!(
+            (s.password(), s.host.as_str(), s.port),
+            (None, "[::1]", 5432)
+        );
+    }
+
+    /// A URL that does not parse is never echoed, not even redacted: it may be cut anywhere.
+    #[test]
+    fn malformed_database_urls_name_the_variable_and_the_part_never_the_text() {
+        for (url, part) in [
+            ("postgres//bob:xyzzySl/ash@host/db", "not a postgres URL"),
+            ("xyzzy", "not a postgres URL"),
+            ("mysql://bob:xyzzy@host/db", "not a postgres URL"),
+            ("xyzzy://bob@host/db", "not a postgres URL"),
+            ("postgres://bob:xyzzy@host:xyzzy/db", "port"),
+            ("postgres://bob:xyzzy@host:99999/db", "port"),
+            ("postgres://bob:xyzzy%ff@host/db", "password"),
+            ("postgres://bob%ffxyzzy:pw@host/db", "user"),
+            ("postgres://bob:xyzzy@host/db%ff", "database name"),
+            ("postgres://bob:xyzzy@host/db?sslmode=%ffxyzzy", "query"),
+        ] {
+            let err = PostgresSettings::from_url(url).expect_err(url);
+            assert!(
+                err.contains("DATABASE_URL") && err.contains(part),
+                "{url}: {err}"
+            );
+            assert!(!err.contains("xyzzy"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn settings_from_variables_never_show_the_password() {
+        for password in PASSWORDS {
+            let table = [
+                ("POSTGRES_HOST", "db.example"),
+                ("POSTGRES_PASSWORD", password),
+                ("MATOMO_PASSWORD", password),
+            ];
+            let pg = PostgresSettings::from_vars(&vars(&table)).unwrap();
+            assert_eq!(pg.password(), Some(*password));
+            let matomo = MatomoSettings::from_vars(&vars(&table)).unwrap();
+            assert_eq!(matomo.password(), Some(*password));
+            let shown = format!("{pg} {pg:?} {matomo} {matomo:?}");
+            assert!(!shown.contains("xyzzy"), "{shown}");
+            assert_eq!(
+                matomo.scrub(&format!("driver said {password}!")),
+                "driver said ***!"
+            );
+        }
+        // A password pasted into the port variable is not echoed.
+        for name in ["POSTGRES_PORT", "MATOMO_PORT"] {
+            let table = [(name, "xyzzy")];
+            let err = match name {
+                "POSTGRES_PORT" => PostgresSettings::from_vars(&vars(&table)).unwrap_err(),
+                _ => MatomoSettings::from_vars(&vars(&table)).unwrap_err(),
+            };
+            assert!(err.contains(name) && !err.contains("xyzzy"), "{err}");
+        }
+        // DATABASE_URL wins over the POSTGRES_* variables.
+        let table = [
+            ("DATABASE_URL", "postgres://u:p@url.example/db"),
+            ("POSTGRES_HOST", "vars.example"),
+        ];
+        let pg = PostgresSettings::from_vars(&vars(&table)).unwrap();
+        assert_eq!(pg.host, "url.example");
+    }
+
+    /// The MongoDB driver refuses `/ ? # @ :` and a bare `%` in a password: the URL it gets
+    /// has them escaped, so it reads the password as written; messages never show it.
+    #[test]
+    fn mongodb_url_passwords_of_any_shape_reach_the_driver_and_never_show() {
+        for password in PASSWORDS {
+            let written = format!("mongodb://bob:{password}@db.example:27017/app?appName=etl");
+            let table = [("MONGODB_URL", written.as_str())];
+            let s = MongoSettings::from_vars(&vars(&table));
+            let parsed = mongodb::options::ConnectionString::parse(s.url())
+                .unwrap_or_else(|e| panic!("{password}: {e}"));
+            let credential = parsed.credential.expect("credential");
+            assert_eq!(credential.username.as_deref(), Some("bob"));
+            assert_eq!(credential.password.as_deref(), Some(*password));
+            assert_eq!(
+                s.redacted_url(),
+                "mongodb://***@db.example:27017/app?appName=etl"
+            );
+            let escaped = split_url(s.url()).userinfo.unwrap_or_default().to_string();
+            let driver_error = format!("failed: {written} / {} / {password} / {escaped}", s.url());
+            let shown = format!("{s:?} {}", s.scrub(&driver_error));
+            assert!(!shown.contains("xyzzy"), "{shown}");
+        }
+        // A URL the user escaped already is passed on unchanged.
+        let table = [("MONGODB_URL", "mongodb://bob:p%40ss%2F@h:27017/db")];
+        let s = MongoSettings::from_vars(&vars(&table));
+        assert_eq!(s.url(), "mongodb://bob:p%40ss%2F@h:27017/db");
+        assert_eq!(s.scrub("auth p@ss/ failed"), "auth *** failed");
     }
 }

@@ -23,22 +23,23 @@ fn matomo_database(name: &str) -> String {
 
 fn mariadb(db: &str, sql: &str) -> String {
     use std::io::Write;
-    let var = |k: &str| {
-        std::env::var(k)
-            .unwrap_or_else(|_| panic!("{k} is not set: run the tests with `make test`"))
-    };
+    require_services(MARIADB_VARS);
     let mut child = Command::new("mariadb")
         .args([
             "-h",
-            &var("MATOMO_HOST"),
+            &service_var("MATOMO_HOST"),
             "-P",
-            &var("MATOMO_PORT"),
+            &service_var("MATOMO_PORT"),
             "-u",
-            &var("MATOMO_USER"),
+            &service_var("MATOMO_USER"),
             "-N",
             "-B",
         ])
-        .arg(format!("-p{}", var("MATOMO_PASSWORD")))
+        // The client reads the password from the environment: not on a command line `ps` shows.
+        .env(
+            "MYSQL_PWD",
+            std::env::var("MATOMO_PASSWORD").unwrap_or_default(),
+        )
         .args(if db.is_empty() {
             vec![]
         } else {
@@ -175,4 +176,93 @@ fn matomo_incremental_window_is_inclusive_and_reruns_are_safe() {
     );
     // log_action has an integer watermark: only ids >= the highest loaded come again.
     assert_eq!(extracted("matomo_log_action"), "1", "{text}");
+}
+
+/// The transform summary's row for `table`: extracted, transformed, rejected, filtered.
+fn transform_counts(text: &str, table: &str) -> Vec<u64> {
+    let section = text
+        .split("transform: run")
+        .nth(1)
+        .and_then(|t| t.split("load: run").next())
+        .unwrap_or_default();
+    section
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(table))
+        .unwrap_or_else(|| panic!("no transform row for {table}: {text}"))
+        .split_whitespace()
+        .skip(1)
+        .take(4)
+        .map(|n| n.parse().unwrap_or_else(|_| panic!("not a count: {n}")))
+        .collect()
+}
+
+/// The rejects of `table` in the newest run, pretty-printed.
+fn rejects(work: &Workdir, table: &str) -> String {
+    let mut runs: Vec<_> = std::fs::read_dir(work.path().join("staging"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    runs.sort();
+    let path = runs
+        .last()
+        .unwrap()
+        .join(format!("rejects/{table}.parquet"));
+    let (_, batches) = etl::staging::read_batches(&path).unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
+/// A Matomo date that names no day (`2024-02-30` under `ALLOW_INVALID_DATES`) stopped the
+/// whole extract. Now the extract goes on, transform rejects that row with the reason and the
+/// raw date, the other rows load, and the counts add up.
+#[test]
+fn an_invalid_matomo_date_rejects_its_row_with_the_raw_value() {
+    let db = matomo_database("matomo_baddate");
+    mariadb(
+        &db,
+        "SET SESSION sql_mode = 'ALLOW_INVALID_DATES';
+         UPDATE matomo_log_visit SET visit_first_action_time = '2024-02-30 10:00:00'
+           WHERE idvisit = 18446744073709551615;
+         UPDATE matomo_log_link_visit_action SET server_time = '2024-02-31 08:00:00'
+           WHERE idlink_va = 2;",
+    );
+    let work = Workdir::new();
+    let url = fresh_database("matomo_baddate");
+    let text = run_matomo(&work, &db, &url);
+
+    // Visit 1 loads; visit 2 (zero date in a NOT NULL column) and the max visit (invalid date)
+    // are rejected: 3 extracted = 1 transformed + 2 rejected.
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT string_agg(idvisit::text, ',' ORDER BY idvisit) FROM matomo_log_visit"
+        )
+        .trim(),
+        "1"
+    );
+    assert_eq!(transform_counts(&text, "matomo_log_visit"), [3, 1, 2, 0]);
+    let shown = rejects(&work, "matomo_log_visit");
+    assert!(
+        shown.contains("18446744073709551615")
+            && shown.contains("visit_first_action_time: ")
+            && shown.contains(r#"{"visit_first_action_time":"2024-02-30 10:00:00"}"#),
+        "{shown}"
+    );
+    assert_eq!(
+        transform_counts(&text, "matomo_log_link_visit_action"),
+        [2, 1, 1, 0]
+    );
+    let shown = rejects(&work, "matomo_log_link_visit_action");
+    assert!(
+        shown.contains(r#"{"server_time":"2024-02-31 08:00:00"}"#),
+        "{shown}"
+    );
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM matomo_log_link_visit_action WHERE idlink_va = 2"
+        ),
+        0
+    );
 }

@@ -163,6 +163,7 @@ fn parse_file(
 }
 
 /// Checks one table on its own and builds its spec (meaningful only if no problem was added).
+/// Each section adds its problems in the order a reader of the YAML meets the keys.
 fn build_table(
     path: &Path,
     name: &str,
@@ -171,12 +172,58 @@ fn build_table(
     problems: &mut Problems,
     warnings: &mut Vec<String>,
 ) -> TableSpec {
-    let mut p = |key: &str, message: String| problems.add(path, Some(name), Some(key), message);
+    let p = &mut |key: &str, message: String| problems.add(path, Some(name), Some(key), message);
 
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         p("name", "table names are letters, digits and `_`".into());
     }
-    let source = match kind {
+    let source = table_source(name, &raw, kind, p);
+    let mut columns = table_columns(&raw, kind, p);
+    let (primary_key, conflict_key) = table_keys(&raw, &columns, p);
+    let explode = table_explode(&raw, &columns, p);
+    let dedupe = table_dedupe(&raw, &columns, &conflict_key, p);
+    let filter_exists = table_filter(&raw, p);
+    check_strategy(&raw, p);
+    let watermark = table_watermark(&raw, kind, &columns, p);
+    let time_zone = table_time_zone(&raw, p);
+
+    if raw.truncate_before_import && !raw.force_reimport {
+        warnings.push(format!(
+            "{}: table `{name}`: truncate_before_import has no effect without force_reimport",
+            path.display()
+        ));
+    }
+    if let Some(explode) = &explode {
+        link_parent_column(&mut columns, &explode.parent_column);
+    }
+
+    TableSpec {
+        name: name.to_string(),
+        file: path.to_path_buf(),
+        source,
+        columns,
+        primary_key,
+        unique: raw.unique,
+        conflict_key,
+        export_order: raw.export_order.unwrap_or(0),
+        force_reimport: raw.force_reimport,
+        truncate_before_import: raw.truncate_before_import,
+        explode,
+        dedupe,
+        filter_exists,
+        watermark,
+        time_zone,
+    }
+}
+
+/// Where the rows come from; keys of the other file's kind are refused.
+fn table_source(
+    name: &str,
+    raw: &RawTable,
+    kind: FileKind,
+    p: &mut impl FnMut(&str, String),
+) -> Source {
+    match kind {
         FileKind::Mongo => {
             if raw.matomo_table.is_some() {
                 p(
@@ -210,9 +257,15 @@ fn build_table(
                 table: raw.matomo_table.clone().unwrap_or_else(|| name.to_string()),
             }
         }
-    };
+    }
+}
 
-    // Columns: base ones first, then `columns`, then `additional_columns`.
+/// Columns: base ones first, then `columns`, then `additional_columns`.
+fn table_columns(
+    raw: &RawTable,
+    kind: FileKind,
+    p: &mut impl FnMut(&str, String),
+) -> Vec<ColumnSpec> {
     let mut columns: Vec<ColumnSpec> = Vec::new();
     if raw.include_base {
         for (col, ty, src) in [
@@ -229,17 +282,17 @@ fn build_table(
             });
         }
     }
-    let listed = raw.columns.iter().map(|c| ("columns", c));
+    let listed = raw
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ("columns", i, c));
     let additional = raw
         .additional_columns
         .iter()
-        .map(|c| ("additional_columns", c));
-    for (i, (list, rc)) in listed.chain(additional).enumerate() {
-        let index = if list == "columns" {
-            i
-        } else {
-            i - raw.columns.len()
-        };
+        .enumerate()
+        .map(|(i, c)| ("additional_columns", i, c));
+    for (list, index, rc) in listed.chain(additional) {
         let key = |k: &str| format!("{list}[{index}].{k}");
         match build_column(rc, raw.explode.is_some(), kind) {
             Ok(col) => {
@@ -255,9 +308,20 @@ fn build_table(
     if columns.is_empty() {
         p("columns", "a table needs at least one column".into());
     }
-    let has = |c: &str| columns.iter().any(|col| col.name == c);
+    columns
+}
 
-    // Keys.
+fn has_column(columns: &[ColumnSpec], name: &str) -> bool {
+    columns.iter().any(|col| col.name == name)
+}
+
+/// The primary key and the upsert's conflict key (the primary key, or `unique` when the
+/// primary key is generated).
+fn table_keys(
+    raw: &RawTable,
+    columns: &[ColumnSpec],
+    p: &mut impl FnMut(&str, String),
+) -> (Vec<String>, Vec<String>) {
     let mut primary_key = raw.primary_key.clone();
     if raw.include_base {
         if !primary_key.is_empty() && primary_key != ["id"] {
@@ -269,7 +333,7 @@ fn build_table(
         primary_key = vec!["id".into()];
     }
     for (key, cols) in [("primary_key", &primary_key), ("unique", &raw.unique)] {
-        for c in cols.iter().filter(|c| !has(c)) {
+        for c in cols.iter().filter(|c| !has_column(columns, c)) {
             p(
                 key,
                 format!("names column `{c}`, which the table does not have"),
@@ -297,7 +361,7 @@ fn build_table(
                 .into(),
         );
     }
-    for col in &columns {
+    for col in columns {
         if col.source == ColumnSource::Generated && !primary_key.contains(&col.name) {
             p(
                 "columns",
@@ -308,144 +372,173 @@ fn build_table(
             );
         }
     }
+    (primary_key, conflict_key)
+}
 
-    // Arrays exploded into rows.
-    let explode = raw.explode.as_ref().map(|re| {
-        let parent_column = re.parent_column.clone().unwrap_or_default();
-        if parent_column.is_empty() {
-            p(
-                "explode.parent_column",
-                "a link table needs the column that receives the parent's `_id`".into(),
-            );
-        } else if !has(&parent_column) {
-            p(
-                "explode.parent_column",
-                format!("names column `{parent_column}`, which the table does not have"),
-            );
-        }
-        if re.arrays.is_empty() {
-            p("explode.arrays", "list at least one array field".into());
-        }
-        let typed = re.arrays.iter().filter(|a| a.type_value.is_some()).count();
-        let has_type_column = columns.iter().any(|c| c.source == ColumnSource::ArrayType);
-        if typed != 0 && typed != re.arrays.len() {
-            p(
-                "explode.arrays",
-                "either every array has a `type` or none has".into(),
-            );
-        }
-        if typed > 0 && !has_type_column {
-            p(
-                "explode.arrays",
-                "arrays have a `type` but no column has `source: array_type`".into(),
-            );
-        }
-        if typed == 0 && has_type_column {
-            p(
-                "columns",
-                "a column has `source: array_type` but the arrays have no `type`".into(),
-            );
-        }
-        if re.arrays.len() > 1 && typed == 0 {
-            p(
-                "explode.arrays",
-                "several arrays in one table need a `type` each to tell them apart".into(),
-            );
-        }
-        if !columns.iter().any(|c| c.source == ColumnSource::Element) {
-            p(
-                "columns",
-                "a link table needs a column with `source: element` (the element's id)".into(),
-            );
-        }
-        let children = match raw.children.as_deref() {
-            None | Some("replace") => Children::Replace,
-            Some("upsert") => Children::Upsert,
-            Some(other) => {
-                p(
-                    "children",
-                    format!("unknown mode `{other}`: expected `replace` or `upsert`"),
-                );
-                Children::Replace
-            }
-        };
-        ExplodeSpec {
-            parent_column: parent_column.clone(),
-            arrays: re
-                .arrays
-                .iter()
-                .map(|a| ArraySpec {
-                    field: a.field.clone(),
-                    type_value: a.type_value.clone(),
-                })
-                .collect(),
-            children,
-        }
-    });
-    if raw.explode.is_none() {
-        if raw.children.is_some() {
+/// Arrays exploded into rows; without `explode`, the keys and column sources that need it
+/// are refused.
+fn table_explode(
+    raw: &RawTable,
+    columns: &[ColumnSpec],
+    p: &mut impl FnMut(&str, String),
+) -> Option<ExplodeSpec> {
+    let Some(re) = raw.explode.as_ref() else {
+        check_not_exploded(raw, columns, p);
+        return None;
+    };
+    let parent_column = re.parent_column.clone().unwrap_or_default();
+    if parent_column.is_empty() {
+        p(
+            "explode.parent_column",
+            "a link table needs the column that receives the parent's `_id`".into(),
+        );
+    } else if !has_column(columns, &parent_column) {
+        p(
+            "explode.parent_column",
+            format!("names column `{parent_column}`, which the table does not have"),
+        );
+    }
+    check_exploded_arrays(re, columns, p);
+    let children = match raw.children.as_deref() {
+        None | Some("replace") => Children::Replace,
+        Some("upsert") => Children::Upsert,
+        Some(other) => {
             p(
                 "children",
-                "only link tables (`explode`) replace children".into(),
+                format!("unknown mode `{other}`: expected `replace` or `upsert`"),
+            );
+            Children::Replace
+        }
+    };
+    Some(ExplodeSpec {
+        parent_column,
+        arrays: re
+            .arrays
+            .iter()
+            .map(|a| ArraySpec {
+                field: a.field.clone(),
+                type_value: a.type_value.clone(),
+            })
+            .collect(),
+        children,
+    })
+}
+
+/// The arrays of a link table, their `type`s and the columns that take them.
+fn check_exploded_arrays(
+    re: &super::raw::RawExplode,
+    columns: &[ColumnSpec],
+    p: &mut impl FnMut(&str, String),
+) {
+    if re.arrays.is_empty() {
+        p("explode.arrays", "list at least one array field".into());
+    }
+    let typed = re.arrays.iter().filter(|a| a.type_value.is_some()).count();
+    let has_type_column = columns.iter().any(|c| c.source == ColumnSource::ArrayType);
+    if typed != 0 && typed != re.arrays.len() {
+        p(
+            "explode.arrays",
+            "either every array has a `type` or none has".into(),
+        );
+    }
+    if typed > 0 && !has_type_column {
+        p(
+            "explode.arrays",
+            "arrays have a `type` but no column has `source: array_type`".into(),
+        );
+    }
+    if typed == 0 && has_type_column {
+        p(
+            "columns",
+            "a column has `source: array_type` but the arrays have no `type`".into(),
+        );
+    }
+    if re.arrays.len() > 1 && typed == 0 {
+        p(
+            "explode.arrays",
+            "several arrays in one table need a `type` each to tell them apart".into(),
+        );
+    }
+    if !columns.iter().any(|c| c.source == ColumnSource::Element) {
+        p(
+            "columns",
+            "a link table needs a column with `source: element` (the element's id)".into(),
+        );
+    }
+}
+
+/// A table without `explode` has no children mode and no column taking an array element.
+fn check_not_exploded(raw: &RawTable, columns: &[ColumnSpec], p: &mut impl FnMut(&str, String)) {
+    if raw.children.is_some() {
+        p(
+            "children",
+            "only link tables (`explode`) replace children".into(),
+        );
+    }
+    for c in columns {
+        if matches!(c.source, ColumnSource::Element | ColumnSource::ArrayType) {
+            p(
+                "columns",
+                format!(
+                    "column `{}` takes an array element but the table has no `explode`",
+                    c.name
+                ),
             );
         }
-        for c in &columns {
-            if matches!(c.source, ColumnSource::Element | ColumnSource::ArrayType) {
+    }
+}
+
+/// One row per key, columns combined by rule; the key must be the upsert key.
+fn table_dedupe(
+    raw: &RawTable,
+    columns: &[ColumnSpec],
+    conflict_key: &[String],
+    p: &mut impl FnMut(&str, String),
+) -> Option<DedupeSpec> {
+    let rd = raw.dedupe.as_ref()?;
+    if rd.key.is_empty() {
+        p("dedupe.key", "list the columns that identify a row".into());
+    }
+    for c in rd.key.iter().filter(|c| !has_column(columns, c)) {
+        p(
+            "dedupe.key",
+            format!("names column `{c}`, which the table does not have"),
+        );
+    }
+    let mut keep = Vec::new();
+    for (col, rule) in &rd.keep.0 {
+        if !has_column(columns, col) {
+            p(&format!("dedupe.keep.{col}"), "no such column".into());
+        }
+        let rule = match rule.as_str() {
+            "min" => Keep::Min,
+            "max" => Keep::Max,
+            "first" => Keep::First,
+            "last" => Keep::Last,
+            other => {
                 p(
-                    "columns",
-                    format!(
-                        "column `{}` takes an array element but the table has no `explode`",
-                        c.name
-                    ),
+                    &format!("dedupe.keep.{col}"),
+                    format!("unknown rule `{other}`: min, max, first or last"),
                 );
+                Keep::Last
             }
-        }
+        };
+        keep.push((col.clone(), rule));
     }
-
-    let dedupe = raw.dedupe.as_ref().map(|rd| {
-        if rd.key.is_empty() {
-            p("dedupe.key", "list the columns that identify a row".into());
-        }
-        for c in rd.key.iter().filter(|c| !has(c)) {
-            p(
-                "dedupe.key",
-                format!("names column `{c}`, which the table does not have"),
-            );
-        }
-        let mut keep = Vec::new();
-        for (col, rule) in &rd.keep.0 {
-            if !has(col) {
-                p(&format!("dedupe.keep.{col}"), "no such column".into());
-            }
-            let rule = match rule.as_str() {
-                "min" => Keep::Min,
-                "max" => Keep::Max,
-                "first" => Keep::First,
-                "last" => Keep::Last,
-                other => {
-                    p(
-                        &format!("dedupe.keep.{col}"),
-                        format!("unknown rule `{other}`: min, max, first or last"),
-                    );
-                    Keep::Last
-                }
-            };
-            keep.push((col.clone(), rule));
-        }
-        DedupeSpec {
-            key: rd.key.clone(),
-            keep,
-        }
-    });
-    if let Some(d) = &dedupe {
-        if !d.key.is_empty() && d.key != conflict_key {
-            p(
-                "dedupe.key",
-                format!("must equal the upsert key ({})", conflict_key.join(", ")),
-            );
-        }
+    if !rd.key.is_empty() && rd.key != conflict_key {
+        p(
+            "dedupe.key",
+            format!("must equal the upsert key ({})", conflict_key.join(", ")),
+        );
     }
+    Some(DedupeSpec {
+        key: rd.key.clone(),
+        keep,
+    })
+}
 
+/// The fields a document must have (`filter.exists`).
+fn table_filter(raw: &RawTable, p: &mut impl FnMut(&str, String)) -> Vec<String> {
     let filter_exists = raw
         .filter
         .as_ref()
@@ -457,28 +550,41 @@ fn build_table(
             "list the fields a document must have".into(),
         );
     }
+    filter_exists
+}
 
-    // The Python strategy names: accepted when the declarative form says the same.
-    if let Some(strategy) = raw.import_strategy.as_deref() {
-        let hint = if STRATEGIES_EXPLODE.contains(&strategy) {
-            raw.explode.is_none().then_some(
-                "was a Python class: declare it with `explode: {parent_column, arrays}` and a column with `source: element`",
-            )
-        } else if STRATEGIES_DEDUPE.contains(&strategy) {
-            raw.dedupe.is_none().then_some(
-                "was a Python class: declare it with `dedupe: {key, keep}` and `filter: {exists: [user]}`",
-            )
-        } else if STRATEGIES_DIRECT.contains(&strategy) {
-            None
-        } else {
-            Some("is not a strategy of the Python tool; the behaviour comes from `explode`, `children`, `dedupe` and `filter`")
-        };
-        if let Some(hint) = hint {
-            p("import_strategy", format!("`{strategy}` {hint}"));
-        }
+/// The Python strategy names: accepted when the declarative form says the same.
+fn check_strategy(raw: &RawTable, p: &mut impl FnMut(&str, String)) {
+    let Some(strategy) = raw.import_strategy.as_deref() else {
+        return;
+    };
+    let hint = if STRATEGIES_EXPLODE.contains(&strategy) {
+        raw.explode.is_none().then_some(
+            "was a Python class: declare it with `explode: {parent_column, arrays}` and a column with `source: element`",
+        )
+    } else if STRATEGIES_DEDUPE.contains(&strategy) {
+        raw.dedupe.is_none().then_some(
+            "was a Python class: declare it with `dedupe: {key, keep}` and `filter: {exists: [user]}`",
+        )
+    } else if STRATEGIES_DIRECT.contains(&strategy) {
+        None
+    } else {
+        Some("is not a strategy of the Python tool; the behaviour comes from `explode`, `children`, `dedupe` and `filter`")
+    };
+    if let Some(hint) = hint {
+        p("import_strategy", format!("`{strategy}` {hint}"));
     }
+}
 
-    let watermark = match (&raw.watermark, kind) {
+/// The column whose highest value starts the next window; MongoDB tables with both base
+/// timestamps default to `GREATEST(created_at, updated_at)`.
+fn table_watermark(
+    raw: &RawTable,
+    kind: FileKind,
+    columns: &[ColumnSpec],
+    p: &mut impl FnMut(&str, String),
+) -> Watermark {
+    match (&raw.watermark, kind) {
         (Some(col), _) => {
             match columns.iter().find(|c| &c.name == col) {
                 None => p(
@@ -496,13 +602,17 @@ fn build_table(
             }
             Watermark::Column(col.clone())
         }
-        (None, FileKind::Mongo) if has("created_at") && has("updated_at") => {
+        (None, FileKind::Mongo)
+            if has_column(columns, "created_at") && has_column(columns, "updated_at") =>
+        {
             Watermark::CreatedUpdated
         }
         (None, _) => Watermark::None,
-    };
+    }
+}
 
-    let time_zone = match raw.time_zone.as_deref() {
+fn table_time_zone(raw: &RawTable, p: &mut impl FnMut(&str, String)) -> chrono_tz::Tz {
+    match raw.time_zone.as_deref() {
         None => chrono_tz::UTC,
         Some(tz) => tz.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
             p(
@@ -511,40 +621,15 @@ fn build_table(
             );
             chrono_tz::UTC
         }),
-    };
-
-    if raw.truncate_before_import && !raw.force_reimport {
-        warnings.push(format!(
-            "{}: table `{name}`: truncate_before_import has no effect without force_reimport",
-            path.display()
-        ));
     }
+}
 
-    // In a link table the parent column takes the parent's `_id` unless it names another field.
-    if let Some(parent) = explode.as_ref().map(|e| e.parent_column.clone()) {
-        if let Some(col) = columns.iter_mut().find(|c| c.name == parent) {
-            if col.source == ColumnSource::Field(col.name.clone()) {
-                col.source = ColumnSource::Field("_id".into());
-            }
+/// In a link table the parent column takes the parent's `_id` unless it names another field.
+fn link_parent_column(columns: &mut [ColumnSpec], parent: &str) {
+    if let Some(col) = columns.iter_mut().find(|c| c.name == parent) {
+        if col.source == ColumnSource::Field(col.name.clone()) {
+            col.source = ColumnSource::Field("_id".into());
         }
-    }
-
-    TableSpec {
-        name: name.to_string(),
-        file: path.to_path_buf(),
-        source,
-        columns,
-        primary_key,
-        unique: raw.unique,
-        conflict_key,
-        export_order: raw.export_order.unwrap_or(0),
-        force_reimport: raw.force_reimport,
-        truncate_before_import: raw.truncate_before_import,
-        explode,
-        dedupe,
-        filter_exists,
-        watermark,
-        time_zone,
     }
 }
 
@@ -652,6 +737,8 @@ fn parse_foreign_key(text: &str) -> Option<ForeignKey> {
     })
 }
 
+/// Checks between tables: each name declared once, each foreign key pointing at a key of
+/// a declared table, with a matching type.
 fn check_cross_table(tables: &[TableSpec], problems: &mut Problems) {
     let mut seen: HashMap<&str, &Path> = HashMap::new();
     for t in tables {
@@ -666,60 +753,46 @@ fn check_cross_table(tables: &[TableSpec], problems: &mut Problems) {
     }
     for t in tables {
         for c in &t.columns {
-            let Some(fk) = &c.foreign_key else { continue };
-            let key = format!("{}.foreign_key", c.name);
-            match tables.iter().find(|o| o.name == fk.table) {
-                None => problems.add(
-                    &t.file,
-                    Some(&t.name),
-                    Some(&key),
-                    format!(
-                        "column `{}` references table `{}`, which no config declares",
-                        c.name, fk.table
-                    ),
-                ),
-                Some(target) => match target.column(&fk.column) {
-                    None => problems.add(
-                        &t.file,
-                        Some(&t.name),
-                        Some(&key),
-                        format!(
-                            "column `{}` references `{}({})`, which has no such column",
-                            c.name, fk.table, fk.column
-                        ),
-                    ),
-                    Some(tc) => {
-                        let unique = target.primary_key == [fk.column.clone()]
-                            || target.unique == [fk.column.clone()];
-                        if !unique {
-                            problems.add(
-                                &t.file,
-                                Some(&t.name),
-                                Some(&key),
-                                format!(
-                                    "`{}({})` is neither the primary key nor a unique key of `{}`",
-                                    fk.table, fk.column, fk.table
-                                ),
-                            );
-                        }
-                        if tc.sql_type.referenced_as() != c.sql_type
-                            && !(is_text(tc.sql_type) && is_text(c.sql_type))
-                        {
-                            problems.add(
-                                &t.file,
-                                Some(&t.name),
-                                Some(&key),
-                                format!(
-                                    "column `{}` is {} but `{}({})` is {}",
-                                    c.name, c.sql_type, fk.table, fk.column, tc.sql_type
-                                ),
-                            );
-                        }
-                    }
-                },
+            if let Some(fk) = &c.foreign_key {
+                let key = format!("{}.foreign_key", c.name);
+                for message in foreign_key_problems(tables, c, fk) {
+                    problems.add(&t.file, Some(&t.name), Some(&key), message);
+                }
             }
         }
     }
+}
+
+/// What is wrong with column `c`'s foreign key `fk`: a missing table or column, a column
+/// that is not a key, a type that differs.
+fn foreign_key_problems(tables: &[TableSpec], c: &ColumnSpec, fk: &ForeignKey) -> Vec<String> {
+    let Some(target) = tables.iter().find(|o| o.name == fk.table) else {
+        return vec![format!(
+            "column `{}` references table `{}`, which no config declares",
+            c.name, fk.table
+        )];
+    };
+    let Some(tc) = target.column(&fk.column) else {
+        return vec![format!(
+            "column `{}` references `{}({})`, which has no such column",
+            c.name, fk.table, fk.column
+        )];
+    };
+    let mut found = Vec::new();
+    let unique = target.primary_key == [fk.column.clone()] || target.unique == [fk.column.clone()];
+    if !unique {
+        found.push(format!(
+            "`{}({})` is neither the primary key nor a unique key of `{}`",
+            fk.table, fk.column, fk.table
+        ));
+    }
+    if tc.sql_type.referenced_as() != c.sql_type && !(is_text(tc.sql_type) && is_text(c.sql_type)) {
+        found.push(format!(
+            "column `{}` is {} but `{}({})` is {}",
+            c.name, c.sql_type, fk.table, fk.column, tc.sql_type
+        ));
+    }
+    found
 }
 
 fn is_text(ty: SqlType) -> bool {

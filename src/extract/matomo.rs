@@ -10,6 +10,13 @@
 //! Staged columns are named by their MariaDB column (`ColumnSource::Field`), in config order,
 //! and are all nullable: a `NOT NULL DATETIME` can still hold `0000-00-00 00:00:00`, which
 //! becomes NULL (counted in `MatomoStats::zero_dates`).
+//!
+//! A date that names no day (`2024-02-30`, `2024-04-00`: MariaDB stores them under
+//! `ALLOW_INVALID_DATES` or without `NO_ZERO_IN_DATE`, and sends their fields as they are)
+//! must not stop a table: like a MongoDB value that does not fit its staged type, it is staged
+//! as NULL with its text in the `<column>__raw` companion that every `DATE`/`DATETIME`/
+//! `TIMESTAMP` column has (counted in `MatomoStats::invalid_dates`). Transform then rejects
+//! the row with that raw value, so it is never loaded as a silent NULL.
 
 use std::sync::Arc;
 
@@ -28,10 +35,11 @@ use arrow::record_batch::RecordBatch;
 use chrono::{NaiveDate, NaiveDateTime};
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Column, Conn, OptsBuilder, Params, Row, Value};
+use mysql_async::{BinaryProtocol, Column, Conn, OptsBuilder, Params, QueryResult, Row, Value};
 
 use crate::config::{ColumnSource, Source, TableSpec, Watermark};
 use crate::settings::MatomoSettings;
+use crate::staging::fields::RAW_SUFFIX;
 
 /// MariaDB's character set number for binary strings (`BINARY`, `VARBINARY`, `BLOB`).
 const BINARY_CHARSET: u16 = 63;
@@ -64,6 +72,8 @@ pub struct MatomoStats {
     pub max_watermark: Option<WatermarkValue>,
     /// `0000-00-00` dates turned into NULL.
     pub zero_dates: u64,
+    /// Dates that name no day, staged as NULL with their text in `<column>__raw`.
+    pub invalid_dates: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,8 +134,6 @@ pub enum ValueProblem {
     InvalidUtf8,
     #[error("TIME {0} is not a time of day (00:00:00 to 23:59:59.999999)")]
     TimeOutOfDay(String),
-    #[error("{0} is not a valid date")]
-    InvalidDate(String),
     #[error("value {0} does not fit the column's Arrow type")]
     OutOfRange(String),
     #[error("unexpected value {0} for the column's Arrow type")]
@@ -264,207 +272,339 @@ pub async fn extract_table(
     table: &TableSpec,
     since: Option<&WatermarkValue>,
     batch_rows: usize,
-    mut on_batch: impl FnMut(RecordBatch) -> anyhow::Result<()>,
+    on_batch: impl FnMut(RecordBatch) -> anyhow::Result<()>,
 ) -> Result<MatomoStats, MatomoError> {
-    let Source::Matomo {
-        table: source_table,
-    } = &table.source
-    else {
-        return Err(MatomoError::NotMatomo {
-            table: table.name.clone(),
-            source_name: table.source.name().to_string(),
-        });
-    };
-    let name = source_table.as_str();
-    let query_err = |source| MatomoError::Query {
-        table: name.to_string(),
-        source,
-    };
-
-    // Each MariaDB column once, in config order, even when two target columns read it.
-    let mut columns: Vec<&str> = Vec::new();
-    for column in table.loaded_columns() {
-        if let ColumnSource::Field(field) = &column.source {
-            if !columns.contains(&field.as_str()) {
-                columns.push(field);
-            }
-        }
-    }
-    let source_name = |target: &str| match table.column(target).map(|c| &c.source) {
-        Some(ColumnSource::Field(field)) => Some(field.as_str()),
-        _ => None,
-    };
-    let watermark = match &table.watermark {
-        Watermark::Column(col) => Some(source_name(col).ok_or_else(|| MatomoError::Watermark {
-            table: name.to_string(),
-            message: format!("watermark column `{col}` is not read from a MariaDB column"),
-        })?),
-        Watermark::None => None,
-        Watermark::CreatedUpdated => {
-            return Err(MatomoError::Watermark {
-                table: name.to_string(),
-                message: "a Matomo table's watermark is one of its columns".into(),
-            })
-        }
-    };
-
-    let source_types = source_columns(conn, name).await.map_err(query_err)?;
-    if source_types.is_empty() {
-        return Err(MatomoError::TableNotFound {
-            table: name.to_string(),
-        });
-    }
-    let type_of = |col: &str| {
-        source_types
-            .iter()
-            .find(|(c, _)| c.eq_ignore_ascii_case(col))
-            .map(|(_, t)| t.as_str())
-    };
-    let missing: Vec<String> = columns
-        .iter()
-        .filter(|c| type_of(c).is_none())
-        .map(|c| c.to_string())
-        .collect();
-    if !missing.is_empty() {
-        return Err(MatomoError::MissingColumns {
-            table: name.to_string(),
-            config: table.file.display().to_string(),
-            columns: missing,
-        });
-    }
-
-    let mut sql = format!(
-        "SELECT {} FROM {}",
-        columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", "),
-        quote_ident(name)
-    );
-    let params = match (since, watermark) {
-        (None, _) => Params::Empty,
-        (Some(since), Some(wm)) => {
-            check_watermark_kind(since, type_of(wm).unwrap_or_default()).map_err(|message| {
-                MatomoError::Watermark {
-                    table: name.to_string(),
-                    message: format!("watermark `{wm}`: {message}"),
-                }
-            })?;
-            let value = since.to_param().ok_or_else(|| MatomoError::Watermark {
-                table: name.to_string(),
-                message: format!("watermark value {since} is not a MariaDB integer"),
-            })?;
-            sql.push_str(&format!(" WHERE {} >= ?", quote_ident(wm)));
-            Params::Positional(vec![value])
-        }
-        (Some(_), None) => {
-            return Err(MatomoError::Watermark {
-                table: name.to_string(),
-                message: "a window was asked for but the table has no watermark column".into(),
-            })
-        }
-    };
+    let plan = ReadPlan::new(table)?;
+    let source_types = plan.check_source_columns(conn, table).await?;
+    let (sql, params) = plan.window_query(since, &source_types)?;
 
     // Text arrives as UTF-8 whatever the column's charset (binary strings stay charset 63),
     // and TIMESTAMP columns in UTC like Matomo's DATETIMEs.
     conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
         .await
-        .map_err(query_err)?;
-    tracing::debug!(table = name, %sql, since = ?since, "extracting Matomo table");
-    let mut result = conn.exec_iter(sql, params).await.map_err(query_err)?;
-    let metas: Vec<(String, ColumnMeta)> = result
-        .columns()
-        .map(|cols| {
-            cols.iter()
-                .map(|c| (c.name_str().into_owned(), ColumnMeta::of(c)))
-                .collect()
+        .map_err(|source| plan.query_error(source))?;
+    tracing::debug!(table = plan.name, %sql, since = ?since, "extracting Matomo table");
+    let mut result = conn
+        .exec_iter(sql, params)
+        .await
+        .map_err(|source| plan.query_error(source))?;
+    let staged = plan.staged_columns(result.columns().as_deref().unwrap_or_default())?;
+    let stats = plan
+        .stream_rows(&mut result, &staged, batch_rows, on_batch)
+        .await?;
+    tracing::debug!(
+        table = plan.name,
+        rows = stats.rows,
+        zero_dates = stats.zero_dates,
+        invalid_dates = stats.invalid_dates,
+        "extracted Matomo table"
+    );
+    Ok(stats)
+}
+
+/// What `extract_table` reads of one table, resolved from its spec.
+struct ReadPlan<'a> {
+    /// The MariaDB table.
+    name: &'a str,
+    /// Each MariaDB column once, in config order, even when two target columns read it.
+    columns: Vec<&'a str>,
+    /// The MariaDB column whose values start the next window.
+    watermark: Option<&'a str>,
+    /// Positions in `columns` of the primary key's columns, to name a row in errors.
+    key_indexes: Vec<usize>,
+}
+
+impl<'a> ReadPlan<'a> {
+    fn new(table: &'a TableSpec) -> Result<ReadPlan<'a>, MatomoError> {
+        let Source::Matomo {
+            table: source_table,
+        } = &table.source
+        else {
+            return Err(MatomoError::NotMatomo {
+                table: table.name.clone(),
+                source_name: table.source.name().to_string(),
+            });
+        };
+        let name = source_table.as_str();
+        let mut columns: Vec<&str> = Vec::new();
+        for column in table.loaded_columns() {
+            if let ColumnSource::Field(field) = &column.source {
+                if !columns.contains(&field.as_str()) {
+                    columns.push(field);
+                }
+            }
+        }
+        let source_name = |target: &str| match table.column(target).map(|c| &c.source) {
+            Some(ColumnSource::Field(field)) => Some(field.as_str()),
+            _ => None,
+        };
+        let watermark = match &table.watermark {
+            Watermark::Column(col) => {
+                Some(source_name(col).ok_or_else(|| MatomoError::Watermark {
+                    table: name.to_string(),
+                    message: format!("watermark column `{col}` is not read from a MariaDB column"),
+                })?)
+            }
+            Watermark::None => None,
+            Watermark::CreatedUpdated => {
+                return Err(MatomoError::Watermark {
+                    table: name.to_string(),
+                    message: "a Matomo table's watermark is one of its columns".into(),
+                })
+            }
+        };
+        let key_indexes = table
+            .primary_key
+            .iter()
+            .filter_map(|k| source_name(k))
+            .filter_map(|k| columns.iter().position(|c| *c == k))
+            .collect();
+        Ok(ReadPlan {
+            name,
+            columns,
+            watermark,
+            key_indexes,
         })
-        .unwrap_or_default();
-
-    let mut fields = Vec::with_capacity(metas.len());
-    for (column, meta) in &metas {
-        let data_type = arrow_type(meta).ok_or_else(|| MatomoError::UnsupportedType {
-            table: name.to_string(),
-            column: column.clone(),
-            type_name: format!("{:?} (flags {:?})", meta.column_type, meta.flags),
-        })?;
-        fields.push(Field::new(column.as_str(), data_type, true));
     }
-    let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let key_indexes: Vec<usize> = table
-        .primary_key
-        .iter()
-        .filter_map(|k| source_name(k))
-        .filter_map(|k| columns.iter().position(|c| *c == k))
-        .collect();
-    let watermark_index = watermark.and_then(|wm| columns.iter().position(|c| *c == wm));
 
-    let batch_rows = batch_rows.max(1);
-    let mut batch = BatchBuilder::new(&schema, batch_rows);
-    let mut warned_zero = vec![false; schema.fields().len()];
-    let mut max_watermark: Option<WatermarkValue> = None;
-    let mut stats = MatomoStats {
-        rows: 0,
-        max_watermark: None,
-        zero_dates: 0,
-    };
-    let mut batches = 0u64;
+    fn query_error(&self, source: mysql_async::Error) -> MatomoError {
+        MatomoError::Query {
+            table: self.name.to_string(),
+            source,
+        }
+    }
 
-    while let Some(row) = result.next().await.map_err(query_err)? {
-        for (i, builder) in batch.columns.iter_mut().enumerate() {
+    fn watermark_error(&self, message: String) -> MatomoError {
+        MatomoError::Watermark {
+            table: self.name.to_string(),
+            message,
+        }
+    }
+
+    /// The table's `(column, data type)`s; every column the config reads must be there.
+    async fn check_source_columns(
+        &self,
+        conn: &mut Conn,
+        table: &TableSpec,
+    ) -> Result<Vec<(String, String)>, MatomoError> {
+        let source_types = source_columns(conn, self.name)
+            .await
+            .map_err(|source| self.query_error(source))?;
+        if source_types.is_empty() {
+            return Err(MatomoError::TableNotFound {
+                table: self.name.to_string(),
+            });
+        }
+        let missing: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| type_of(&source_types, c).is_none())
+            .map(|c| c.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(MatomoError::MissingColumns {
+                table: self.name.to_string(),
+                config: table.file.display().to_string(),
+                columns: missing,
+            });
+        }
+        Ok(source_types)
+    }
+
+    /// The SELECT of the window starting at `since` (inclusive), and its parameter.
+    fn window_query(
+        &self,
+        since: Option<&WatermarkValue>,
+        source_types: &[(String, String)],
+    ) -> Result<(String, Params), MatomoError> {
+        let mut sql = format!(
+            "SELECT {} FROM {}",
+            self.columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            quote_ident(self.name)
+        );
+        let params = match (since, self.watermark) {
+            (None, _) => Params::Empty,
+            (Some(since), Some(wm)) => {
+                check_watermark_kind(since, type_of(source_types, wm).unwrap_or_default())
+                    .map_err(|message| {
+                        self.watermark_error(format!("watermark `{wm}`: {message}"))
+                    })?;
+                let value = since.to_param().ok_or_else(|| {
+                    self.watermark_error(format!(
+                        "watermark value {since} is not a MariaDB integer"
+                    ))
+                })?;
+                sql.push_str(&format!(" WHERE {} >= ?", quote_ident(wm)));
+                Params::Positional(vec![value])
+            }
+            (Some(_), None) => {
+                return Err(self.watermark_error(
+                    "a window was asked for but the table has no watermark column".into(),
+                ))
+            }
+        };
+        Ok((sql, params))
+    }
+
+    /// The Arrow type of each result column (from its metadata) and the staged schema: those
+    /// columns, each date column followed by its `__raw` companion.
+    fn staged_columns(&self, columns: &[Column]) -> Result<StagedColumns, MatomoError> {
+        let mut types = Vec::with_capacity(columns.len());
+        let mut fields = Vec::with_capacity(columns.len());
+        for column in columns {
+            let meta = ColumnMeta::of(column);
+            let data_type = arrow_type(&meta).ok_or_else(|| MatomoError::UnsupportedType {
+                table: self.name.to_string(),
+                column: column.name_str().into_owned(),
+                type_name: format!("{:?} (flags {:?})", meta.column_type, meta.flags),
+            })?;
+            fields.push(Field::new(column.name_str(), data_type.clone(), true));
+            if has_raw_companion(&data_type) {
+                let raw = format!("{}{RAW_SUFFIX}", column.name_str());
+                fields.push(Field::new(raw, DataType::Utf8, true));
+            }
+            types.push(data_type);
+        }
+        Ok(StagedColumns {
+            types,
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    /// Reads every row of the result into batches handed to `on_batch`.
+    async fn stream_rows(
+        &self,
+        result: &mut QueryResult<'_, 'static, BinaryProtocol>,
+        staged: &StagedColumns,
+        batch_rows: usize,
+        mut on_batch: impl FnMut(RecordBatch) -> anyhow::Result<()>,
+    ) -> Result<MatomoStats, MatomoError> {
+        let schema = &staged.schema;
+        let watermark_index = self
+            .watermark
+            .and_then(|wm| self.columns.iter().position(|c| *c == wm));
+        let batch_rows = batch_rows.max(1);
+        let mut batch = BatchBuilder::new(&staged.types, batch_rows);
+        let mut warned = Warned::default();
+        let mut stats = MatomoStats {
+            rows: 0,
+            max_watermark: None,
+            zero_dates: 0,
+            invalid_dates: 0,
+        };
+        let mut batches = 0u64;
+        while let Some(row) = result
+            .next()
+            .await
+            .map_err(|source| self.query_error(source))?
+        {
+            self.append_row(&mut batch, &row, &mut stats, &mut warned)?;
+            if let Some(seen) = watermark_index.and_then(|i| watermark_of(row.as_ref(i)?)) {
+                if stats
+                    .max_watermark
+                    .as_ref()
+                    .is_none_or(|max| seen_is_higher(&seen, max))
+                {
+                    stats.max_watermark = Some(seen);
+                }
+            }
+            stats.rows += 1;
+            batch.rows += 1;
+            if batch.rows >= batch_rows || batch.bytes >= MAX_BATCH_BYTES {
+                flush(&mut batch, schema, self.name, &mut on_batch)?;
+                batches += 1;
+            }
+        }
+        if batch.rows > 0 || batches == 0 {
+            flush(&mut batch, schema, self.name, &mut on_batch)?;
+        }
+        Ok(stats)
+    }
+
+    /// Appends one row's values to the batch; a value that does not convert stops the table
+    /// with an error naming the column and the row's key.
+    fn append_row(
+        &self,
+        batch: &mut BatchBuilder,
+        row: &Row,
+        stats: &mut MatomoStats,
+        warned: &mut Warned,
+    ) -> Result<(), MatomoError> {
+        for (i, (data_type, builder)) in batch.columns.iter_mut().enumerate() {
             let value = row.as_ref(i).unwrap_or(&Value::NULL);
             batch.bytes += ColumnBuilder::bytes_of(value);
+            let column = self.columns.get(i).copied().unwrap_or_default();
             match builder.append(value) {
                 Ok(Appended::Value) => {}
                 Ok(Appended::ZeroDate) => {
                     stats.zero_dates += 1;
-                    if !warned_zero[i] {
-                        warned_zero[i] = true;
+                    if warned.zero_dates.insert(i) {
                         tracing::warn!(
-                            table = name,
-                            column = columns[i],
+                            table = self.name,
+                            column,
                             "zero dates (0000-00-00) in this column become NULL"
+                        );
+                    }
+                }
+                Ok(Appended::InvalidDate) => {
+                    stats.invalid_dates += 1;
+                    if warned.invalid_dates.insert(i) {
+                        tracing::warn!(
+                            table = self.name,
+                            column,
+                            key = row_key(row, &self.key_indexes, &self.columns, stats.rows),
+                            "dates that name no day (like 2024-02-30) in this column: staged as \
+                             text in `{column}{RAW_SUFFIX}`, their rows are rejected by transform"
                         );
                     }
                 }
                 Err(problem) => {
                     return Err(MatomoError::Value {
-                        table: name.to_string(),
-                        column: columns[i].to_string(),
-                        arrow_type: schema.field(i).data_type().to_string(),
-                        key: row_key(&row, &key_indexes, &columns, stats.rows),
+                        table: self.name.to_string(),
+                        column: column.to_string(),
+                        arrow_type: data_type.to_string(),
+                        key: row_key(row, &self.key_indexes, &self.columns, stats.rows),
                         problem: Box::new(problem),
                     })
                 }
             }
         }
-        if let Some(seen) = watermark_index.and_then(|i| watermark_of(row.as_ref(i)?)) {
-            if max_watermark
-                .as_ref()
-                .is_none_or(|max| seen_is_higher(&seen, max))
-            {
-                max_watermark = Some(seen);
-            }
-        }
-        stats.rows += 1;
-        batch.rows += 1;
-        if batch.rows >= batch_rows || batch.bytes >= MAX_BATCH_BYTES {
-            flush(&mut batch, &schema, name, &mut on_batch)?;
-            batches += 1;
-        }
+        Ok(())
     }
-    if batch.rows > 0 || batches == 0 {
-        flush(&mut batch, &schema, name, &mut on_batch)?;
-    }
-    stats.max_watermark = max_watermark;
-    tracing::debug!(
-        table = name,
-        rows = stats.rows,
-        zero_dates = stats.zero_dates,
-        "extracted Matomo table"
-    );
-    Ok(stats)
+}
+
+/// What a result set is staged as.
+struct StagedColumns {
+    /// The Arrow type of each result column, in result order.
+    types: Vec<DataType>,
+    /// The staged schema: those columns, and a `__raw` companion after each date column.
+    schema: SchemaRef,
+}
+
+/// Whether a staged column of this type has a `<column>__raw` companion: dates, whose
+/// invalid values are kept as text there.
+fn has_raw_companion(data_type: &DataType) -> bool {
+    matches!(data_type, DataType::Timestamp(..) | DataType::Date32)
+}
+
+/// Columns (by result position) whose zero or invalid dates were already reported: one
+/// warning per column, not per row.
+#[derive(Default)]
+struct Warned {
+    zero_dates: std::collections::BTreeSet<usize>,
+    invalid_dates: std::collections::BTreeSet<usize>,
+}
+
+/// The data type of `column` in `source_columns`' answer (MariaDB names ignore case).
+fn type_of<'t>(source_types: &'t [(String, String)], column: &str) -> Option<&'t str> {
+    source_types
+        .iter()
+        .find(|(c, _)| c.eq_ignore_ascii_case(column))
+        .map(|(_, t)| t.as_str())
 }
 
 /// `(column name, data type)` of a table in the connection's database; empty when the table
@@ -512,11 +652,10 @@ fn watermark_of(value: &Value) -> Option<WatermarkValue> {
     match *value {
         Value::Int(i) => Some(WatermarkValue::Int(i128::from(i))),
         Value::UInt(u) => Some(WatermarkValue::Int(i128::from(u))),
-        Value::Date(y, mo, d, h, mi, s, us) => {
-            NaiveDate::from_ymd_opt(y.into(), mo.into(), d.into())
-                .and_then(|date| date.and_hms_micro_opt(h.into(), mi.into(), s.into(), us))
-                .map(WatermarkValue::Timestamp)
-        }
+        Value::Date(..) => match mariadb_date(value)? {
+            MariaDate::Valid(t) => Some(WatermarkValue::Timestamp(t)),
+            MariaDate::Zero | MariaDate::Invalid => None,
+        },
         _ => None,
     }
 }
@@ -532,13 +671,13 @@ fn seen_is_higher(seen: &WatermarkValue, max: &WatermarkValue) -> bool {
 /// The row's primary key for messages (`idvisit=42`); its position when the key is not read.
 fn row_key(row: &Row, key_indexes: &[usize], columns: &[&str], rows_before: u64) -> String {
     if key_indexes.is_empty() {
-        return format!("#{}", rows_before + 1);
+        return format!("#{}", rows_before.saturating_add(1));
     }
     key_indexes
         .iter()
         .map(|&i| {
             let value = row.as_ref(i).map_or_else(|| "?".into(), |v| v.as_sql(true));
-            format!("{}={value}", columns[i])
+            format!("{}={value}", columns.get(i).copied().unwrap_or("?"))
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -560,21 +699,20 @@ fn flush(
     })
 }
 
-/// The builders of one batch.
+/// The builders of one batch, one per result column, with its Arrow type.
 struct BatchBuilder {
-    columns: Vec<ColumnBuilder>,
+    columns: Vec<(DataType, ColumnBuilder)>,
     rows: usize,
     /// Text and binary bytes appended since the last flush.
     bytes: usize,
 }
 
 impl BatchBuilder {
-    fn new(schema: &Schema, capacity: usize) -> BatchBuilder {
+    fn new(types: &[DataType], capacity: usize) -> BatchBuilder {
         BatchBuilder {
-            columns: schema
-                .fields()
+            columns: types
                 .iter()
-                .map(|f| ColumnBuilder::new(f.data_type(), capacity))
+                .map(|t| (t.clone(), ColumnBuilder::new(t, capacity)))
                 .collect(),
             rows: 0,
             bytes: 0,
@@ -582,7 +720,10 @@ impl BatchBuilder {
     }
 
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-        let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for (_, builder) in &mut self.columns {
+            builder.finish_into(&mut arrays);
+        }
         self.rows = 0;
         self.bytes = 0;
         RecordBatch::try_new(schema.clone(), arrays)
@@ -590,11 +731,13 @@ impl BatchBuilder {
 }
 
 /// What `ColumnBuilder::append` did with a value.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Appended {
     Value,
     /// A `0000-00-00` date, appended as NULL.
     ZeroDate,
+    /// A date that names no day, appended as NULL with its text in the `__raw` companion.
+    InvalidDate,
 }
 
 /// An Arrow builder for one of the types `arrow_type` returns.
@@ -611,8 +754,9 @@ enum ColumnBuilder {
     Float64(Float64Builder),
     Decimal128(Decimal128Builder, u8),
     Decimal256(Decimal256Builder, u8),
-    Timestamp(TimestampMicrosecondBuilder),
-    Date32(Date32Builder),
+    /// With the `__raw` companion's builder.
+    Timestamp(TimestampMicrosecondBuilder, StringBuilder),
+    Date32(Date32Builder, StringBuilder),
     Time64(Time64MicrosecondBuilder),
     Utf8(StringBuilder),
     Binary(BinaryBuilder),
@@ -641,8 +785,11 @@ impl ColumnBuilder {
             ),
             DataType::Timestamp(..) => ColumnBuilder::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(n).with_data_type(data_type.clone()),
+                StringBuilder::new(),
             ),
-            DataType::Date32 => ColumnBuilder::Date32(Date32Builder::with_capacity(n)),
+            DataType::Date32 => {
+                ColumnBuilder::Date32(Date32Builder::with_capacity(n), StringBuilder::new())
+            }
             DataType::Time64(_) => {
                 ColumnBuilder::Time64(Time64MicrosecondBuilder::with_capacity(n))
             }
@@ -652,8 +799,9 @@ impl ColumnBuilder {
         }
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
+    /// Appends the finished array (and the `__raw` companion's) to `arrays`.
+    fn finish_into(&mut self, arrays: &mut Vec<ArrayRef>) {
+        let array: ArrayRef = match self {
             ColumnBuilder::Int8(b) => Arc::new(b.finish()),
             ColumnBuilder::Int16(b) => Arc::new(b.finish()),
             ColumnBuilder::Int32(b) => Arc::new(b.finish()),
@@ -666,12 +814,19 @@ impl ColumnBuilder {
             ColumnBuilder::Float64(b) => Arc::new(b.finish()),
             ColumnBuilder::Decimal128(b, _) => Arc::new(b.finish()),
             ColumnBuilder::Decimal256(b, _) => Arc::new(b.finish()),
-            ColumnBuilder::Timestamp(b) => Arc::new(b.finish()),
-            ColumnBuilder::Date32(b) => Arc::new(b.finish()),
+            ColumnBuilder::Timestamp(b, raw) => {
+                arrays.push(Arc::new(b.finish()));
+                Arc::new(raw.finish())
+            }
+            ColumnBuilder::Date32(b, raw) => {
+                arrays.push(Arc::new(b.finish()));
+                Arc::new(raw.finish())
+            }
             ColumnBuilder::Time64(b) => Arc::new(b.finish()),
             ColumnBuilder::Utf8(b) => Arc::new(b.finish()),
             ColumnBuilder::Binary(b) => Arc::new(b.finish()),
-        }
+        };
+        arrays.push(array);
     }
 }
 
@@ -736,44 +891,26 @@ impl ColumnBuilder {
                 ),
                 other => return Err(unexpected(other)),
             },
-            ColumnBuilder::Timestamp(b) => match *value {
-                Value::NULL => b.append_null(),
-                Value::Date(0, 0, 0, 0, 0, 0, 0) => {
-                    b.append_null();
-                    return Ok(Appended::ZeroDate);
-                }
-                Value::Date(y, mo, d, h, mi, s, us) => {
-                    let t = NaiveDate::from_ymd_opt(y.into(), mo.into(), d.into())
-                        .and_then(|date| date.and_hms_micro_opt(h.into(), mi.into(), s.into(), us))
-                        .ok_or_else(|| ValueProblem::InvalidDate(value.as_sql(true)))?;
-                    b.append_value(t.and_utc().timestamp_micros());
-                }
-                ref other => return Err(unexpected(other)),
-            },
-            ColumnBuilder::Date32(b) => match *value {
-                Value::NULL => b.append_null(),
-                Value::Date(0, 0, 0, ..) => {
-                    b.append_null();
-                    return Ok(Appended::ZeroDate);
-                }
-                Value::Date(y, mo, d, ..) => {
-                    let days = NaiveDate::from_ymd_opt(y.into(), mo.into(), d.into())
-                        .map(|date| (date - NaiveDate::default()).num_days())
-                        .and_then(|days| i32::try_from(days).ok())
-                        .ok_or_else(|| ValueProblem::InvalidDate(value.as_sql(true)))?;
-                    b.append_value(days);
-                }
-                ref other => return Err(unexpected(other)),
-            },
+            ColumnBuilder::Timestamp(b, raw) => {
+                let (t, appended) = date_of(value)?;
+                b.append_option(t.map(|t| t.and_utc().timestamp_micros()));
+                raw.append_option(invalid_date_text(value, appended, true));
+                return Ok(appended);
+            }
+            ColumnBuilder::Date32(b, raw) => {
+                let (t, appended) = date_of(value)?;
+                let days = t
+                    .map(|t| days_since_epoch(t.date()).ok_or_else(|| out_of_range(value)))
+                    .transpose()?;
+                b.append_option(days);
+                raw.append_option(invalid_date_text(value, appended, false));
+                return Ok(appended);
+            }
             ColumnBuilder::Time64(b) => match *value {
                 Value::NULL => b.append_null(),
                 Value::Time(negative, days, h, mi, s, us) => {
-                    let micros = ((i64::from(days) * 24 + i64::from(h)) * 60 + i64::from(mi)) * 60
-                        + i64::from(s);
-                    let micros = micros * 1_000_000 + i64::from(us);
-                    if micros >= MICROS_PER_DAY || (negative && micros != 0) {
-                        return Err(ValueProblem::TimeOutOfDay(value.as_sql(true)));
-                    }
+                    let micros = time_of_day(negative, days, h, mi, s, us)
+                        .ok_or_else(|| ValueProblem::TimeOutOfDay(value.as_sql(true)))?;
                     b.append_value(micros);
                 }
                 ref other => return Err(unexpected(other)),
@@ -803,6 +940,77 @@ impl ColumnBuilder {
             _ => 0,
         }
     }
+}
+
+/// What a `DATE`, `DATETIME` or `TIMESTAMP` value on the wire (`Value::Date`) means. The one
+/// place that reads MariaDB's date fields: the column builders and the watermark go through
+/// it (`date_value` is its inverse, for the window's parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MariaDate {
+    /// `0000-00-00 00:00:00`, MariaDB's "no date".
+    Zero,
+    Valid(NaiveDateTime),
+    /// Fields that name no instant: `2024-02-30` or `2024-00-10` (stored under a lax
+    /// `sql_mode` such as `ALLOW_INVALID_DATES`), or a time of day out of range.
+    Invalid,
+}
+
+/// `None` when `value` is not a date at all.
+fn mariadb_date(value: &Value) -> Option<MariaDate> {
+    let Value::Date(y, mo, d, h, mi, s, us) = *value else {
+        return None;
+    };
+    if (y, mo, d, h, mi, s, us) == (0, 0, 0, 0, 0, 0, 0) {
+        return Some(MariaDate::Zero);
+    }
+    let t = NaiveDate::from_ymd_opt(y.into(), mo.into(), d.into())
+        .and_then(|date| date.and_hms_micro_opt(h.into(), mi.into(), s.into(), us));
+    Some(t.map_or(MariaDate::Invalid, MariaDate::Valid))
+}
+
+/// The instant a date column's value holds (`None`: NULL) and how it is appended: zero and
+/// invalid dates become NULL, reported as such.
+fn date_of(value: &Value) -> Result<(Option<NaiveDateTime>, Appended), ValueProblem> {
+    match (value, mariadb_date(value)) {
+        (Value::NULL, _) => Ok((None, Appended::Value)),
+        (_, Some(MariaDate::Valid(t))) => Ok((Some(t), Appended::Value)),
+        (_, Some(MariaDate::Zero)) => Ok((None, Appended::ZeroDate)),
+        (_, Some(MariaDate::Invalid)) => Ok((None, Appended::InvalidDate)),
+        (other, None) => Err(unexpected(other)),
+    }
+}
+
+/// The text MariaDB shows for an invalid date (`2024-02-30`, or `2024-02-30 10:00:00[.ffffff]`
+/// when `with_time`), kept in the `__raw` companion; `None` for every other value.
+fn invalid_date_text(value: &Value, appended: Appended, with_time: bool) -> Option<String> {
+    let Value::Date(y, mo, d, h, mi, s, us) = *value else {
+        return None;
+    };
+    if appended != Appended::InvalidDate {
+        return None;
+    }
+    let mut text = format!("{y:04}-{mo:02}-{d:02}");
+    if with_time {
+        text.push_str(&format!(" {h:02}:{mi:02}:{s:02}"));
+        if us > 0 {
+            text.push_str(&format!(".{us:06}"));
+        }
+    }
+    Some(text)
+}
+
+/// A `TIME` value as microseconds since midnight; `None` outside `[00:00:00, 24:00:00)`
+/// (MariaDB's `TIME` spans ±838 hours; a hostile server could send any `days`).
+fn time_of_day(negative: bool, days: u32, h: u8, mi: u8, s: u8, us: u32) -> Option<i64> {
+    let seconds = ((i64::from(days) * 24 + i64::from(h)) * 60 + i64::from(mi)) * 60 + i64::from(s);
+    let micros = seconds.checked_mul(1_000_000)?.checked_add(i64::from(us))?;
+    let in_day = (0..MICROS_PER_DAY).contains(&micros) && !(negative && micros != 0);
+    in_day.then_some(micros)
+}
+
+/// Arrow's `Date32`: days since 1970-01-01 (every MariaDB date fits).
+fn days_since_epoch(date: NaiveDate) -> Option<i32> {
+    i32::try_from(date.signed_duration_since(NaiveDate::default()).num_days()).ok()
 }
 
 fn unexpected(value: &Value) -> ValueProblem {
@@ -882,16 +1090,14 @@ fn parse_decimal256(text: &[u8], scale: u8) -> Option<i256> {
 
 #[cfg(test)]
 mod tests {
+    //! Unit tests that need no server. The tests against the real MariaDB are in
+    //! `tests/matomo_extract.rs`.
+
     use super::*;
-    use crate::config::{ColumnSpec, Config, SqlType};
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{
-        Date32Type, Decimal128Type, Decimal256Type, Float32Type, Float64Type, Int16Type, Int32Type,
-        Int64Type, Int8Type, Time64MicrosecondType, TimestampMicrosecondType, UInt16Type,
-        UInt32Type, UInt64Type, UInt8Type,
+        Date32Type, Time64MicrosecondType, TimestampMicrosecondType, UInt64Type,
     };
-    use std::path::Path;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn meta(
         column_type: ColumnType,
@@ -1039,6 +1245,13 @@ mod tests {
         ColumnBuilder::new(&data_type, 4)
     }
 
+    /// The arrays a builder finishes: one, or two for a date and its `__raw` companion.
+    fn finish<const N: usize>(builder: &mut ColumnBuilder) -> [ArrayRef; N] {
+        let mut arrays = Vec::new();
+        builder.finish_into(&mut arrays);
+        arrays.try_into().expect("number of arrays")
+    }
+
     #[test]
     fn invalid_utf8_is_an_error_never_a_lossy_string() {
         let mut b = builder_for(DataType::Utf8);
@@ -1074,42 +1287,141 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let array = b.finish();
+        let [array] = finish(&mut b);
         let times = array.as_primitive::<Time64MicrosecondType>();
         assert_eq!(times.values().as_ref(), &[86_399_999_999, 0]);
     }
 
+    /// Zero dates become NULL; a date that names no day (`2024-02-30` under
+    /// `ALLOW_INVALID_DATES`) stopped the whole extract with an error: now it is NULL with its
+    /// text in the `__raw` companion, for transform to reject the row with.
     #[test]
-    fn zero_dates_become_null_and_bad_dates_are_errors() {
+    fn zero_dates_become_null_and_invalid_dates_keep_their_text() {
         let mut b = builder_for(utc_micros());
-        assert_eq!(
-            b.append(&Value::Date(0, 0, 0, 0, 0, 0, 0)),
-            Ok(Appended::ZeroDate)
-        );
-        assert_eq!(
-            b.append(&Value::Date(2024, 2, 29, 23, 59, 59, 5)),
-            Ok(Appended::Value)
-        );
+        for (value, appended) in [
+            (Value::Date(0, 0, 0, 0, 0, 0, 0), Appended::ZeroDate),
+            (Value::Date(2024, 2, 29, 23, 59, 59, 5), Appended::Value),
+            (Value::Date(2024, 2, 30, 10, 0, 0, 0), Appended::InvalidDate),
+            (Value::Date(2024, 0, 0, 0, 0, 0, 250), Appended::InvalidDate),
+            (Value::NULL, Appended::Value),
+        ] {
+            assert_eq!(b.append(&value), Ok(appended), "{value:?}");
+        }
         assert!(matches!(
-            b.append(&Value::Date(2024, 0, 0, 0, 0, 0, 0)),
-            Err(ValueProblem::InvalidDate(_))
+            b.append(&Value::Bytes(b"2024-02-30".to_vec())),
+            Err(ValueProblem::Unexpected(_))
         ));
         let mut d = builder_for(DataType::Date32);
-        assert_eq!(
-            d.append(&Value::Date(0, 0, 0, 0, 0, 0, 0)),
-            Ok(Appended::ZeroDate)
-        );
-        assert_eq!(
-            d.append(&Value::Date(1970, 1, 2, 0, 0, 0, 0)),
-            Ok(Appended::Value)
-        );
-        let ts = b.finish();
+        for (value, appended) in [
+            (Value::Date(0, 0, 0, 0, 0, 0, 0), Appended::ZeroDate),
+            (Value::Date(1970, 1, 2, 0, 0, 0, 0), Appended::Value),
+            (Value::Date(2023, 2, 29, 0, 0, 0, 0), Appended::InvalidDate),
+        ] {
+            assert_eq!(d.append(&value), Ok(appended), "{value:?}");
+        }
+        let [ts, ts_raw] = finish(&mut b);
         let ts = ts.as_primitive::<TimestampMicrosecondType>();
-        assert!(ts.is_null(0));
+        assert_eq!(
+            (0..5).map(|i| ts.is_null(i)).collect::<Vec<_>>(),
+            [true, false, true, true, true]
+        );
         assert_eq!(ts.value(1), 1_709_251_199_000_005);
-        let dates = d.finish();
+        assert_eq!(
+            ts_raw.as_string::<i32>().iter().collect::<Vec<_>>(),
+            [
+                None,
+                None,
+                Some("2024-02-30 10:00:00"),
+                Some("2024-00-00 00:00:00.000250"),
+                None
+            ]
+        );
+        let [dates, dates_raw] = finish(&mut d);
         assert_eq!(dates.as_primitive::<Date32Type>().value(1), 1);
-        assert!(dates.is_null(0));
+        assert!(dates.is_null(0) && dates.is_null(2));
+        assert_eq!(
+            dates_raw.as_string::<i32>().iter().collect::<Vec<_>>(),
+            [None, None, Some("2023-02-29")]
+        );
+    }
+
+    /// Every path that reads a `Value::Date` (timestamp and date builders, watermark) goes
+    /// through `mariadb_date`, so they agree on what is zero, valid and invalid.
+    #[test]
+    fn one_rule_reads_every_mariadb_date() {
+        let t = |y, mo, d, h, mi, s, us| {
+            NaiveDate::from_ymd_opt(y, mo, d)
+                .and_then(|date| date.and_hms_micro_opt(h, mi, s, us))
+                .unwrap()
+        };
+        for (value, expected) in [
+            (Value::Date(0, 0, 0, 0, 0, 0, 0), Some(MariaDate::Zero)),
+            (
+                Value::Date(2024, 2, 29, 23, 59, 59, 5),
+                Some(MariaDate::Valid(t(2024, 2, 29, 23, 59, 59, 5))),
+            ),
+            (
+                Value::Date(1000, 1, 1, 0, 0, 0, 0),
+                Some(MariaDate::Valid(t(1000, 1, 1, 0, 0, 0, 0))),
+            ),
+            (
+                Value::Date(2024, 2, 30, 0, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (
+                Value::Date(2023, 2, 29, 0, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (
+                Value::Date(2024, 0, 10, 0, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (
+                Value::Date(2024, 4, 0, 0, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (Value::Date(0, 0, 0, 10, 0, 0, 0), Some(MariaDate::Invalid)),
+            (
+                Value::Date(2024, 1, 1, 24, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (
+                Value::Date(2024, 13, 1, 0, 0, 0, 0),
+                Some(MariaDate::Invalid),
+            ),
+            (
+                Value::Date(
+                    u16::MAX,
+                    u8::MAX,
+                    u8::MAX,
+                    u8::MAX,
+                    u8::MAX,
+                    u8::MAX,
+                    u32::MAX,
+                ),
+                Some(MariaDate::Invalid),
+            ),
+            (Value::NULL, None),
+            (Value::Bytes(b"2024-01-01".to_vec()), None),
+        ] {
+            assert_eq!(mariadb_date(&value), expected, "{value:?}");
+            let watermark = match expected {
+                Some(MariaDate::Valid(t)) => Some(WatermarkValue::Timestamp(t)),
+                _ => None,
+            };
+            assert_eq!(watermark_of(&value), watermark, "{value:?}");
+        }
+        // The window's parameter is the inverse.
+        let at = t(2024, 3, 1, 12, 0, 0, 250);
+        assert_eq!(mariadb_date(&date_value(&at)), Some(MariaDate::Valid(at)));
+    }
+
+    /// A `TIME` of u32::MAX days overflowed i64 microseconds (a panic in debug builds).
+    #[test]
+    fn time_of_day_arithmetic_never_overflows() {
+        assert_eq!(time_of_day(false, u32::MAX, 255, 255, 255, u32::MAX), None);
+        assert_eq!(time_of_day(true, u32::MAX, 0, 0, 0, 0), None);
+        assert_eq!(time_of_day(false, 0, 0, 0, 0, 1), Some(1));
     }
 
     #[test]
@@ -1120,7 +1432,10 @@ mod tests {
         // BIT(12) b'101000000001'
         u64s.append(&Value::Bytes(vec![0x0a, 0x01])).unwrap();
         assert_eq!(
-            u64s.finish().as_primitive::<UInt64Type>().values().as_ref(),
+            finish::<1>(&mut u64s)[0]
+                .as_primitive::<UInt64Type>()
+                .values()
+                .as_ref(),
             &[u64::MAX, 7, 0x0a01]
         );
         let mut u8s = builder_for(DataType::UInt8);
@@ -1160,704 +1475,5 @@ mod tests {
     fn identifiers_are_backtick_quoted() {
         assert_eq!(quote_ident("matomo_log_visit"), "`matomo_log_visit`");
         assert_eq!(quote_ident("we`ird"), "`we``ird`");
-    }
-
-    // ---- against the test MariaDB ----
-
-    /// A database of its own for one test, so tests run in parallel.
-    struct TestDb {
-        name: String,
-        conn: Conn,
-    }
-
-    static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
-
-    fn test_settings() -> MatomoSettings {
-        if std::env::var_os("ETL_TEST_MARIADB_URL").is_none()
-            || std::env::var_os("MATOMO_HOST").is_none()
-        {
-            panic!(
-                "ETL_TEST_MARIADB_URL and MATOMO_* are not set: the Matomo tests need the test \
-                 MariaDB; run them via `scripts/with-services.sh cargo test`"
-            );
-        }
-        MatomoSettings::from_env().expect("MATOMO_* settings")
-    }
-
-    impl TestDb {
-        /// A fresh database with the fixture schema, and the fixture rows when `rows`.
-        async fn new(rows: bool) -> TestDb {
-            let mut settings = test_settings();
-            let name = format!(
-                "matomo_t_{}_{}",
-                std::process::id(),
-                NEXT_DB.fetch_add(1, Ordering::SeqCst)
-            );
-            let mut admin = connect(&settings)
-                .await
-                .expect("connect to the test MariaDB");
-            admin
-                .query_drop(format!(
-                    "DROP DATABASE IF EXISTS `{name}`; CREATE DATABASE `{name}`"
-                ))
-                .await
-                .unwrap();
-            admin.disconnect().await.unwrap();
-            settings.database = name.clone();
-            let mut conn = connect(&settings).await.unwrap();
-            conn.query_drop(include_str!("../../tests/fixtures/matomo/schema.sql"))
-                .await
-                .unwrap();
-            if rows {
-                conn.query_drop(include_str!("../../tests/fixtures/matomo/rows.sql"))
-                    .await
-                    .unwrap();
-            }
-            TestDb { name, conn }
-        }
-
-        async fn drop(mut self) {
-            self.conn
-                .query_drop(format!("DROP DATABASE `{}`", self.name))
-                .await
-                .unwrap();
-            self.conn.disconnect().await.unwrap();
-        }
-
-        /// Every row of `table` as one batch (extracted in batches of `batch_rows`), the
-        /// number of batches, and the stats.
-        async fn extract(
-            &mut self,
-            table: &TableSpec,
-            since: Option<&WatermarkValue>,
-            batch_rows: usize,
-        ) -> Result<(RecordBatch, usize, MatomoStats), MatomoError> {
-            let mut batches = Vec::new();
-            let stats = extract_table(&mut self.conn, table, since, batch_rows, |b| {
-                batches.push(b);
-                Ok(())
-            })
-            .await?;
-            let n = batches.len();
-            let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
-            assert_eq!(all.num_rows() as u64, stats.rows);
-            Ok((all, n, stats))
-        }
-    }
-
-    fn config() -> Config {
-        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config")).unwrap()
-    }
-
-    fn spec(name: &str) -> TableSpec {
-        config().table(name).unwrap().clone()
-    }
-
-    fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a dyn Array {
-        batch
-            .column_by_name(name)
-            .unwrap_or_else(|| panic!("no column {name}"))
-            .as_ref()
-    }
-
-    fn texts(batch: &RecordBatch, name: &str) -> Vec<Option<String>> {
-        column(batch, name)
-            .as_string::<i32>()
-            .iter()
-            .map(|s| s.map(str::to_string))
-            .collect()
-    }
-
-    fn bytes(batch: &RecordBatch, name: &str) -> Vec<Option<Vec<u8>>> {
-        column(batch, name)
-            .as_binary::<i32>()
-            .iter()
-            .map(|b| b.map(<[u8]>::to_vec))
-            .collect()
-    }
-
-    fn micros(s: &str) -> i64 {
-        NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
-            .unwrap()
-            .and_utc()
-            .timestamp_micros()
-    }
-
-    fn at(s: &str) -> WatermarkValue {
-        WatermarkValue::Timestamp(NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap())
-    }
-
-    fn hex(s: &str) -> Option<Vec<u8>> {
-        Some(hex::decode(s).unwrap())
-    }
-
-    const LOG_VISIT_SCHEMA: &str = "idvisit: UInt64;idsite: UInt32;idvisitor: Binary;\
-        visit_last_action_time: Timestamp(µs, \"UTC\");config_id: Binary;location_ip: Binary;\
-        profilable: Int8;user_id: Utf8;visit_first_action_time: Timestamp(µs, \"UTC\");\
-        visit_goal_buyer: Int8;visit_goal_converted: Int8;visitor_returning: Int8;\
-        visitor_seconds_since_first: UInt32;visitor_seconds_since_order: UInt32;\
-        visitor_count_visits: UInt32;visit_entry_idaction_name: UInt32;\
-        visit_entry_idaction_url: UInt32;visit_exit_idaction_name: UInt32;\
-        visit_exit_idaction_url: UInt32;visit_total_actions: UInt32;\
-        visit_total_interactions: UInt32;visit_total_searches: UInt16;referer_keyword: Utf8;\
-        referer_name: Utf8;referer_type: UInt8;referer_url: Utf8;location_browser_lang: Utf8;\
-        config_browser_engine: Utf8;config_browser_name: Utf8;config_browser_version: Utf8;\
-        config_client_type: Int8;config_device_brand: Utf8;config_device_model: Utf8;\
-        config_device_type: Int8;config_os: Utf8;config_os_version: Utf8;\
-        visit_total_events: UInt32;visitor_localtime: Time64(µs);\
-        visitor_seconds_since_last: UInt32;config_resolution: Utf8;config_cookie: Int8;\
-        config_flash: Int8;config_java: Int8;config_pdf: Int8;config_quicktime: Int8;\
-        config_realplayer: Int8;config_silverlight: Int8;config_windowsmedia: Int8;\
-        visit_total_time: UInt32;location_city: Utf8;location_country: Utf8;\
-        location_latitude: Decimal128(9, 6);location_longitude: Decimal128(9, 6);\
-        location_region: Utf8;last_idlink_va: UInt64;custom_dimension_1: Utf8;\
-        custom_dimension_2: Utf8;custom_dimension_3: Utf8;custom_dimension_4: Utf8;\
-        custom_dimension_5: Utf8;";
-
-    #[tokio::test]
-    async fn log_visit_rows_come_out_with_exact_types_and_values() {
-        let mut db = TestDb::new(true).await;
-        let (batch, batches, stats) = db
-            .extract(&spec("matomo_log_visit"), None, 2)
-            .await
-            .unwrap();
-        db.drop().await;
-
-        let schema: String = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| format!("{}: {};", f.name(), f.data_type()))
-            .collect();
-        assert_eq!(schema, LOG_VISIT_SCHEMA);
-        assert_eq!(
-            (stats.rows, batches),
-            (3, 2),
-            "3 rows in batches of at most 2"
-        );
-        assert_eq!(stats.max_watermark, Some(at("2024-03-01 12:00:01")));
-        assert_eq!(stats.zero_dates, 1);
-
-        let ids = column(&batch, "idvisit").as_primitive::<UInt64Type>();
-        assert_eq!(ids.values().as_ref(), &[1, 2, u64::MAX]);
-        let idsite = column(&batch, "idsite").as_primitive::<UInt32Type>();
-        assert_eq!(idsite.values().as_ref(), &[1, 1, u32::MAX]);
-        assert_eq!(
-            bytes(&batch, "idvisitor"),
-            [
-                hex("0123456789abcdef"),
-                hex("ff00000000000000"),
-                hex("ffffffffffffffff")
-            ]
-        );
-        assert_eq!(bytes(&batch, "config_id")[0], hex("00ff00ff00ff0000"));
-        assert_eq!(
-            bytes(&batch, "location_ip"),
-            [
-                hex("c0a80001"),
-                hex("20010db8000000000000000000000001"),
-                hex("00000000")
-            ]
-        );
-        let last =
-            column(&batch, "visit_last_action_time").as_primitive::<TimestampMicrosecondType>();
-        assert_eq!(
-            last.values().as_ref(),
-            &[
-                micros("2024-03-01 12:00:00"),
-                micros("2024-03-01 11:59:59"),
-                micros("2024-03-01 12:00:01")
-            ]
-        );
-        let first =
-            column(&batch, "visit_first_action_time").as_primitive::<TimestampMicrosecondType>();
-        assert!(first.is_null(1), "the zero date is NULL");
-        assert_eq!(first.value(2), micros("2024-02-29 23:59:59"));
-        assert_eq!(
-            texts(&batch, "user_id"),
-            [
-                Some("rené@example.com".into()),
-                None,
-                Some("北京用户 中文".into())
-            ]
-        );
-        assert_eq!(
-            texts(&batch, "custom_dimension_1"),
-            [Some("🍎 pomme".into()), None, Some("emoji 🎉🚀".into())]
-        );
-        // A utf8mb3 column (DevicesDetection) comes out as UTF-8 too.
-        assert_eq!(
-            texts(&batch, "config_device_brand"),
-            [Some("Apple".into()), None, Some("Huawei 华为".into())]
-        );
-        assert_eq!(
-            texts(&batch, "referer_keyword")[0].as_deref(),
-            Some("régime méditerranéen")
-        );
-        let u32_max = |name: &str| column(&batch, name).as_primitive::<UInt32Type>().value(2);
-        for name in [
-            "visitor_count_visits",
-            "visit_total_time",
-            "visitor_seconds_since_last",
-            "visit_total_events",
-        ] {
-            assert_eq!(u32_max(name), u32::MAX, "{name}");
-        }
-        assert_eq!(u32_max("visit_total_interactions"), 16_777_215);
-        assert_eq!(
-            column(&batch, "visit_total_searches")
-                .as_primitive::<UInt16Type>()
-                .value(2),
-            u16::MAX
-        );
-        assert_eq!(
-            column(&batch, "referer_type")
-                .as_primitive::<UInt8Type>()
-                .value(2),
-            u8::MAX
-        );
-        let device_type = column(&batch, "config_device_type").as_primitive::<Int8Type>();
-        assert_eq!(
-            (
-                device_type.value(0),
-                device_type.is_null(1),
-                device_type.value(2)
-            ),
-            (1, true, -128)
-        );
-        let localtime = column(&batch, "visitor_localtime").as_primitive::<Time64MicrosecondType>();
-        assert_eq!(localtime.value(0), (14 * 3600 + 30 * 60 + 5) * 1_000_000);
-        assert!(localtime.is_null(1));
-        assert_eq!(localtime.value(2), 86_399_000_000);
-        let lat = column(&batch, "location_latitude").as_primitive::<Decimal128Type>();
-        let long = column(&batch, "location_longitude").as_primitive::<Decimal128Type>();
-        assert_eq!((lat.value(0), long.value(0)), (48_856_613, 2_352_222));
-        assert_eq!((lat.value(2), long.value(2)), (-33_868_820, -151_209_296));
-        assert_eq!(lat.value_as_string(2), "-33.868820");
-        assert!(lat.is_null(1));
-        let last_link = column(&batch, "last_idlink_va").as_primitive::<UInt64Type>();
-        assert_eq!(
-            (last_link.value(0), last_link.is_null(1), last_link.value(2)),
-            (2, true, u64::MAX)
-        );
-        // Row 2 is all NULL but for its NOT NULL columns.
-        let nulls = batch.columns().iter().filter(|c| c.is_null(1)).count();
-        assert_eq!(
-            nulls,
-            60 - 8,
-            "row 2: NULL everywhere but idvisit, idsite, idvisitor, times, config_id, ip, counts"
-        );
-    }
-
-    #[tokio::test]
-    async fn log_link_visit_action_and_log_action_values() {
-        let mut db = TestDb::new(true).await;
-        let (actions, _, action_stats) = db
-            .extract(&spec("matomo_log_link_visit_action"), None, 1000)
-            .await
-            .unwrap();
-        let (names, _, name_stats) = db
-            .extract(&spec("matomo_log_action"), None, 1000)
-            .await
-            .unwrap();
-        db.drop().await;
-
-        assert_eq!(actions.num_columns(), 41);
-        assert_eq!(action_stats.max_watermark, Some(at("2024-03-01 12:00:00")));
-        let float = column(&actions, "custom_float").as_primitive::<Float64Type>();
-        assert_eq!((float.is_null(0), float.value(1)), (true, 12.5));
-        assert_eq!(
-            column(&actions, "product_price")
-                .as_primitive::<Float64Type>()
-                .value(1),
-            19.99
-        );
-        assert_eq!(
-            texts(&actions, "idpageview"),
-            [Some("aB3xZ9".into()), Some("aB3xZ9".into())]
-        );
-        assert_eq!(
-            texts(&actions, "search_cat")[1].as_deref(),
-            Some("recettes été")
-        );
-        assert_eq!(
-            texts(&actions, "custom_dimension_1")[1].as_deref(),
-            Some("café ☕")
-        );
-        assert_eq!(
-            column(&actions, "time_dom_completion")
-                .as_primitive::<UInt32Type>()
-                .value(1),
-            16_777_215
-        );
-        assert_eq!(
-            column(&actions, "time_spent")
-                .as_primitive::<UInt32Type>()
-                .value(1),
-            u32::MAX
-        );
-        assert_eq!(bytes(&actions, "idvisitor")[1], hex("0123456789abcdef"));
-
-        assert_eq!(name_stats.rows, 7);
-        assert_eq!(name_stats.max_watermark, Some(WatermarkValue::Int(7)));
-        let hash = column(&names, "hash").as_primitive::<UInt32Type>();
-        assert_eq!(hash.value(4), 4_294_967_295);
-        let name = texts(&names, "name");
-        let long_url = format!("example.com/recherche?q={}fin", "r%C3%A9gime-".repeat(100));
-        assert!(long_url.len() > 1000);
-        assert_eq!(name[1].as_deref(), Some(long_url.as_str()));
-        assert_eq!(name[3].as_deref(), Some("Accueil — Régime 中文 🎉"));
-        let url_prefix = column(&names, "url_prefix").as_primitive::<Int8Type>();
-        assert_eq!((url_prefix.value(0), url_prefix.is_null(2)), (3, true));
-        assert_eq!(
-            column(&names, "type").as_primitive::<UInt8Type>().value(2),
-            3
-        );
-    }
-
-    #[tokio::test]
-    async fn window_is_inclusive_at_the_boundary_second() {
-        let mut db = TestDb::new(true).await;
-        let visits = spec("matomo_log_visit");
-        let (batch, _, stats) = db
-            .extract(&visits, Some(&at("2024-03-01 12:00:00")), 100)
-            .await
-            .unwrap();
-        let ids = column(&batch, "idvisit").as_primitive::<UInt64Type>();
-        assert_eq!(
-            ids.values().as_ref(),
-            &[1, u64::MAX],
-            "12:00:00 is in, 11:59:59 is not"
-        );
-        assert_eq!(stats.max_watermark, Some(at("2024-03-01 12:00:01")));
-        let (batch, _, _) = db
-            .extract(&visits, Some(&at("2024-03-01 11:59:59")), 100)
-            .await
-            .unwrap();
-        assert_eq!(batch.num_rows(), 3);
-
-        // An integer watermark (log_action.idaction) is inclusive too.
-        let (batch, _, stats) = db
-            .extract(
-                &spec("matomo_log_action"),
-                Some(&WatermarkValue::Int(5)),
-                100,
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            column(&batch, "idaction")
-                .as_primitive::<UInt32Type>()
-                .values()
-                .as_ref(),
-            &[5, 6, 7]
-        );
-        assert_eq!(stats.max_watermark, Some(WatermarkValue::Int(7)));
-
-        // A window past the last row: one empty batch that still carries the schema.
-        let mut got = Vec::new();
-        let stats = extract_table(
-            &mut db.conn,
-            &visits,
-            Some(&at("2030-01-01 00:00:00")),
-            100,
-            |b| {
-                got.push(b);
-                Ok(())
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!((stats.rows, stats.max_watermark.clone()), (0, None));
-        assert_eq!(
-            (got.len(), got[0].num_rows(), got[0].num_columns()),
-            (1, 0, 60)
-        );
-
-        // A window of the wrong kind is refused before anything is read.
-        let err = extract_table(
-            &mut db.conn,
-            &visits,
-            Some(&WatermarkValue::Int(3)),
-            100,
-            |_| Ok(()),
-        )
-        .await
-        .unwrap_err();
-        assert!(err.to_string().contains("visit_last_action_time"), "{err}");
-        db.drop().await;
-    }
-
-    #[tokio::test]
-    async fn missing_columns_are_all_named_with_their_table() {
-        let mut db = TestDb::new(true).await;
-        db.conn
-            .query_drop("ALTER TABLE matomo_log_visit DROP COLUMN config_os, DROP COLUMN custom_dimension_5")
-            .await
-            .unwrap();
-        let mut visits = spec("matomo_log_visit");
-        visits.columns.push(ColumnSpec {
-            name: "campaign_name".into(),
-            sql_type: SqlType::Text,
-            nullable: true,
-            foreign_key: None,
-            source: ColumnSource::Field("campaign_name".into()),
-        });
-        let err = db.extract(&visits, None, 100).await.unwrap_err();
-        match &err {
-            MatomoError::MissingColumns { table, columns, .. } => {
-                assert_eq!(table, "matomo_log_visit");
-                assert_eq!(
-                    columns,
-                    &["config_os", "custom_dimension_5", "campaign_name"]
-                );
-            }
-            other => panic!("expected MissingColumns, got {other:?}"),
-        }
-        let message = err.to_string();
-        assert!(
-            message.contains("matomo_log_visit") && message.contains("campaign_name"),
-            "{message}"
-        );
-
-        let mut missing_table = spec("matomo_log_action");
-        missing_table.source = Source::Matomo {
-            table: "matomo_log_nope".into(),
-        };
-        let err = db.extract(&missing_table, None, 100).await.unwrap_err();
-        assert!(
-            matches!(&err, MatomoError::TableNotFound { table } if table == "matomo_log_nope"),
-            "{err}"
-        );
-        db.drop().await;
-    }
-
-    #[tokio::test]
-    async fn zero_date_becomes_null_and_is_counted() {
-        let mut db = TestDb::new(true).await;
-        db.conn
-            .query_drop(
-                "SET sql_mode = ''; UPDATE matomo_log_visit SET visit_first_action_time = '0000-00-00 00:00:00' \
-                 WHERE idvisit = 1",
-            )
-            .await
-            .unwrap();
-        let (batch, _, stats) = db
-            .extract(&spec("matomo_log_visit"), None, 100)
-            .await
-            .unwrap();
-        db.drop().await;
-        assert_eq!(stats.zero_dates, 2);
-        let first =
-            column(&batch, "visit_first_action_time").as_primitive::<TimestampMicrosecondType>();
-        assert_eq!(
-            (first.is_null(0), first.is_null(1), first.is_null(2)),
-            (true, true, false)
-        );
-    }
-
-    #[tokio::test]
-    async fn time_outside_a_day_names_table_column_and_key() {
-        let mut db = TestDb::new(true).await;
-        db.conn
-            .query_drop(
-                "UPDATE matomo_log_visit SET visitor_localtime = '25:00:00' WHERE idvisit = 2",
-            )
-            .await
-            .unwrap();
-        let err = db
-            .extract(&spec("matomo_log_visit"), None, 100)
-            .await
-            .unwrap_err();
-        db.drop().await;
-        let message = err.to_string();
-        assert!(
-            matches!(&err, MatomoError::Value { problem, .. }
-                if matches!(**problem, ValueProblem::TimeOutOfDay(_))),
-            "{message}"
-        );
-        for part in [
-            "matomo_log_visit",
-            "visitor_localtime",
-            "idvisit=2",
-            "25:00:00",
-        ] {
-            assert!(message.contains(part), "{part} missing in: {message}");
-        }
-    }
-
-    /// The mapping against what the server really sends for every type (display lengths,
-    /// charsets, flags), beyond the types Matomo uses.
-    #[tokio::test]
-    async fn every_mariadb_type_maps_as_documented() {
-        let mut db = TestDb::new(false).await;
-        db.conn
-            .query_drop(
-                "CREATE TABLE all_types (
-                   id INT NOT NULL PRIMARY KEY,
-                   i8 TINYINT, u8 TINYINT UNSIGNED, i16 SMALLINT, u16 SMALLINT UNSIGNED,
-                   i24 MEDIUMINT, u24 MEDIUMINT UNSIGNED, u32 INT UNSIGNED, i64 BIGINT,
-                   d1 DECIMAL(9,6), d2 DECIMAL(20,0) UNSIGNED, d3 DECIMAL(65,30), d4 DECIMAL(5,5),
-                   f FLOAT, g DOUBLE, dt DATETIME(6), ts TIMESTAMP(3) NULL, d DATE, t TIME(6), y YEAR,
-                   b BIT(12), e ENUM('small','large'), s SET('a','b'), j JSON, tx TEXT,
-                   vb VARCHAR(10) COLLATE utf8mb4_bin, l1 VARCHAR(10) CHARACTER SET latin1,
-                   bl BLOB, bn BINARY(3)
-                 ) DEFAULT CHARSET=utf8mb4;
-                 SET time_zone = '+02:00';
-                 INSERT INTO all_types VALUES (
-                   1, -128, 255, -32768, 65535, -8388608, 16777215, 4294967295, -9223372036854775808,
-                   -999.999999, 99999999999999999999, -12345678901234567890123456789012345.123456789012345678901234567890, 0.12345,
-                   1.5, 0.1, '2024-03-01 12:00:00.123456', '2024-03-01 14:00:00.5', '1969-12-31', '-00:00:00', 2024,
-                   b'101000000001', 'large', 'a,b', '{\"k\": [1]}', 'texte é',
-                   'Bin', 'Café', 0x00FF00, 0x610000
-                 )",
-            )
-            .await
-            .unwrap();
-        let mut types = spec("matomo_log_action");
-        types.source = Source::Matomo {
-            table: "all_types".into(),
-        };
-        types.primary_key = vec!["id".into()];
-        types.watermark = Watermark::Column("dt".into());
-        let names =
-            "id i8 u8 i16 u16 i24 u24 u32 i64 d1 d2 d3 d4 f g dt ts d t y b e s j tx vb l1 bl bn";
-        types.columns = names
-            .split(' ')
-            .map(|n| ColumnSpec {
-                name: n.into(),
-                sql_type: SqlType::Text,
-                nullable: true,
-                foreign_key: None,
-                source: ColumnSource::Field(n.into()),
-            })
-            .collect();
-        let (batch, _, stats) = db.extract(&types, None, 10).await.unwrap();
-        db.drop().await;
-
-        let schema: Vec<String> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| format!("{} {}", f.name(), f.data_type()))
-            .collect();
-        assert_eq!(
-            schema,
-            [
-                "id Int32",
-                "i8 Int8",
-                "u8 UInt8",
-                "i16 Int16",
-                "u16 UInt16",
-                "i24 Int32",
-                "u24 UInt32",
-                "u32 UInt32",
-                "i64 Int64",
-                "d1 Decimal128(9, 6)",
-                "d2 Decimal128(20, 0)",
-                "d3 Decimal256(65, 30)",
-                "d4 Decimal128(5, 5)",
-                "f Float32",
-                "g Float64",
-                "dt Timestamp(µs, \"UTC\")",
-                "ts Timestamp(µs, \"UTC\")",
-                "d Date32",
-                "t Time64(µs)",
-                "y Int16",
-                "b UInt64",
-                "e Utf8",
-                "s Utf8",
-                "j Utf8",
-                "tx Utf8",
-                "vb Utf8",
-                "l1 Utf8",
-                "bl Binary",
-                "bn Binary",
-            ]
-        );
-        let value = |name: &str| {
-            let array = column(&batch, name);
-            if let DataType::Timestamp(..) = array.data_type() {
-                // Arrow formats a "UTC" zone only with its chrono-tz feature, which we do not
-                // build: show the instant ourselves.
-                let micros = array.as_primitive::<TimestampMicrosecondType>().value(0);
-                let t = chrono::DateTime::from_timestamp_micros(micros).unwrap();
-                return t.format("%Y-%m-%dT%H:%M:%S%.fZ").to_string();
-            }
-            arrow::util::display::ArrayFormatter::try_new(array, &Default::default())
-                .unwrap()
-                .value(0)
-                .to_string()
-        };
-        let shown: Vec<String> = names
-            .split(' ')
-            .map(|n| format!("{n}={}", value(n)))
-            .collect();
-        assert_eq!(
-            shown,
-            [
-                "id=1",
-                "i8=-128",
-                "u8=255",
-                "i16=-32768",
-                "u16=65535",
-                "i24=-8388608",
-                "u24=16777215",
-                "u32=4294967295",
-                "i64=-9223372036854775808",
-                "d1=-999.999999",
-                "d2=99999999999999999999",
-                "d3=-12345678901234567890123456789012345.123456789012345678901234567890",
-                "d4=0.12345",
-                "f=1.5",
-                "g=0.1",
-                "dt=2024-03-01T12:00:00.123456Z",
-                // Written at +02:00, read in UTC.
-                "ts=2024-03-01T12:00:00.500Z",
-                "d=1969-12-31",
-                "t=00:00:00",
-                "y=2024",
-                "b=2561",
-                "e=large",
-                "s=a,b",
-                "j={\"k\": [1]}",
-                "tx=texte é",
-                "vb=Bin",
-                "l1=Café",
-                "bl=00ff00",
-                "bn=610000",
-            ]
-        );
-        assert_eq!(
-            column(&batch, "d3")
-                .as_primitive::<Decimal256Type>()
-                .precision(),
-            65
-        );
-        assert_eq!(
-            column(&batch, "f").as_primitive::<Float32Type>().value(0),
-            1.5
-        );
-        assert_eq!(
-            column(&batch, "i64").as_primitive::<Int64Type>().value(0),
-            i64::MIN
-        );
-        assert_eq!(
-            column(&batch, "i16").as_primitive::<Int16Type>().value(0),
-            i16::MIN
-        );
-        assert_eq!(
-            column(&batch, "i24").as_primitive::<Int32Type>().value(0),
-            -8_388_608
-        );
-        assert_eq!(
-            stats.max_watermark,
-            Some(WatermarkValue::Timestamp(
-                NaiveDate::from_ymd_opt(2024, 3, 1)
-                    .unwrap()
-                    .and_hms_micro_opt(12, 0, 0, 123_456)
-                    .unwrap()
-            ))
-        );
     }
 }

@@ -313,6 +313,7 @@ async fn extract_matomo_table(
             .unwrap_or_default(),
         seconds: started.elapsed().as_secs_f64(),
         zero_dates_as_null: stats.zero_dates,
+        invalid_dates: stats.invalid_dates,
         ..Default::default()
     })
 }

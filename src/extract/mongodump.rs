@@ -234,32 +234,10 @@ fn file_name(path: &Path) -> String {
 }
 
 /// mongodump percent-escapes characters of collection names that file names cannot hold
-/// (`/` as `%2F`); undo it, keeping anything that is not a valid escape as it is.
+/// (`/` as `%2F`); undo it, keeping anything that is not a valid escape as it is, and the
+/// name as written when the escapes do not decode to UTF-8.
 fn unescape_collection_name(stem: &str) -> String {
-    if !stem.contains('%') {
-        return stem.to_string();
-    }
-    let bytes = stem.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| stem.to_string())
+    crate::percent::decode_utf8(stem).unwrap_or_else(|| stem.to_string())
 }
 
 fn list_archive(path: &Path) -> Result<Vec<DumpCollection>, DumpError> {

@@ -96,6 +96,10 @@ pub struct ManifestEntry {
     /// Extract (Matomo): zero dates (`0000-00-00`) read as NULL.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub zero_dates_as_null: u64,
+    /// Extract (Matomo): invalid dates (`2024-02-30`), staged as NULL with their text in the
+    /// `__raw` column, so transform rejects their rows with the raw value.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub invalid_dates: u64,
     /// Transform: rows filtered out, per rule the config states.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub filtered_by_rule: BTreeMap<String, u64>,

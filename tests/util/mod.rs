@@ -75,11 +75,50 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The test PostgreSQL's URL. Tests need the real server: a missing one is a failure.
-pub fn postgres_url() -> String {
-    std::env::var("ETL_TEST_POSTGRES_URL").expect(
-        "ETL_TEST_POSTGRES_URL is not set: run the tests with `make test` (it starts the test servers)",
+/// What the test PostgreSQL sets (`scripts/services.sh` writes it to `env.sh`).
+pub const POSTGRES_VARS: &[&str] = &["ETL_TEST_POSTGRES_URL"];
+/// What the test MariaDB sets (the Matomo source's own settings, pointing at it).
+pub const MARIADB_VARS: &[&str] = &[
+    "ETL_TEST_MARIADB_URL",
+    "MATOMO_HOST",
+    "MATOMO_PORT",
+    "MATOMO_USER",
+];
+
+/// Fails the test with one message when the test services' variables are missing. These
+/// tests need the real servers: a missing server is a failure, never a skip (CI must not
+/// pass without them).
+#[track_caller]
+pub fn require_services(vars: &[&str]) {
+    let missing: Vec<&str> = vars
+        .iter()
+        .copied()
+        .filter(|v| std::env::var_os(v).is_none_or(|value| value.is_empty()))
+        .collect();
+    assert!(missing.is_empty(), "{}", services_missing(&missing));
+}
+
+/// The message for missing test services: which variables, and how to start the servers.
+pub fn services_missing(missing: &[&str]) -> String {
+    format!(
+        "the test services are missing ({} not set): this test needs the test PostgreSQL and \
+         MariaDB. Run `make test`, or start them and run the tests through \
+         `scripts/with-services.sh cargo test ...` (it sources /tmp/etl-services/env.sh).",
+        missing.join(", ")
     )
+}
+
+/// The value of a variable `require_services` checked.
+#[track_caller]
+pub fn service_var(name: &str) -> String {
+    require_services(&[name]);
+    std::env::var(name).unwrap_or_default()
+}
+
+/// The test PostgreSQL's URL. Tests need the real server: a missing one is a failure.
+#[track_caller]
+pub fn postgres_url() -> String {
+    service_var("ETL_TEST_POSTGRES_URL")
 }
 
 static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
