@@ -53,6 +53,8 @@ pub enum Command {
     Status,
     /// Compare source and target: counts per table, key samples, FK integrity (exit 1 on mismatch).
     Verify,
+    /// Undo the newest load recorded in the target, in one transaction.
+    Rollback(RollbackArgs),
     /// Print the PostgreSQL DDL the config implies, in foreign-key order.
     Schema,
 }
@@ -138,6 +140,19 @@ pub struct RunArgs {
     /// Print the load plan and SQL; touch nothing in the target.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// The run to undo; it must be the newest load (default: the newest load).
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
+    /// Check and count what would be undone; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Undo even rows changed after the load (those changes are lost).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Failures the command line maps to exit codes.
@@ -253,6 +268,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }),
         Command::Status => status(cli),
         Command::Verify => Err(CliError::NotBuilt("verify")),
+        Command::Rollback(args) => runtime()?.block_on(rollback(&config, args)),
     }
 }
 
@@ -264,7 +280,7 @@ impl Command {
             Command::Transform(a) => a.tables.as_deref(),
             Command::Load(a) => a.tables.as_deref(),
             Command::Run(a) => a.extract.tables.as_deref(),
-            Command::Status | Command::Verify | Command::Schema => None,
+            Command::Status | Command::Verify | Command::Schema | Command::Rollback(_) => None,
         }
     }
 }
@@ -496,6 +512,45 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
     Ok(())
 }
 
+/// `etl rollback`: undo the newest load, or say why not.
+async fn rollback(config: &Config, args: &RollbackArgs) -> Result<(), CliError> {
+    let settings = PostgresSettings::from_env().map_err(CliError::Usage)?;
+    let opts = load::RollbackOptions {
+        run: args.run.clone(),
+        dry_run: args.dry_run,
+        force: args.force,
+    };
+    let report = load::rollback(config, &settings, &opts)
+        .await
+        .context("rollback")?;
+    let verb = if report.dry_run {
+        "would roll back (dry run, nothing changed)"
+    } else {
+        "rolled back"
+    };
+    println!("rollback: {verb} run {} in {settings}", report.run_id);
+    let rows: Vec<Vec<String>> = report
+        .tables
+        .iter()
+        .map(|t| {
+            vec![
+                t.table.clone(),
+                t.deleted.to_string(),
+                t.restored.to_string(),
+                t.reinserted.to_string(),
+            ]
+        })
+        .collect();
+    let header = [
+        "table",
+        "inserted rows deleted",
+        "updated rows restored",
+        "deleted rows restored",
+    ];
+    print!("{}", progress::table(&header, &rows));
+    Ok(())
+}
+
 /// `ETL_HISTORY_RUNS`: how many loaded runs keep what `etl rollback` needs.
 fn keep_history() -> Result<u32, CliError> {
     match std::env::var("ETL_HISTORY_RUNS") {
@@ -530,9 +585,35 @@ fn load_summary(loads: &[load::TableLoad]) -> String {
     progress::table(&header, &rows)
 }
 
+/// The loads and rollbacks the target's ledger records (a note when it cannot be read).
+async fn target_status(target: &PostgresSettings) {
+    match load::ledger_rows(target).await {
+        Ok(rows) if rows.is_empty() => println!("no load recorded in {target}"),
+        Ok(rows) => {
+            println!("loads recorded in {target}:");
+            let header = [
+                "load",
+                "run",
+                "via",
+                "source",
+                "loaded at",
+                "status",
+                "rolled back at",
+                "history",
+            ];
+            print!("{}", progress::table(&header, &rows));
+        }
+        Err(e) => println!("loads in {target}: not readable ({e})"),
+    }
+    println!();
+}
+
 /// `etl status`: every run, its finished stages, rows and watermarks.
 fn status(cli: &Cli) -> Result<(), CliError> {
     let runs = staging::list_runs(&cli.staging).context("status")?;
+    if let Some(target) = configured_target() {
+        runtime()?.block_on(target_status(&target));
+    }
     if runs.is_empty() {
         println!("no staged runs in {}", cli.staging.display());
         return Ok(());

@@ -6,11 +6,13 @@ mod copy_text;
 mod ledger;
 mod plan;
 mod postgres;
+mod rollback;
 mod sql_files;
 
 use std::path::{Path, PathBuf};
 
 pub use copy_text::{encode_batch, escape_text};
+pub use rollback::{ledger_rows, rollback, RollbackOptions, RollbackReport, TableUndo};
 
 use crate::config::{Config, TableSpec};
 use crate::settings::PostgresSettings;
@@ -42,6 +44,10 @@ pub enum LoadError {
         staged: String,
         wanted: String,
     },
+    /// A request the target's state does not allow (a rollback out of order, or over rows
+    /// changed since the load); nothing was changed.
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Internal(String),
 }
