@@ -51,8 +51,9 @@ pub enum Command {
     Run(RunArgs),
     /// Staged runs: their stages, row counts and watermarks.
     Status,
-    /// Compare source and target: counts per table, key samples, FK integrity (exit 1 on mismatch).
-    Verify,
+    /// Compare the target with the source (or another database): counts, keys, values, links,
+    /// foreign keys; exit 1 on any mismatch.
+    Verify(VerifyArgs),
     /// Undo the newest load recorded in the target, in one transaction.
     Rollback(RollbackArgs),
     /// Print the PostgreSQL DDL the config implies, in foreign-key order.
@@ -143,6 +144,28 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// Which source to read (all of it, no window).
+    #[arg(long, value_enum, default_value = "all")]
+    pub source: SourceArg,
+    /// mongodump folder or archive file, for --source dump.
+    #[arg(long, value_name = "PATH")]
+    pub dump: Option<PathBuf>,
+    /// Only these target tables (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "a,b")]
+    pub tables: Option<Vec<String>>,
+    /// Compare the values of N random keys per table (counts and keys stay complete).
+    #[arg(long, value_name = "N")]
+    pub sample: Option<u64>,
+    /// Compare the target with this PostgreSQL database instead of the source.
+    #[arg(long, value_name = "URL")]
+    pub against: Option<String>,
+    /// Also write the full report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct RollbackArgs {
     /// The run to undo; it must be the newest load (default: the newest load).
     #[arg(long, value_name = "ID")]
@@ -170,6 +193,9 @@ pub enum CliError {
     /// `--strict` and the run had warnings.
     #[error("--strict: {0}")]
     Strict(String),
+    /// `etl verify` found differences.
+    #[error("{0}")]
+    Mismatch(String),
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
@@ -177,7 +203,7 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Failed(_) | CliError::Strict(_) => 1,
+            CliError::Failed(_) | CliError::Strict(_) | CliError::Mismatch(_) => 1,
             CliError::Config(_)
             | CliError::UnknownTables(_)
             | CliError::NotBuilt(_)
@@ -267,7 +293,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             load(cli, &config, &load_args).await
         }),
         Command::Status => status(cli),
-        Command::Verify => Err(CliError::NotBuilt("verify")),
+        Command::Verify(args) => runtime()?.block_on(verify(cli, &config, args)),
         Command::Rollback(args) => runtime()?.block_on(rollback(&config, args)),
     }
 }
@@ -280,7 +306,8 @@ impl Command {
             Command::Transform(a) => a.tables.as_deref(),
             Command::Load(a) => a.tables.as_deref(),
             Command::Run(a) => a.extract.tables.as_deref(),
-            Command::Status | Command::Verify | Command::Schema | Command::Rollback(_) => None,
+            Command::Verify(a) => a.tables.as_deref(),
+            Command::Status | Command::Schema | Command::Rollback(_) => None,
         }
     }
 }
@@ -510,6 +537,143 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
         );
     }
     Ok(())
+}
+
+/// `etl verify`: compare, print the summary, write the JSON report, exit 1 on a mismatch.
+async fn verify(cli: &Cli, config: &Config, args: &VerifyArgs) -> Result<(), CliError> {
+    let target = PostgresSettings::from_env().map_err(CliError::Usage)?;
+    let source = match &args.against {
+        Some(url) => crate::verify::VerifySource::Database(
+            PostgresSettings::from_url(url)
+                .map_err(|e| CliError::Usage(format!("--against: {e}")))?,
+        ),
+        None => {
+            let extract_args = ExtractArgs {
+                source: args.source,
+                dump: args.dump.clone(),
+                tables: args.tables.clone(),
+                full: true,
+                since: None,
+            };
+            crate::verify::VerifySource::Source(Box::new(extract_options(cli, &extract_args)?))
+        }
+    };
+    let opts = crate::verify::VerifyOptions {
+        source,
+        tables: args.tables.clone(),
+        compare: load::CompareOptions {
+            sample: args.sample,
+        },
+    };
+    let started = Instant::now();
+    let report = crate::verify::run(config, &cli.staging, &target, &opts)
+        .await
+        .context("verify")?;
+    println!(
+        "verify: {} against {} ({:.1}s)",
+        report.target,
+        report.against,
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", verify_summary(&report));
+    print!("{}", verify_details(&report));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_vec_pretty(&report)
+            .map_err(|e| CliError::Failed(anyhow::anyhow!("verify report: {e}")))?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let differing: Vec<&str> = report
+        .tables
+        .iter()
+        .filter(|t| !t.matches())
+        .map(|t| t.verdict.table.as_str())
+        .collect();
+    if differing.is_empty() {
+        println!("everything matches");
+        Ok(())
+    } else {
+        Err(CliError::Mismatch(format!(
+            "verify: {} table(s) differ: {}",
+            differing.len(),
+            differing.join(", ")
+        )))
+    }
+}
+
+fn verify_summary(report: &crate::verify::VerifyReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .tables
+        .iter()
+        .map(|t| {
+            let v = &t.verdict;
+            let fk: u64 = v.foreign_key_violations.iter().map(|(_, n)| n).sum();
+            vec![
+                v.table.clone(),
+                t.source_rows.map_or_else(|| "-".into(), |n| n.to_string()),
+                v.expected.to_string(),
+                v.target.to_string(),
+                v.missing.count.to_string(),
+                v.extra.count.to_string(),
+                format!("{}/{}", v.differing.count, v.compared),
+                (t.rejected + v.orphans).to_string(),
+                (fk + v.duplicate_keys).to_string(),
+                if t.matches() { "ok" } else { "MISMATCH" }.into(),
+            ]
+        })
+        .collect();
+    let header = [
+        "table",
+        "source",
+        "expected",
+        "target",
+        "missing",
+        "extra",
+        "differing/compared",
+        "rejected",
+        "fk/dup",
+        "result",
+    ];
+    progress::table(&header, &rows)
+}
+
+/// The first keys of every difference, and differing rows column by column.
+fn verify_details(report: &crate::verify::VerifyReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for t in report.tables.iter().filter(|t| !t.matches()) {
+        let v = &t.verdict;
+        let _ = writeln!(out, "\n{}:", v.table);
+        for (what, diff) in [
+            ("missing in the target", &v.missing),
+            ("not in the source", &v.extra),
+        ] {
+            if diff.count > 0 {
+                let _ = writeln!(out, "  {} {what}: {}", diff.count, diff.keys.join("; "));
+            }
+        }
+        if let Some(parents) = v.parents_differing.filter(|n| *n > 0) {
+            let _ = writeln!(out, "  {parents} parent(s) whose set of links differs");
+        }
+        for d in &v.differences {
+            let _ = writeln!(out, "  differs, key {}:", d.key);
+            for (column, expected, actual) in &d.columns {
+                let _ = writeln!(
+                    out,
+                    "    {column}: expected {expected}, target has {actual}"
+                );
+            }
+        }
+        for (column, n) in v.foreign_key_violations.iter().filter(|(_, n)| *n > 0) {
+            let _ = writeln!(out, "  {n} row(s) whose {column} points nowhere");
+        }
+        if v.duplicate_keys > 0 {
+            let _ = writeln!(out, "  {} key(s) held by several rows", v.duplicate_keys);
+        }
+    }
+    if let Some(scratch) = &report.scratch {
+        let _ = writeln!(out, "\nexpected rows and rejects: {}", scratch.display());
+    }
+    out
 }
 
 /// `etl rollback`: undo the newest load, or say why not.

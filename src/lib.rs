@@ -19,3 +19,4 @@ pub mod settings;
 pub mod staging;
 pub mod tls;
 pub mod transform;
+pub mod verify;

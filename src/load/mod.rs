@@ -2,6 +2,7 @@
 //! SQL files that `psql -1` applies on another host. Reads only the transform manifest and
 //! files.
 
+mod compare;
 mod copy_text;
 mod ledger;
 mod plan;
@@ -11,6 +12,7 @@ mod sql_files;
 
 use std::path::{Path, PathBuf};
 
+pub use compare::{compare, CompareOptions, Diff, Expected, RowDiff, TableVerdict};
 pub use copy_text::{encode_batch, escape_text};
 pub use rollback::{ledger_rows, rollback, RollbackOptions, RollbackReport, TableUndo};
 

@@ -349,18 +349,32 @@ fn into_loaded(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
     steps
 }
 
-/// `CREATE TEMP TABLE <stage>` and the COPY of the rows into it.
-fn stage_rows(t: &TableSpec, names: &Names) -> Vec<Step> {
+/// The steps that put a table's staged rows into its temporary stage and move orphans out,
+/// for `etl verify` (the same statements a load begins with).
+pub(crate) fn stage_and_orphans(t: &TableSpec) -> Vec<Step> {
+    let names = Names::new(t);
+    let mut steps = stage_rows(t, &names);
+    steps.extend(orphan_checks(t, &names).into_iter().map(Step::Orphans));
+    steps
+}
+
+/// `CREATE TEMP TABLE <stage>`: the loaded columns, typed as the table's.
+pub(crate) fn create_stage(t: &TableSpec) -> String {
     let columns: Vec<String> = t
         .loaded_columns()
         .map(|c| format!("{} {}", ident(&c.name), c.sql_type.referenced_as()))
         .collect();
+    format!(
+        "CREATE TEMP TABLE {} ({}) ON COMMIT DROP",
+        stage_name(&t.name),
+        columns.join(", ")
+    )
+}
+
+/// `CREATE TEMP TABLE <stage>` and the COPY of the rows into it.
+fn stage_rows(t: &TableSpec, names: &Names) -> Vec<Step> {
     vec![
-        Step::Sql(format!(
-            "CREATE TEMP TABLE {} ({}) ON COMMIT DROP",
-            names.stage,
-            columns.join(", ")
-        )),
+        Step::Sql(create_stage(t)),
         Step::Copy {
             into: format!("{} ({})", names.stage, names.cols),
             data: Data::Rows,
@@ -370,7 +384,7 @@ fn stage_rows(t: &TableSpec, names: &Names) -> Vec<Step> {
 }
 
 /// `s.a = t.a AND s.b = t.b` over the conflict key.
-fn key_match(key: &[String]) -> String {
+pub(crate) fn key_match(key: &[String]) -> String {
     key.iter()
         .map(|k| format!("s.{k} = t.{k}", k = ident(k)))
         .collect::<Vec<_>>()

@@ -67,7 +67,7 @@ pub(crate) async fn load(
 }
 
 /// A table's steps; a branch runs the arm its check chooses.
-async fn run_steps(
+pub(crate) async fn run_steps(
     tx: &Transaction<'_>,
     table: &TablePlan,
     transform_dir: &Path,
@@ -179,7 +179,7 @@ async fn run_step(
 
 /// Streams staged files into `COPY ... FROM STDIN`: a blocking thread decodes and encodes,
 /// this task forwards the chunks. Returns the rows PostgreSQL copied.
-async fn copy_files(
+pub(crate) async fn copy_files(
     tx: &Transaction<'_>,
     table: &str,
     copy_sql: &str,
@@ -218,7 +218,7 @@ async fn copy_files(
     Ok(rows)
 }
 
-fn sql_error(table: &str, sql: &str, source: tokio_postgres::Error) -> LoadError {
+pub(crate) fn sql_error(table: &str, sql: &str, source: tokio_postgres::Error) -> LoadError {
     LoadError::Sql {
         table: table.to_string(),
         statement: sql.chars().take(200).collect(),
