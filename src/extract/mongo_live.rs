@@ -29,8 +29,9 @@ pub async fn extract_collection(
         .await
         .map_err(|e| {
             err(format!(
-                "cannot connect to {}: {e}",
-                settings.redacted_url()
+                "cannot connect to {}: {}",
+                settings.redacted_url(),
+                e.kind
             ))
         })?;
     let coll = client
@@ -41,14 +42,36 @@ pub async fn extract_collection(
         .projection(projection(fields))
         .batch_size(CURSOR_BATCH)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(e.kind.to_string()))?;
     let mut converter = ParallelConverter::new(fields, since);
-    while cursor.advance().await.map_err(|e| err(e.to_string()))? {
+    let mut read: u64 = 0;
+    while cursor
+        .advance()
+        .await
+        .map_err(|e| err(cursor_failure(read, &e)))?
+    {
+        read = read.saturating_add(1);
         // Conversion is CPU work: off the runtime's async workers (the server already
         // filtered by the window; the converter checks it again, so both paths agree).
         tokio::task::block_in_place(|| converter.push(cursor.current(), writer, bar))?;
     }
     tokio::task::block_in_place(|| converter.finish(writer, bar))
+}
+
+/// Why a cursor stopped, with how far it got: a connection lost mid-cursor (a server restart,
+/// a failover, a proxy timeout) must read as that, not as the driver's bare I/O error.
+/// The driver's `kind` alone: its full `Display` adds empty labels and server-response fields.
+fn cursor_failure(read: u64, e: &mongodb::error::Error) -> String {
+    let lost = matches!(
+        *e.kind,
+        mongodb::error::ErrorKind::Io(_) | mongodb::error::ErrorKind::ConnectionPoolCleared { .. }
+    );
+    let cause = if lost {
+        ", the connection to the server was lost"
+    } else {
+        ""
+    };
+    format!("reading stopped after {read} documents{cause}: {}", e.kind)
 }
 
 /// `{$or: [{creation_date: {$gte: d}}, {update_date: {$gte: d}}]}`, or everything.
