@@ -56,6 +56,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Undo the newest load recorded in the target, in one transaction.
     Rollback(RollbackArgs),
+    /// SQL bundles written by `etl load --to sql`.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Print the PostgreSQL DDL the config implies, in foreign-key order.
     Schema,
 }
@@ -126,6 +129,9 @@ pub struct LoadArgs {
     /// Print the plan and the SQL; touch nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --to sql: gzip the bundle's data files (psql reads them through `gzip -dc`).
+    #[arg(long)]
+    pub compress: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -141,6 +147,9 @@ pub struct RunArgs {
     /// Print the load plan and SQL; touch nothing in the target.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --to sql: gzip the bundle's data files.
+    #[arg(long)]
+    pub compress: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -163,6 +172,16 @@ pub struct VerifyArgs {
     /// Also write the full report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BundleCommand {
+    /// Verify a bundle's checksums and, when a target is configured, its place in the
+    /// target's ledger, without applying anything.
+    Check {
+        /// The bundle folder (`sql_exports/<run>`).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -289,12 +308,14 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 out: args.out.clone(),
                 tables: args.extract.tables.clone(),
                 dry_run: args.dry_run,
+                compress: args.compress,
             };
             load(cli, &config, &load_args).await
         }),
         Command::Status => status(cli),
         Command::Verify(args) => runtime()?.block_on(verify(cli, &config, args)),
         Command::Rollback(args) => runtime()?.block_on(rollback(&config, args)),
+        Command::Bundle(BundleCommand::Check { dir }) => runtime()?.block_on(bundle_check(dir)),
     }
 }
 
@@ -307,7 +328,7 @@ impl Command {
             Command::Load(a) => a.tables.as_deref(),
             Command::Run(a) => a.extract.tables.as_deref(),
             Command::Verify(a) => a.tables.as_deref(),
-            Command::Status | Command::Schema | Command::Rollback(_) => None,
+            Command::Status | Command::Schema | Command::Rollback(_) | Command::Bundle(_) => None,
         }
     }
 }
@@ -508,7 +529,10 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
         SinkArg::Postgres => {
             load::Sink::Postgres(PostgresSettings::from_env().map_err(CliError::Usage)?)
         }
-        SinkArg::Sql => load::Sink::SqlFiles(args.out.clone()),
+        SinkArg::Sql => load::Sink::SqlFiles {
+            out: args.out.clone(),
+            compress: args.compress,
+        },
     };
     let started = Instant::now();
     let (run, loads, target) = load::run(
@@ -674,6 +698,53 @@ fn verify_details(report: &crate::verify::VerifyReport) -> String {
         let _ = writeln!(out, "\nexpected rows and rejects: {}", scratch.display());
     }
     out
+}
+
+/// `etl bundle check DIR`: exit 1 when a file is altered or the bundle cannot apply now.
+async fn bundle_check(dir: &std::path::Path) -> Result<(), CliError> {
+    let target = configured_target();
+    let check = load::check_bundle(dir, target.as_ref())
+        .await
+        .context("bundle check")?;
+    let m = &check.manifest;
+    let follows = m
+        .follows
+        .as_ref()
+        .map_or_else(String::new, |f| format!(", follows run {f}"));
+    let rows: u64 = m.tables.iter().map(|t| t.rows).sum();
+    println!(
+        "bundle of run {}{follows}: {} tables, {rows} rows, {} files checked against SHA256SUMS",
+        m.run_id,
+        m.tables.len(),
+        check.checked
+    );
+    for p in &check.problems {
+        println!("  {p}");
+    }
+    let mut failures = Vec::new();
+    if !check.problems.is_empty() {
+        failures.push(format!("{} file problem(s)", check.problems.len()));
+    }
+    match (check.ledger, &target) {
+        (Some(load::LedgerState::Ready), Some(t)) => println!("{t}: ready to apply"),
+        (Some(load::LedgerState::Applied), Some(t)) => {
+            println!("{t}: already applied, applying it again changes nothing")
+        }
+        (Some(load::LedgerState::OutOfOrder), Some(t)) => {
+            let previous = m.follows.clone().unwrap_or_default();
+            println!("{t}: run {previous} is not applied there; apply it first");
+            failures.push(format!("run {previous} must be applied first"));
+        }
+        _ => println!("no target configured: the ledger order was not checked"),
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Mismatch(format!(
+            "bundle check: {}",
+            failures.join("; ")
+        )))
+    }
 }
 
 /// `etl rollback`: undo the newest load, or say why not.

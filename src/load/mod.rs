@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 pub use compare::{compare, CompareOptions, Diff, Expected, RowDiff, TableVerdict};
 pub use copy_text::{encode_batch, escape_text};
 pub use rollback::{ledger_rows, rollback, RollbackOptions, RollbackReport, TableUndo};
+pub use sql_files::{
+    check_bundle, BundleCheck, BundleFile, BundleManifest, BundleTable, LedgerState, BUNDLE_FORMAT,
+};
 
 use crate::config::{Config, TableSpec};
 use crate::settings::PostgresSettings;
@@ -85,8 +88,12 @@ pub struct OrphanReject {
 #[derive(Debug, Clone)]
 pub enum Sink {
     Postgres(PostgresSettings),
-    /// SQL files in this folder.
-    SqlFiles(PathBuf),
+    /// A bundle of SQL and data files under this folder.
+    SqlFiles {
+        out: PathBuf,
+        /// gzip the data files.
+        compress: bool,
+    },
 }
 
 /// The tables of the run's transform manifest that the user selected, in load order.
@@ -131,7 +138,11 @@ pub fn dry_run(
         &plan_options(&run.id, &manifest, keep_history),
         &planned,
     );
-    Ok(sql_files::dry_run(&plan))
+    let bundle = sql_files::BundleOptions {
+        compress: false,
+        follows: previous_loaded_run(staging_dir, &run.id),
+    };
+    Ok(sql_files::dry_run(&plan, &bundle))
 }
 
 /// Loads a transformed run into `sink`; returns the run and per-table results, and writes the
@@ -165,8 +176,12 @@ pub async fn run(
             let loads = postgres::load(&mut client, &plan, &transform_dir).await?;
             (loads, PathBuf::from(settings.to_string()))
         }
-        Sink::SqlFiles(out_dir) => {
-            let file = sql_files::write_bundle(&plan, &transform_dir, out_dir)?;
+        Sink::SqlFiles { out, compress } => {
+            let bundle = sql_files::BundleOptions {
+                compress: *compress,
+                follows: previous_loaded_run(staging_dir, &run.id),
+            };
+            let file = sql_files::write_bundle(&plan, &transform_dir, out, &bundle)?;
             let loads = plan
                 .tables
                 .iter()
@@ -206,6 +221,16 @@ pub async fn run(
     }
     report.write(&run.stage_dir(Stage::Load))?;
     Ok((run, loads, written_to))
+}
+
+/// The run a bundle of `run_id` follows: the newest earlier run of the staging folder that was
+/// loaded or bundled (its load stage finished).
+fn previous_loaded_run(staging_dir: &Path, run_id: &str) -> Option<String> {
+    staging::list_runs(staging_dir)
+        .ok()?
+        .into_iter()
+        .rfind(|r| r.id.as_str() < run_id && r.has_finished(Stage::Load))
+        .map(|r| r.id)
 }
 
 /// How many loaded runs keep the history `etl rollback` needs (`ETL_HISTORY_RUNS`).

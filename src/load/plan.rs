@@ -29,8 +29,10 @@ pub(crate) const FK_REBUILD_ROWS: u64 = 50_000;
 #[derive(Debug, Clone)]
 pub(crate) struct LoadPlan {
     pub(crate) run_id: String,
+    /// The session's search path pinned, the `etl` schema (the ledger) created if missing.
+    pub(crate) setup: Vec<String>,
     /// `CREATE TABLE IF NOT EXISTS` for every table of the config (so foreign keys always find
-    /// their targets), the `etl` schema, and the run's ledger row.
+    /// their targets), and the run's ledger row.
     pub(crate) prelude: Vec<String>,
     pub(crate) tables: Vec<TablePlan>,
     /// History kept for the last few runs only.
@@ -147,14 +149,13 @@ pub(crate) fn plan_load(
     opts: &PlanOptions<'_>,
     tables: &[(&TableSpec, &ManifestEntry)],
 ) -> LoadPlan {
-    let mut prelude = vec![ledger::PIN_SEARCH_PATH.to_string()];
-    prelude.extend(
-        config
-            .tables
-            .iter()
-            .map(|t| create_table(t).trim_end().trim_end_matches(';').to_string()),
-    );
-    prelude.extend(ledger::SCHEMA.iter().map(ToString::to_string));
+    let mut setup = vec![ledger::PIN_SEARCH_PATH.to_string()];
+    setup.extend(ledger::SCHEMA.iter().map(ToString::to_string));
+    let mut prelude: Vec<String> = config
+        .tables
+        .iter()
+        .map(|t| create_table(t).trim_end().trim_end_matches(';').to_string())
+        .collect();
     let rows: Vec<(String, u64)> = tables
         .iter()
         .map(|(t, e)| (t.name.clone(), e.rows))
@@ -162,6 +163,7 @@ pub(crate) fn plan_load(
     prelude.push(ledger::begin_run(opts.run_id, &opts.source, &rows));
     LoadPlan {
         run_id: opts.run_id.to_string(),
+        setup,
         prelude,
         tables: tables
             .iter()

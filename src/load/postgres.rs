@@ -32,7 +32,7 @@ pub(crate) async fn load(
         .transaction()
         .await
         .map_err(|e| sql_error("BEGIN", "", e))?;
-    for sql in &plan.prelude {
+    for sql in plan.setup.iter().chain(&plan.prelude) {
         tx.batch_execute(sql)
             .await
             .map_err(|e| sql_error("", sql, e))?;
