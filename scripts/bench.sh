@@ -58,6 +58,9 @@ MY_DB=etl_bench
 DB_EMPTY=etl_bench_empty
 DB_FULL=etl_bench_full
 DB_USERS=etl_bench_users
+DB_HIST0=etl_bench_hist0
+DB_HIST=etl_bench_hist
+DB_USERS0=etl_bench_users0
 LVA=matomo_log_link_visit_action
 OUTFILE=$ETL_TEST_MARIADB_OUTFILE_DIR/etl_bench_lva_$$.tsv
 
@@ -745,6 +748,59 @@ raw_wall=$(add "$outfile_wall" "$fc_wall")
 } | table
 note "Stage shares of etl's total: extract $(awk -v a="$mext_wall" -v t="$e2e_wall" 'BEGIN { printf "%.0f", 100 * a / t }')%, transform $(awk -v a="$mtr_wall" -v t="$e2e_wall" 'BEGIN { printf "%.0f", 100 * a / t }')%, load $(awk -v a="$le_wall" -v t="$e2e_wall" 'BEGIN { printf "%.0f", 100 * a / t }')%."
 note "Peak RSS: extract $(mib "$mext_rss") MiB, transform $(mib "$mtr_rss") MiB, load $(mib "$le_rss") MiB."
+
+# ============================================= 6. History (etl rollback) and etl verify
+section "6. The cost of keeping history for etl rollback, and etl verify"
+# The same Matomo run into two fresh databases, without history (ETL_HISTORY_RUNS=0) and with
+# it (the default), first into empty tables, then again after every row changed.
+hist_loads() { # DB KEEP NAME: empty load, UPDATE every row, reload; sets H_EMPTY H_CHANGED
+    fresh_pg_db "$1"
+    run_timed "$3_empty" env DATABASE_URL="$PG_BASE/$1" ETL_HISTORY_RUNS="$2" "$etl" --config "$work/config" \
+        --staging "$work/staging-matomo" load --tables $LVA
+    H_EMPTY=$WALL
+    pg "$PG_BASE/$1" -c "UPDATE $LVA SET time_spent = coalesce(time_spent, 0) + 1" -c "VACUUM ANALYZE $LVA" >/dev/null
+    run_timed "$3_changed" env DATABASE_URL="$PG_BASE/$1" ETL_HISTORY_RUNS="$2" "$etl" --config "$work/config" \
+        --staging "$work/staging-matomo" load --tables $LVA
+    H_CHANGED=$WALL
+    keep_manifest "$3_changed" "$work/staging-matomo" load
+    (($(mf "$3_changed" $LVA counts.updated) == N)) || die "$3: the reload did not update every row"
+}
+hist_loads $DB_HIST0 0 hist0
+h0_empty=$H_EMPTY h0_changed=$H_CHANGED
+hist_loads $DB_HIST 3 hist3
+h3_empty=$H_EMPTY h3_changed=$H_CHANGED
+run_timed rollback_changed env DATABASE_URL="$PG_BASE/$DB_HIST" "$etl" --config "$work/config" rollback
+rb_wall=$WALL
+# SmartDiet: the 1x run into a third database without history, beside the empty load above.
+fresh_pg_db $DB_USERS0
+run_timed load_users_empty_nohist env DATABASE_URL="$PG_BASE/$DB_USERS0" ETL_HISTORY_RUNS=0 "$etl" --config "$work/config" --staging "$work/staging" load
+u0_wall=$WALL
+{
+    printf 'load	without history s	with history s	with / without
+'
+    printf 'Matomo %s rows, empty tables	%s	%s	%s
+' "$(int "$N")" "$(secs "$h0_empty")" "$(secs "$h3_empty")" "$(ratio "$h3_empty" "$h0_empty")"
+    printf 'Matomo, every row changed	%s	%s	%s
+' "$(secs "$h0_changed")" "$(secs "$h3_changed")" "$(ratio "$h3_changed" "$h0_changed")"
+    printf 'SmartDiet %s users + links, empty tables	%s	%s	%s
+' "$(int "$BENCH_USERS")" "$(secs "$u0_wall")" "$(secs "$ue_wall")" "$(ratio "$ue_wall" "$u0_wall")"
+} | table
+note "with / without = seconds with history over seconds without (goal for empty tables: <= 1.10)."
+note "etl rollback of the 'every row changed' load (restores $(int "$N") previous versions): $(secs "$rb_wall") s."
+
+# verify: the SmartDiet target against the dump it came from (read again in full).
+run_timed verify_users env DATABASE_URL="$url_users" "$etl" --config "$work/config" --staging "$work/staging" \
+    verify --source dump --dump "$dump" --json "$logs/verify_users.report.json"
+vf_wall=$WALL vf_rss=$RSS_KB
+vf_rows=$(python3 -c 'import json,sys; print(sum(t["expected"] for t in json.load(open(sys.argv[1]))["tables"]))' "$logs/verify_users.report.json")
+{
+    printf 'what	rows compared	seconds	rows/s	peak RSS MiB
+'
+    printf 'etl verify (extract + transform of the dump, compare in PostgreSQL)	%s	%s	%s	%s
+' "$(int "$vf_rows")" "$(secs "$vf_wall")" "$(rate "$vf_rows" "$vf_wall")" "$(mib "$vf_rss")"
+    printf 'etl extract + transform of the same dump (sections 2-3)	-	%s	-	-
+' "$(secs "$(add "$ext_wall" "$tr2_wall")")"
+} | table
 
 out ""
 out "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (above ~0.5 before the bench = other work competed for the 2 cores)"

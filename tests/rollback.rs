@@ -267,3 +267,25 @@ fn history_is_kept_for_the_last_etl_history_runs_loads_only() {
     );
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }
+
+#[test]
+fn etl_history_runs_0_records_no_history_and_the_load_cannot_be_rolled_back() {
+    let work = Workdir::new();
+    let url = fresh_database("rollback_none");
+    let env = [("DATABASE_URL", url.as_str()), ("ETL_HISTORY_RUNS", "0")];
+    let first = util::smartdiet::write_dump(&work.path().join("first"), 30);
+    work.extract_transform_dump(&first, &[], &env);
+    ok(work.etl(&["load"], &env));
+    let second = util::smartdiet::write_dump_changed(&work.path().join("second"), 40, 5);
+    work.extract_transform_dump(&second, &["--full"], &env);
+    ok(work.etl(&["load"], &env));
+    assert_eq!(count(&url, "SELECT count(*) FROM etl.history"), 0);
+    assert_eq!(count(&url, "SELECT count(*) FROM users"), 40);
+    let out = work.etl(&["rollback"], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot be rolled back"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -79,17 +79,22 @@ pub(crate) fn xmin(alias: &str) -> String {
 /// The run's ledger row, the first statement of a load after the schema. The run it follows
 /// is the newest loaded one, and `via` the client (`etl`, or `psql` for a bundle): both come
 /// from the target itself, so the statement is the same whatever executes it.
-pub(crate) fn begin_run(run_id: &str, source: &str, rows: &[(String, u64)]) -> String {
-    let rows = rows
-        .iter()
-        .map(|(t, n)| format!("{}, {n}", literal(t)))
-        .collect::<Vec<_>>()
-        .join(", ");
+pub(crate) fn begin_run(
+    run_id: &str,
+    source: &str,
+    rows: &[(String, u64)],
+    history: bool,
+) -> String {
+    // A JSON literal, not jsonb_build_object: a config may have more tables than a function
+    // has arguments.
+    let rows: serde_json::Map<String, serde_json::Value> =
+        rows.iter().map(|(t, n)| (t.clone(), (*n).into())).collect();
+    let rows = literal(&serde_json::Value::Object(rows).to_string());
     format!(
-        "INSERT INTO etl.runs (run_id, follows, source, via, txid, rows, status) VALUES ({}, \
-         (SELECT run_id FROM etl.runs WHERE status = 'loaded' ORDER BY seq DESC LIMIT 1), {}, \
-         current_setting('application_name'), txid_current(), jsonb_build_object({rows}), \
-         'loaded')",
+        "INSERT INTO etl.runs (run_id, follows, source, via, txid, rows, status, history) \
+         VALUES ({}, (SELECT run_id FROM etl.runs WHERE status = 'loaded' ORDER BY seq DESC \
+         LIMIT 1), {}, current_setting('application_name'), txid_current(), \
+         {rows}::jsonb, 'loaded', {history})",
         literal(run_id),
         literal(source),
     )

@@ -45,7 +45,8 @@ pub(crate) struct PlanOptions<'a> {
     pub(crate) run_id: &'a str,
     /// Where the run's rows came from (`dump`, `mongo`, `matomo`), for the ledger.
     pub(crate) source: String,
-    /// Loaded runs whose history is kept (older ones can no longer be rolled back).
+    /// Loaded runs whose history is kept (older ones can no longer be rolled back); 0
+    /// records none (the load cannot be rolled back, and costs nothing extra).
     pub(crate) keep_history: u32,
 }
 
@@ -160,7 +161,8 @@ pub(crate) fn plan_load(
         .iter()
         .map(|(t, e)| (t.name.clone(), e.rows))
         .collect();
-    prelude.push(ledger::begin_run(opts.run_id, &opts.source, &rows));
+    let history = opts.keep_history > 0;
+    prelude.push(ledger::begin_run(opts.run_id, &opts.source, &rows, history));
     LoadPlan {
         run_id: opts.run_id.to_string(),
         setup,
@@ -170,7 +172,7 @@ pub(crate) fn plan_load(
             .map(|(t, entry)| TablePlan {
                 files: entry.files.clone(),
                 parent_files: entry.parent_files.clone(),
-                ..plan_table(config, t, entry.rows)
+                ..plan_table(config, t, entry.rows, history)
             })
             .collect(),
         postlude: ledger::prune_history(opts.keep_history),
@@ -182,9 +184,12 @@ pub(crate) fn stage_name(table: &str) -> String {
     ident(&format!("etl_stage_{table}"))
 }
 
-/// One table's steps for `rows` incoming rows.
-pub(crate) fn plan_table(config: &Config, t: &TableSpec, rows: u64) -> TablePlan {
-    let names = Names::new(t);
+/// One table's steps for `rows` incoming rows; `history` records what `etl rollback` needs.
+pub(crate) fn plan_table(config: &Config, t: &TableSpec, rows: u64, history: bool) -> TablePlan {
+    let names = Names {
+        history,
+        ..Names::new(t)
+    };
     let mut steps = Vec::new();
     if t.force_reimport && t.truncate_before_import {
         steps.extend(truncate(config, t, &names));
@@ -224,6 +229,7 @@ fn truncate(config: &Config, t: &TableSpec, names: &Names) -> Vec<Step> {
     }
     let mut steps: Vec<Step> = cascade
         .iter()
+        .filter(|_| names.history)
         .map(|c| {
             Step::Sql(ledger::record_rows(
                 c,
@@ -245,6 +251,8 @@ struct Names {
     stage: String,
     /// The loaded columns, as a SQL list.
     cols: String,
+    /// Whether the steps record history for `etl rollback`.
+    history: bool,
 }
 
 impl Names {
@@ -254,6 +262,7 @@ impl Names {
             target: ident(&t.name),
             stage: stage_name(&t.name),
             cols: ident_list(&loaded),
+            history: true,
         }
     }
 }
@@ -263,7 +272,11 @@ impl Names {
 /// row can be an orphan.
 fn into_empty(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
     // Rollback recognises this run's rows by their transaction id: nothing per row.
-    let mut steps = vec![Step::Sql(ledger::was_empty(&t.name))];
+    let mut steps: Vec<Step> = names
+        .history
+        .then(|| Step::Sql(ledger::was_empty(&t.name)))
+        .into_iter()
+        .collect();
     let has_foreign_keys = t.columns.iter().any(|c| c.foreign_key.is_some());
     if !has_foreign_keys {
         steps.push(Step::Copy {
@@ -309,14 +322,23 @@ fn into_loaded(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
         ];
         // Only the children that are gone: the ones still there are upserted, so a rerun of
         // the same run deletes and rewrites nothing. The deleted rows go to the history.
+        let (returning, kept) = if names.history {
+            (
+                ledger::returned_row(t, "t"),
+                format!(
+                    ", kept AS ({})",
+                    ledger::record_returned(&t.name, 'd', "gone")
+                ),
+            )
+        } else {
+            ("1".to_string(), String::new())
+        };
         let delete = Step::DeleteChildren(format!(
             "WITH gone AS (DELETE FROM {target} t USING (SELECT DISTINCT parent FROM {pstage}) p \
              WHERE t.{} = p.parent AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {}) \
-             RETURNING {}), kept AS ({}) SELECT count(*) FROM gone",
+             RETURNING {returning}){kept} SELECT count(*) FROM gone",
             ident(parent),
             key_match(&t.conflict_key),
-            ledger::returned_row(t, "t"),
-            ledger::record_returned(&t.name, 'd', "gone"),
             target = names.target,
             stage = names.stage,
         ));
@@ -329,7 +351,7 @@ fn into_loaded(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
     steps.extend(orphan_checks(t, names).into_iter().map(Step::Orphans));
     steps.extend(delete);
     let updates = upsert_updates(t);
-    if !updates.is_empty() {
+    if names.history && !updates.is_empty() {
         // The previous version of every row the upsert is about to change.
         steps.push(Step::Sql(ledger::record_rows(
             t,
@@ -520,17 +542,26 @@ fn upsert_sql(t: &TableSpec, names: &Names, updates: &[(String, String)]) -> Str
             changes(updates, "EXCLUDED")
         )
     };
+    let (key, kept) = if names.history {
+        (
+            format!(", {} AS key", ledger::key_json(t, "t")),
+            format!(
+                ", kept AS ({})",
+                ledger::record_inserted(&t.name, "written")
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     // Inserted rows have xmax = 0; updated ones carry the updating transaction's id.
     format!(
         "WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {stage} \
-         {on_conflict} RETURNING (xmax = 0) AS inserted, {key}), kept AS ({kept}) \
+         {on_conflict} RETURNING (xmax = 0) AS inserted{key}){kept} \
          SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) \
          FROM written",
         target = names.target,
         stage = names.stage,
         cols = names.cols,
-        key = format_args!("{} AS key", ledger::key_json(t, "t")),
-        kept = ledger::record_inserted(&t.name, "written"),
     )
 }
 
@@ -588,7 +619,7 @@ mod tests {
     #[test]
     fn logbook_upsert_keeps_earliest_created_and_latest_updated() {
         let config = config();
-        let plan = plan_table(&config, config.table("users_logbook").unwrap(), 10);
+        let plan = plan_table(&config, config.table("users_logbook").unwrap(), 10, true);
         let all = statements(&plan.steps).join("\n");
         assert!(all.contains("ON CONFLICT (user_id, day) DO UPDATE SET created_at = LEAST(t.created_at, EXCLUDED.created_at), updated_at = GREATEST(t.updated_at, EXCLUDED.updated_at)"), "{all}");
         assert!(
@@ -601,7 +632,7 @@ mod tests {
     #[test]
     fn link_tables_replace_children_of_their_parents_only_when_the_target_has_rows() {
         let config = config();
-        let plan = plan_table(&config, config.table("users_targets").unwrap(), 10);
+        let plan = plan_table(&config, config.table("users_targets").unwrap(), 10, true);
         let (empty, loaded) = arms(&plan);
         let deletes = |steps: &[Step]| {
             steps
@@ -625,14 +656,14 @@ mod tests {
             .count();
         assert_eq!(orphans, 2);
         // Upserted link tables keep removed elements: no parent delete.
-        let menu = plan_table(&config, config.table("menu_recipes").unwrap(), 10);
+        let menu = plan_table(&config, config.table("menu_recipes").unwrap(), 10, true);
         assert!(deletes(arms(&menu).1).is_empty());
     }
 
     #[test]
     fn an_empty_table_without_foreign_keys_is_copied_into_directly() {
         let config = config();
-        let plan = plan_table(&config, config.table("ingredients").unwrap(), 10);
+        let plan = plan_table(&config, config.table("ingredients").unwrap(), 10, true);
         let (empty, _) = arms(&plan);
         assert_eq!(empty.len(), 2, "{empty:?}");
         assert!(matches!(&empty[0], Step::Sql(sql) if sql.contains("'e')")));
@@ -650,9 +681,10 @@ mod tests {
     fn big_loads_rebuild_foreign_keys_around_the_write_in_both_arms() {
         let config = config();
         let table = config.table("users_targets").unwrap();
-        let small = statements(&plan_table(&config, table, FK_REBUILD_ROWS - 1).steps).join("\n");
+        let small =
+            statements(&plan_table(&config, table, FK_REBUILD_ROWS - 1, true).steps).join("\n");
         assert!(!small.contains("DROP CONSTRAINT"), "{small}");
-        let big = plan_table(&config, table, FK_REBUILD_ROWS);
+        let big = plan_table(&config, table, FK_REBUILD_ROWS, true);
         let (empty, loaded) = arms(&big);
         for arm in [empty, loaded] {
             let sql = statements(arm);
@@ -666,7 +698,7 @@ mod tests {
     #[test]
     fn reserved_column_names_are_quoted_everywhere() {
         let config = config();
-        let plan = plan_table(&config, config.table("periods").unwrap(), 10);
+        let plan = plan_table(&config, config.table("periods").unwrap(), 10, true);
         let all = statements(&plan.steps).join("\n");
         assert!(all.contains("\"order\" = EXCLUDED.\"order\""), "{all}");
         assert!(all.contains("COPY etl_stage_periods ("), "{all}");

@@ -234,8 +234,8 @@ async fn newest_load(tx: &Transaction<'_>, run: Option<&str>) -> Result<Load, Lo
     }
     if !newest.history {
         return Err(LoadError::Refused(format!(
-            "run {} was loaded before the history of the last loads was kept \
-             (ETL_HISTORY_RUNS): it cannot be rolled back",
+            "run {} was loaded without history (ETL_HISTORY_RUNS=0) or its history was dropped by later \
+             loads (ETL_HISTORY_RUNS): it cannot be rolled back",
             newest.run_id
         )));
     }
