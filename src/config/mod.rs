@@ -74,6 +74,44 @@ pub struct TableSpec {
     pub filter_exists: Vec<String>,
     pub watermark: Watermark,
     pub time_zone: chrono_tz::Tz,
+    /// Range partitioning of the target, when declared.
+    pub partition: Option<PartitionSpec>,
+}
+
+/// A table partitioned by range on a time column, one partition per period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSpec {
+    pub column: String,
+    pub every: PartitionEvery,
+}
+
+/// The length of one partition's range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionEvery {
+    Day,
+    Week,
+    Month,
+}
+
+impl PartitionEvery {
+    /// The unit `date_trunc` and `interval` take.
+    pub fn unit(self) -> &'static str {
+        match self {
+            PartitionEvery::Day => "day",
+            PartitionEvery::Week => "week",
+            PartitionEvery::Month => "month",
+        }
+    }
+
+    /// The `to_char` pattern of a partition's name suffix: `20240301`, `2024w09` (ISO week,
+    /// as the existing Matomo sync names them), `2024m03`.
+    pub fn name_pattern(self) -> &'static str {
+        match self {
+            PartitionEvery::Day => "YYYYMMDD",
+            PartitionEvery::Week => "IYYY\"w\"IW",
+            PartitionEvery::Month => "YYYY\"m\"MM",
+        }
+    }
 }
 
 impl TableSpec {

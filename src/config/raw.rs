@@ -57,6 +57,21 @@ pub struct RawTable {
     pub watermark: Option<String>,
     /// IANA time zone in which `DATE` columns are computed from timestamps (default `UTC`).
     pub time_zone: Option<String>,
+    /// Range partitioning of the target on a time column (`{column: action_timestamp, every:
+    /// week}`): the table is created `PARTITION BY RANGE`, and each load creates the
+    /// partitions its rows need, inside its transaction. Its keys must include the column.
+    pub partition: Option<RawPartition>,
+}
+
+/// How a table is partitioned.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPartition {
+    /// The NOT NULL `TIMESTAMPTZ`, `TIMESTAMP` or `DATE` column whose value picks a partition.
+    pub column: String,
+    /// `day`, `week` (ISO weeks, from Monday; the default) or `month`; ranges of
+    /// `TIMESTAMPTZ` columns are cut in UTC.
+    pub every: Option<String>,
 }
 
 /// One column of a table.

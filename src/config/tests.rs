@@ -291,3 +291,54 @@ t:
 ";
     assert_refused(yaml, "t", "explode.arrays", "`type` each");
 }
+
+const PARTITIONED: &str = "
+events_log:
+  columns:
+    - { name: action_id, sql_type: TEXT, nullable: false }
+    - { name: action_timestamp, sql_type: TIMESTAMPTZ, nullable: false }
+  primary_key: [action_id, action_timestamp]
+  partition: { column: action_timestamp, every: week }
+";
+
+#[test]
+fn a_partitioned_table_is_created_by_range_and_its_key_holds_the_column() {
+    let config = load_yaml(PARTITIONED).unwrap_or_else(|e| panic!("{e}"));
+    let t = config.table("events_log").unwrap();
+    assert_eq!(
+        t.partition,
+        Some(PartitionSpec {
+            column: "action_timestamp".into(),
+            every: PartitionEvery::Week
+        })
+    );
+    let ddl = ddl::create_table(t);
+    assert!(
+        ddl.ends_with(") PARTITION BY RANGE (action_timestamp);\n"),
+        "{ddl}"
+    );
+    assert_refused(
+        &PARTITIONED.replace("[action_id, action_timestamp]", "[action_id]"),
+        "events_log",
+        "primary_key",
+        "must include the partition column `action_timestamp`",
+    );
+    assert_refused(
+        &PARTITIONED.replace("every: week", "every: fortnight"),
+        "events_log",
+        "partition.every",
+        "unknown period `fortnight`",
+    );
+    assert_refused(
+        &PARTITIONED.replace("column: action_timestamp,", "column: action_id,"),
+        "events_log",
+        "partition.column",
+        "is TEXT; a partition column is TIMESTAMPTZ",
+    );
+    assert_refused(
+        &PARTITIONED.replace("column: action_timestamp,", "column: nowhere,"),
+        "events_log",
+        "partition.column",
+        "names column `nowhere`",
+    );
+}

@@ -186,6 +186,7 @@ fn build_table(
     check_strategy(&raw, p);
     let watermark = table_watermark(&raw, kind, &columns, p);
     let time_zone = table_time_zone(&raw, p);
+    let partition = table_partition(name, &raw, &columns, &primary_key, p);
 
     if raw.truncate_before_import && !raw.force_reimport {
         warnings.push(format!(
@@ -213,7 +214,95 @@ fn build_table(
         filter_exists,
         watermark,
         time_zone,
+        partition,
     }
+}
+
+/// Longest partition name suffix (`_20240301`): a table name plus it must fit PostgreSQL's
+/// 63-byte identifiers.
+const PARTITION_SUFFIX_LEN: usize = 9;
+
+/// Range partitioning: a NOT NULL time column that every key includes (PostgreSQL requires
+/// the partition column in each unique constraint of a partitioned table).
+fn table_partition(
+    name: &str,
+    raw: &RawTable,
+    columns: &[ColumnSpec],
+    primary_key: &[String],
+    p: &mut impl FnMut(&str, String),
+) -> Option<PartitionSpec> {
+    let rp = raw.partition.as_ref()?;
+    let every = match rp.every.as_deref() {
+        None | Some("week") => PartitionEvery::Week,
+        Some("day") => PartitionEvery::Day,
+        Some("month") => PartitionEvery::Month,
+        Some(other) => {
+            p(
+                "partition.every",
+                format!("unknown period `{other}`: day, week or month"),
+            );
+            PartitionEvery::Week
+        }
+    };
+    match columns.iter().find(|c| c.name == rp.column) {
+        None => p(
+            "partition.column",
+            format!(
+                "names column `{}`, which the table does not have",
+                rp.column
+            ),
+        ),
+        Some(c) => {
+            if !matches!(
+                c.sql_type,
+                SqlType::TimestampTz | SqlType::Timestamp | SqlType::Date
+            ) {
+                p(
+                    "partition.column",
+                    format!(
+                        "column `{}` is {}; a partition column is TIMESTAMPTZ, TIMESTAMP or DATE",
+                        c.name, c.sql_type
+                    ),
+                );
+            }
+            if c.nullable && !primary_key.contains(&c.name) {
+                p(
+                    "partition.column",
+                    format!(
+                        "column `{}` must be NOT NULL: a row without it has no partition",
+                        c.name
+                    ),
+                );
+            }
+        }
+    }
+    for (key, cols) in [("primary_key", primary_key), ("unique", &raw.unique)] {
+        if !cols.is_empty() && !cols.contains(&rp.column) {
+            p(
+                key,
+                format!(
+                    "must include the partition column `{}` (PostgreSQL requires it of every \
+                     key of a partitioned table), e.g. [{}, {}]",
+                    rp.column,
+                    cols.join(", "),
+                    rp.column
+                ),
+            );
+        }
+    }
+    if name.len() + PARTITION_SUFFIX_LEN > 63 {
+        p(
+            "partition",
+            format!(
+                "the table name is too long for its partitions' names (at most {} bytes)",
+                63 - PARTITION_SUFFIX_LEN
+            ),
+        );
+    }
+    Some(PartitionSpec {
+        column: rp.column.clone(),
+        every,
+    })
 }
 
 /// Where the rows come from; keys of the other file's kind are refused.
