@@ -15,6 +15,7 @@
 
 pub mod fields;
 mod manifest;
+pub mod matomo_api;
 mod parquet_io;
 mod rejects;
 
