@@ -10,6 +10,7 @@ pub use crate::staging::fields;
 
 pub mod bson_arrow;
 pub mod matomo;
+pub mod matomo_api;
 mod mongo_live;
 pub mod mongodump;
 pub mod window;

@@ -109,6 +109,37 @@ pub struct ManifestEntry {
     /// Load: every statement the live load ran for the table, in order (COPY data left out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statements: Vec<String>,
+    /// Extract (Matomo API): per site, its time zone, the days read and what they held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_sites: Vec<ApiSite>,
+    /// Visits whose `actionDetails` Matomo truncated (its per-visit action limit), carried
+    /// along by transform and load so every summary can show them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub truncated_visits: u64,
+    /// Actions those visits lost.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub truncated_actions: u64,
+}
+
+/// What an API extract read for one site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiSite {
+    pub site: u32,
+    /// The zone its days are cut in (IANA name or `UTC+05:30`).
+    pub time_zone: String,
+    pub first_day: Option<chrono::NaiveDate>,
+    pub last_day: Option<chrono::NaiveDate>,
+    /// Why the window starts on `first_day`.
+    pub reason: String,
+    pub visits: u64,
+    pub actions: u64,
+    /// Requests answered (pages, every day counted).
+    pub pages: u64,
+    pub truncated_visits: u64,
+    pub truncated_actions: u64,
+    /// Visits listed again by a later page or day of the same run (a visit that went on while
+    /// it was read): the first copy is kept, the next run's re-read window updates it.
+    pub repeated_visits: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -125,6 +156,9 @@ pub enum SourceKind {
     Dump,
     /// Matomo tables in MariaDB/MySQL.
     Matomo,
+    /// Matomo's HTTP Reporting API.
+    #[serde(rename = "matomo-api")]
+    MatomoApi,
 }
 
 impl SourceKind {
@@ -134,6 +168,7 @@ impl SourceKind {
             SourceKind::Mongo => "mongo",
             SourceKind::Dump => "dump",
             SourceKind::Matomo => "matomo",
+            SourceKind::MatomoApi => "matomo-api",
         }
     }
 }

@@ -239,6 +239,27 @@ pub fn truncated_actions(visit: &Value) -> Option<u64> {
         .filter(|n| *n > 0)
 }
 
+/// The latest unix time (in milliseconds) a visit holds at `path`: in the visit, or in each of
+/// its actions when `in_actions` (what a watermark on `element.timestamp` reads).
+pub fn latest_millis(visit: &Value, path: &str, in_actions: bool) -> Option<i64> {
+    let read = |v: &Value| get_path(v, path).and_then(unix_millis);
+    if !in_actions {
+        return read(visit);
+    }
+    match get_path(visit, ACTIONS_FIELD) {
+        Some(Value::Array(items)) => items.iter().filter_map(read).max(),
+        _ => None,
+    }
+}
+
+/// How many actions a visit carries (elements of `actionDetails`).
+pub fn action_count(visit: &Value) -> u64 {
+    match get_path(visit, ACTIONS_FIELD) {
+        Some(Value::Array(items)) => u64::try_from(items.len()).unwrap_or(u64::MAX),
+        _ => 0,
+    }
+}
+
 /// One value as staged: typed, or kept as JSON in `__raw` when it does not fit.
 #[derive(Debug, Clone, PartialEq)]
 enum Cell {
