@@ -311,6 +311,13 @@ impl MatomoApiSettings {
         Self::from_vars(&var)
     }
 
+    /// The settings from variables looked up by `lookup` instead of the environment (tests).
+    pub fn from_lookup(
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<MatomoApiSettings, String> {
+        Self::from_vars(&|name| lookup(name).filter(|v| !v.is_empty()))
+    }
+
     fn from_vars(vars: Vars) -> Result<MatomoApiSettings, String> {
         let url = vars("MATOMO_URL").ok_or("--source matomo-api needs MATOMO_URL (the Matomo root, e.g. https://matomo.example.org)")?;
         let split = split_url(url.trim());

@@ -163,15 +163,15 @@ fn answer(request: &Request, state: &Mutex<State>) -> Answer {
     if request.method != "POST" {
         return Answer::Now("405 Method Not Allowed", "<html>POST only</html>".into());
     }
-    let site: u32 = form
-        .get("idSite")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let site: u32 = form.get("idSite").and_then(|s| s.parse().ok()).unwrap_or(0);
     if form.get("token_auth") != Some(&state.token) {
         let message = format!(
             "You can't access this resource as it requires 'view' access for the website id = {site}."
         );
-        return Answer::Now(OK, json!({"result": "error", "message": message}).to_string());
+        return Answer::Now(
+            OK,
+            json!({"result": "error", "message": message}).to_string(),
+        );
     }
     match form.get("method").map(String::as_str) {
         Some("SitesManager.getSiteFromId") => match state.sites.get(&site) {
@@ -276,7 +276,10 @@ pub fn form_decode(text: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
                     Ok(b) => {
                         out.push(b);
                         i += 2;

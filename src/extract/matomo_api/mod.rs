@@ -363,7 +363,7 @@ impl Api<'_> {
         let mut last = String::new();
         for attempt in 0..tries {
             if attempt > 0 {
-                let delay = std::time::Duration::from_millis(500u64 << attempt.min(4));
+                let delay = std::time::Duration::from_millis(500u64 << (attempt - 1).min(4));
                 tracing::warn!(
                     attempt,
                     of = tries,
