@@ -519,7 +519,7 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
                 &cli.staging,
                 args.run.as_deref(),
                 args.tables.as_deref(),
-                keep_history()?
+                &load_options()?
             )
             .context("load")?
         );
@@ -541,7 +541,7 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
         args.run.as_deref(),
         args.tables.as_deref(),
         &sink,
-        keep_history()?,
+        &load_options()?,
     )
     .await
     .context("load")?;
@@ -786,16 +786,30 @@ async fn rollback(config: &Config, args: &RollbackArgs) -> Result<(), CliError> 
     Ok(())
 }
 
-/// `ETL_HISTORY_RUNS`: how many loaded runs keep what `etl rollback` needs.
-fn keep_history() -> Result<u32, CliError> {
-    match std::env::var("ETL_HISTORY_RUNS") {
-        Err(_) => Ok(load::DEFAULT_HISTORY_RUNS),
+/// `ETL_HISTORY_RUNS` (how many loaded runs keep what `etl rollback` needs) and
+/// `ETL_COPY_FORMAT` (`binary`, the default, or `text`).
+fn load_options() -> Result<load::LoadOptions, CliError> {
+    let keep_history = match std::env::var("ETL_HISTORY_RUNS") {
+        Err(_) => load::DEFAULT_HISTORY_RUNS,
         Ok(v) => v.trim().parse().map_err(|_| {
             CliError::Usage(format!(
                 "ETL_HISTORY_RUNS must be a whole number of runs (0 keeps none), not `{v}`"
             ))
-        }),
-    }
+        })?,
+    };
+    let binary_copy = match std::env::var("ETL_COPY_FORMAT").as_deref() {
+        Err(_) | Ok("binary") => true,
+        Ok("text") => false,
+        Ok(other) => {
+            return Err(CliError::Usage(format!(
+                "ETL_COPY_FORMAT is `binary` or `text`, not `{other}`"
+            )))
+        }
+    };
+    Ok(load::LoadOptions {
+        keep_history,
+        binary_copy,
+    })
 }
 
 /// Per table; `rejected` counts the transform's rejects and the load's orphans.

@@ -172,10 +172,12 @@ async fn stage_from_run(
         rows: entry.map_or(0, |e| e.rows),
         files: entry.map(|e| e.files.clone()).unwrap_or_default(),
         parent_files: Vec::new(),
+        row_types: t.loaded_columns().map(|c| c.sql_type).collect(),
+        parent_type: None,
         steps: plan::stage_and_orphans(t),
     };
     let mut load = TableLoad::default();
-    run_steps(tx, &table, dir, &mut load).await?;
+    run_steps(tx, &table, dir, true, &mut load).await?;
     Ok(load.orphans.len() as u64)
 }
 

@@ -22,26 +22,46 @@ use crate::staging::{self, FileEntry};
 /// Bytes of COPY data handed over at a time (one message to PostgreSQL, one file write).
 const COPY_CHUNK: usize = 1 << 20;
 
-/// Reads each staged file (after checking its checksum) and hands COPY text in chunks to
+/// The COPY data format.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CopyFormat {
+    Text,
+    /// PostgreSQL's binary format; the declared type of each column.
+    Binary(Vec<crate::config::SqlType>),
+}
+
+/// Reads each staged file (after checking its checksum) and hands COPY data in chunks to
 /// `send`; stops early when `send` returns false.
 pub(crate) fn encode_files(
     dir: &Path,
     files: &[FileEntry],
     table: &str,
+    format: &CopyFormat,
     mut send: impl FnMut(Bytes) -> bool,
 ) -> Result<(), LoadError> {
     let mut buf = Vec::with_capacity(COPY_CHUNK + 64 * 1024);
+    if let CopyFormat::Binary(_) = format {
+        buf.extend_from_slice(super::copy_binary::HEADER);
+    }
     for file in files {
         staging::verify_file(dir, file)?;
         let path = dir.join(&file.path);
         for batch in staging::stream_batches(&path, 8 * 1024)? {
             let batch = batch?;
-            encode_batch(&batch, &mut buf)
-                .map_err(|message| LoadError::Internal(format!("table `{table}`: {message}")))?;
+            match format {
+                CopyFormat::Text => encode_batch(&batch, &mut buf),
+                CopyFormat::Binary(types) => {
+                    super::copy_binary::encode_batch(&batch, types, &mut buf)
+                }
+            }
+            .map_err(|message| LoadError::Internal(format!("table `{table}`: {message}")))?;
             if buf.len() >= COPY_CHUNK && !send(Bytes::from(std::mem::take(&mut buf))) {
                 return Ok(());
             }
         }
+    }
+    if let CopyFormat::Binary(_) = format {
+        buf.extend_from_slice(super::copy_binary::TRAILER);
     }
     if !buf.is_empty() {
         send(Bytes::from(buf));

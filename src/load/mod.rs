@@ -3,6 +3,7 @@
 //! files.
 
 mod compare;
+mod copy_binary;
 mod copy_text;
 mod ledger;
 mod plan;
@@ -128,14 +129,14 @@ pub fn dry_run(
     staging_dir: &Path,
     run: Option<&str>,
     tables: Option<&[String]>,
-    keep_history: u32,
+    opts: &LoadOptions,
 ) -> Result<String, LoadError> {
     let run = RunDir::open(staging_dir, run, Stage::Transform)?;
     let manifest = run.manifest(Stage::Transform)?;
     let planned = planned(config, &manifest, tables)?;
     let plan = plan::plan_load(
         config,
-        &plan_options(&run.id, &manifest, keep_history),
+        &plan_options(&run.id, &manifest, opts.keep_history),
         &planned,
     );
     let bundle = sql_files::BundleOptions {
@@ -153,14 +154,14 @@ pub async fn run(
     run: Option<&str>,
     tables: Option<&[String]>,
     sink: &Sink,
-    keep_history: u32,
+    opts: &LoadOptions,
 ) -> Result<(RunDir, Vec<TableLoad>, PathBuf), LoadError> {
     let run = RunDir::open(staging_dir, run, Stage::Transform)?;
     let manifest = run.manifest(Stage::Transform)?;
     let planned = planned(config, &manifest, tables)?;
     let plan = plan::plan_load(
         config,
-        &plan_options(&run.id, &manifest, keep_history),
+        &plan_options(&run.id, &manifest, opts.keep_history),
         &planned,
     );
     let transform_dir = run.stage_dir(Stage::Transform);
@@ -173,7 +174,8 @@ pub async fn run(
                     target: settings.to_string(),
                     message,
                 })?;
-            let loads = postgres::load(&mut client, &plan, &transform_dir).await?;
+            let loads =
+                postgres::load(&mut client, &plan, &transform_dir, opts.binary_copy).await?;
             (loads, PathBuf::from(settings.to_string()))
         }
         Sink::SqlFiles { out, compress } => {
@@ -231,6 +233,25 @@ fn previous_loaded_run(staging_dir: &Path, run_id: &str) -> Option<String> {
         .into_iter()
         .rfind(|r| r.id.as_str() < run_id && r.has_finished(Stage::Load))
         .map(|r| r.id)
+}
+
+/// How a load runs, beyond what to load and where.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Loaded runs whose history `etl rollback` can use (`ETL_HISTORY_RUNS`; 0 keeps none).
+    pub keep_history: u32,
+    /// The live COPY in PostgreSQL's binary format (`ETL_COPY_FORMAT=binary`, the default);
+    /// text otherwise. Bundles always carry text.
+    pub binary_copy: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            keep_history: DEFAULT_HISTORY_RUNS,
+            binary_copy: true,
+        }
+    }
 }
 
 /// How many loaded runs keep the history `etl rollback` needs (`ETL_HISTORY_RUNS`).

@@ -59,6 +59,9 @@ pub(crate) struct TablePlan {
     /// The staged files of each data set, relative to the transform folder.
     pub(crate) files: Vec<FileEntry>,
     pub(crate) parent_files: Vec<FileEntry>,
+    /// The declared types of the rows' columns, and of the parents' one column.
+    pub(crate) row_types: Vec<SqlType>,
+    pub(crate) parent_type: Option<SqlType>,
     pub(crate) steps: Vec<Step>,
 }
 
@@ -67,6 +70,14 @@ impl TablePlan {
         match data {
             Data::Rows => &self.files,
             Data::Parents => &self.parent_files,
+        }
+    }
+
+    /// The declared types of a data set's columns.
+    pub(crate) fn types(&self, data: Data) -> Vec<SqlType> {
+        match data {
+            Data::Rows => self.row_types.clone(),
+            Data::Parents => self.parent_type.into_iter().collect(),
         }
     }
 }
@@ -209,6 +220,11 @@ pub(crate) fn plan_table(config: &Config, t: &TableSpec, rows: u64, history: boo
         rows,
         files: Vec::new(),
         parent_files: Vec::new(),
+        row_types: t.loaded_columns().map(|c| c.sql_type).collect(),
+        parent_type: t
+            .replace_parent_column()
+            .and_then(|p| t.column(p))
+            .map(|c| c.sql_type),
         steps,
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio_postgres::{Client, Transaction};
 
-use super::copy_text;
+use super::copy_text::{self, CopyFormat};
 use super::plan::{LoadPlan, Step, TablePlan, WriteCounts};
 use super::{LoadError, OrphanReject, TableLoad};
 use crate::staging::FileEntry;
@@ -22,6 +22,7 @@ pub(crate) async fn load(
     client: &mut Client,
     plan: &LoadPlan,
     transform_dir: &Path,
+    binary: bool,
 ) -> Result<Vec<TableLoad>, LoadError> {
     // The ledger records which client ran a load (`etl`, or `psql` for a bundle).
     client
@@ -45,7 +46,7 @@ pub(crate) async fn load(
             rows: table.rows,
             ..Default::default()
         };
-        run_steps(&tx, table, transform_dir, &mut load).await?;
+        run_steps(&tx, table, transform_dir, binary, &mut load).await?;
         load.seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             table = %table.table,
@@ -71,6 +72,7 @@ pub(crate) async fn run_steps(
     tx: &Transaction<'_>,
     table: &TablePlan,
     transform_dir: &Path,
+    binary: bool,
     load: &mut TableLoad,
 ) -> Result<(), LoadError> {
     for step in &table.steps {
@@ -80,7 +82,7 @@ pub(crate) async fn run_steps(
             otherwise,
         } = step
         else {
-            run_step(tx, table, step, transform_dir, load).await?;
+            run_step(tx, table, step, transform_dir, binary, load).await?;
             continue;
         };
         let empty: bool = tx
@@ -90,7 +92,7 @@ pub(crate) async fn run_steps(
             .get(0);
         load.statements.push(check.clone());
         for inner in if empty { then } else { otherwise } {
-            run_step(tx, table, inner, transform_dir, load).await?;
+            run_step(tx, table, inner, transform_dir, binary, load).await?;
         }
     }
     Ok(())
@@ -102,6 +104,7 @@ async fn run_step(
     table: &TablePlan,
     step: &Step,
     transform_dir: &Path,
+    binary: bool,
     load: &mut TableLoad,
 ) -> Result<(), LoadError> {
     let name = table.table.as_str();
@@ -118,8 +121,17 @@ async fn run_step(
             data,
             into_target,
         } => {
-            let sql = format!("COPY {into} FROM STDIN");
-            let copied = copy_files(tx, name, &sql, transform_dir, table.files(*data)).await?;
+            let (sql, format) = if binary {
+                let sql = format!("COPY {into} FROM STDIN (FORMAT binary)");
+                (sql, CopyFormat::Binary(table.types(*data)))
+            } else {
+                (format!("COPY {into} FROM STDIN"), CopyFormat::Text)
+            };
+            if let Some(last) = load.statements.last_mut() {
+                last.clone_from(&sql);
+            }
+            let files = table.files(*data);
+            let copied = copy_files(tx, name, &sql, transform_dir, files, format).await?;
             if *into_target {
                 load.inserted += copied;
             }
@@ -185,13 +197,14 @@ pub(crate) async fn copy_files(
     copy_sql: &str,
     dir: &Path,
     files: &[FileEntry],
+    format: CopyFormat,
 ) -> Result<u64, LoadError> {
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<Bytes, LoadError>>(4);
     let dir: PathBuf = dir.to_path_buf();
     let files = files.to_vec();
     let table_name = table.to_string();
     let producer = tokio::task::spawn_blocking(move || {
-        let result = copy_text::encode_files(&dir, &files, &table_name, |chunk| {
+        let result = copy_text::encode_files(&dir, &files, &table_name, &format, |chunk| {
             sender.blocking_send(Ok(chunk)).is_ok()
         });
         if let Err(e) = result {

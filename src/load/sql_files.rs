@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::copy_text::encode_files;
+use super::copy_text::{encode_files, CopyFormat};
 use super::plan::{literal, Data, LoadPlan, OrphanCheck, Step, TablePlan};
 use super::LoadError;
 use crate::staging::StagingError;
@@ -253,6 +253,7 @@ fn write_data(
             transform_dir,
             table.files(data),
             &table.table,
+            &CopyFormat::Text,
             |chunk| match sink.write_all(&chunk) {
                 Ok(()) => true,
                 Err(e) => {
