@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod extract;
 pub mod load;
+pub(crate) mod pg_time;
 pub mod progress;
 pub mod settings;
 pub mod staging;

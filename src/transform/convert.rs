@@ -15,9 +15,10 @@ use arrow::array::{
 };
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Date32Type, TimeUnit, TimestampMillisecondType};
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
 
 use crate::config::{ColumnSpec, SqlType};
+use crate::pg_time;
 
 /// Why one value of a column was refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +76,7 @@ pub fn convert_column(
             values.as_primitive::<TimestampMillisecondType>().iter(),
             raw,
             tz,
-            |row, r| errors.push(error(row, "unparseable date".into(), Some(r.to_string()))),
+            |row, reason, r| errors.push(error(row, reason, Some(r))),
         ),
         (
             SqlType::Timestamp | SqlType::TimestampTz,
@@ -85,8 +86,9 @@ pub fn convert_column(
             timestamps(
                 values.as_primitive::<TimestampMillisecondType>().iter(),
                 raw,
+                col.sql_type,
                 target_tz,
-                |row, r| errors.push(error(row, "unparseable date".into(), Some(r.to_string()))),
+                |row, reason, r| errors.push(error(row, reason, Some(r))),
             )
         }
         (SqlType::Numeric(Some((p, s))), DataType::Utf8) if p <= 38 => {
@@ -194,23 +196,38 @@ fn rows_with_errors(errors: &[CellError], rows: usize) -> Vec<bool> {
     failed
 }
 
-/// Timestamps (ms since epoch, UTC) -> microseconds; raw strings parsed as dates.
+/// Timestamps (ms since epoch, UTC) -> microseconds; raw strings parsed as dates. A value
+/// outside what PostgreSQL (and the staged µs) can hold is refused with its reason.
 fn timestamps(
     values: impl Iterator<Item = Option<i64>>,
     raw: Option<&StringArray>,
+    ty: SqlType,
     tz: Option<String>,
-    mut bad: impl FnMut(usize, &str),
+    mut bad: impl FnMut(usize, String, String),
 ) -> ArrayRef {
     let mut out = TimestampMicrosecondBuilder::new().with_timezone_opt(tz);
     for (row, ms) in values.enumerate() {
         let parsed = match (ms, raw_at(raw, row)) {
-            (Some(ms), _) => ms.checked_mul(1000),
+            (Some(ms), _) => match timestamp_micros(ms, ty) {
+                Ok(micros) => Some(micros),
+                Err(reason) => {
+                    bad(row, reason, bson_date_json(ms));
+                    None
+                }
+            },
             (None, Some(r)) => {
                 let t = parse_date_text(r).map(|t| t.timestamp_micros());
-                if t.is_none() {
-                    bad(row, r);
+                match t.map(|t| check_timestamp(t, ty)) {
+                    Some(Ok(micros)) => Some(micros),
+                    Some(Err(reason)) => {
+                        bad(row, reason, r.to_string());
+                        None
+                    }
+                    None => {
+                        bad(row, "unparseable date".into(), r.to_string());
+                        None
+                    }
                 }
-                t
             }
             (None, None) => None,
         };
@@ -219,34 +236,113 @@ fn timestamps(
     Arc::new(out.finish())
 }
 
+/// A BSON date (ms since 1970) as staged microseconds, if PostgreSQL's `TIMESTAMP` holds it.
+fn timestamp_micros(ms: i64, ty: SqlType) -> Result<i64, String> {
+    match ms.checked_mul(1000) {
+        Some(micros) => check_timestamp(micros, ty),
+        None => Err(timestamp_range_error(ms.div_euclid(MILLIS_PER_DAY), ty)),
+    }
+}
+
+fn check_timestamp(micros: i64, ty: SqlType) -> Result<i64, String> {
+    if micros < pg_time::FIRST_TIMESTAMP_MICROS {
+        return Err(timestamp_range_error(
+            micros.div_euclid(pg_time::MICROS_PER_DAY),
+            ty,
+        ));
+    }
+    Ok(micros)
+}
+
+fn timestamp_range_error(days: i64, ty: SqlType) -> String {
+    // PostgreSQL's TIMESTAMP ends in 294276; Arrow's µs since 1970 end on 294247-01-10.
+    format!(
+        "date out of range for {ty}: year {}, outside 4714-11-24 BC .. 294247-01-10",
+        pg_time::year_text(days)
+    )
+}
+
+fn date_range_error(days: i64) -> String {
+    format!(
+        "date out of range for DATE: year {}, outside 4714-11-24 BC .. 5874897-12-31",
+        pg_time::year_text(days)
+    )
+}
+
+/// A day (since 1970) as `Date32`, if PostgreSQL's `DATE` holds it.
+fn check_date(days: i64) -> Result<i32, String> {
+    if (pg_time::FIRST_DAY..=pg_time::LAST_DATE).contains(&days) {
+        i32::try_from(days).map_err(|_| date_range_error(days))
+    } else {
+        Err(date_range_error(days))
+    }
+}
+
+const MILLIS_PER_DAY: i64 = 86_400_000;
+
+/// A BSON date as relaxed extended JSON, the way the raw column would show it.
+fn bson_date_json(ms: i64) -> String {
+    format!("{{\"$date\":{{\"$numberLong\":\"{ms}\"}}}}")
+}
+
+/// The calendar day (since 1970) an instant falls on in `tz`. Integer arithmetic, so every
+/// BSON date has a day; beyond chrono's ±262143 years the zone's offset at the nearest
+/// instant chrono knows is used.
+fn local_day(ms: i64, tz: chrono_tz::Tz) -> i64 {
+    let secs = ms.div_euclid(1000);
+    let offset = if tz == chrono_tz::UTC {
+        0
+    } else {
+        let known = secs.clamp(
+            DateTime::<Utc>::MIN_UTC.timestamp(),
+            DateTime::<Utc>::MAX_UTC.timestamp(),
+        );
+        DateTime::from_timestamp(known, 0).map_or(0, |t| {
+            i64::from(
+                tz.offset_from_utc_datetime(&t.naive_utc())
+                    .fix()
+                    .local_minus_utc(),
+            )
+        })
+    };
+    // |secs| <= 9.3e15 and |offset| < 1 day: no overflow.
+    (secs + offset).div_euclid(86_400)
+}
+
 /// Timestamps -> the calendar date they fall on in `tz`; raw strings parsed as dates.
 fn dates_in_zone(
     values: impl Iterator<Item = Option<i64>>,
     raw: Option<&StringArray>,
     tz: chrono_tz::Tz,
-    mut bad: impl FnMut(usize, &str),
+    mut bad: impl FnMut(usize, String, String),
 ) -> ArrayRef {
     let mut out = Date32Builder::new();
     for (row, ms) in values.enumerate() {
-        let instant = match (ms, raw_at(raw, row)) {
-            (Some(ms), _) => DateTime::<Utc>::from_timestamp_millis(ms),
+        let day = match (ms, raw_at(raw, row)) {
+            (Some(ms), _) => {
+                Some(check_date(local_day(ms, tz)).map_err(|e| (e, bson_date_json(ms))))
+            }
             (None, Some(r)) => {
                 // A bare `YYYY-MM-DD` is already a date: no zone applies.
-                if let Ok(d) = NaiveDate::parse_from_str(unquote(r), "%Y-%m-%d") {
-                    out.append_value(Date32Type::from_naive_date(d));
-                    continue;
+                let day = match NaiveDate::parse_from_str(unquote(r), "%Y-%m-%d") {
+                    Ok(d) => Some(i64::from(Date32Type::from_naive_date(d))),
+                    Err(_) => parse_date_text(r).map(|t| local_day(t.timestamp_millis(), tz)),
+                };
+                match day {
+                    Some(day) => Some(check_date(day).map_err(|e| (e, r.to_string()))),
+                    None => Some(Err(("unparseable date".to_string(), r.to_string()))),
                 }
-                let t = parse_date_text(r);
-                if t.is_none() {
-                    bad(row, r);
-                }
-                t
             }
             (None, None) => None,
         };
-        out.append_option(instant.map(|t| {
-            Date32Type::from_naive_date(tz.from_utc_datetime(&t.naive_utc()).date_naive())
-        }));
+        match day {
+            Some(Ok(day)) => out.append_value(day),
+            Some(Err((reason, raw))) => {
+                bad(row, reason, raw);
+                out.append_null();
+            }
+            None => out.append_null(),
+        }
     }
     Arc::new(out.finish())
 }
@@ -477,6 +573,81 @@ mod tests {
         let (local, _) = convert_column(&col("day", "DATE", false), &values, None, paris);
         assert_eq!(display_value(&utc, 0), "2024-03-06");
         assert_eq!(display_value(&local, 0), "2024-03-07");
+    }
+
+    /// Issue 9.1: these came out NULL with no reject (nullable) or as "NULL in NOT NULL
+    /// column" without the value (NOT NULL).
+    #[test]
+    fn out_of_range_bson_dates_are_refused_with_reason_and_value() {
+        // 300000-01-01T00:00:00Z.
+        let year_300000 = 9_404_918_380_800_000_i64;
+        let values: ArrayRef = Arc::new(
+            TimestampMillisecondArray::from(vec![Some(year_300000), Some(i64::MAX), Some(0)])
+                .with_timezone("UTC"),
+        );
+        for nullable in [true, false] {
+            for ty in ["TIMESTAMP", "TIMESTAMPTZ"] {
+                let (out, errors) =
+                    convert_column(&col("t", ty, nullable), &values, None, chrono_tz::UTC);
+                let got: Vec<(usize, &str, Option<&str>)> = errors
+                    .iter()
+                    .map(|e| (e.row, e.reason.as_str(), e.raw.as_deref()))
+                    .collect();
+                assert_eq!(got.len(), 2, "{ty}: {got:?}");
+                assert_eq!(got[0].0, 0);
+                assert!(
+                    got[0]
+                        .1
+                        .starts_with(&format!("date out of range for {ty}: year 300000")),
+                    "{got:?}"
+                );
+                assert_eq!(
+                    got[0].2,
+                    Some(r#"{"$date":{"$numberLong":"9404918380800000"}}"#)
+                );
+                assert_eq!(got[1].0, 1);
+                assert!(got[1].1.contains("out of range"), "{got:?}");
+                assert_eq!(
+                    got[1].2,
+                    Some(r#"{"$date":{"$numberLong":"9223372036854775807"}}"#)
+                );
+                assert!(out.is_valid(2), "1970 still converts");
+            }
+            // PostgreSQL's DATE reaches 5874897: year 300000 is a date, i64::MAX ms is not.
+            let (out, errors) =
+                convert_column(&col("d", "DATE", nullable), &values, None, chrono_tz::UTC);
+            assert_eq!(
+                i64::from(out.as_primitive::<Date32Type>().value(0)),
+                pg_time::days_from_civil(300_000, 1, 1)
+            );
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].row, 1);
+            assert!(
+                errors[0]
+                    .reason
+                    .starts_with("date out of range for DATE: year 292278994"),
+                "{errors:?}"
+            );
+            assert_eq!(
+                errors[0].raw.as_deref(),
+                Some(r#"{"$date":{"$numberLong":"9223372036854775807"}}"#)
+            );
+        }
+    }
+
+    /// Before PostgreSQL's first day (4714-11-24 BC) is refused; that day itself loads.
+    #[test]
+    fn dates_before_julian_day_zero_are_refused() {
+        let first = pg_time::FIRST_DAY * MILLIS_PER_DAY;
+        let values: ArrayRef =
+            Arc::new(TimestampMillisecondArray::from(vec![first, first - 1]).with_timezone("UTC"));
+        for ty in ["TIMESTAMP", "DATE"] {
+            let (out, errors) = convert_column(&col("t", ty, true), &values, None, chrono_tz::UTC);
+            assert!(out.is_valid(0), "{ty}");
+            assert_eq!(errors.len(), 1, "{ty}: {errors:?}");
+            assert_eq!(errors[0].row, 1);
+            assert!(errors[0].reason.contains("year 4714 BC"), "{errors:?}");
+        }
     }
 
     #[test]
