@@ -15,10 +15,9 @@ pub(crate) const MICROS_PER_DAY: i64 = 86_400_000_000;
 pub(crate) const FIRST_DAY: i64 = -2_440_588;
 /// 5874897-12-31, PostgreSQL's last `DATE`.
 pub(crate) const LAST_DATE: i64 = 2_145_042_905;
-/// 294276-12-31, PostgreSQL's last `TIMESTAMP` day; its microseconds since 1970 pass
-/// `i64::MAX`, so a staged (Arrow µs) timestamp never reaches it.
-pub(crate) const LAST_TIMESTAMP_DAY: i64 = 106_762_939;
-/// 4714-11-24 00:00:00 BC in microseconds since 1970.
+/// 4714-11-24 00:00:00 BC in microseconds since 1970. PostgreSQL's last `TIMESTAMP`
+/// (294276-12-31) is past `i64::MAX` microseconds since 1970: a staged (Arrow µs) timestamp
+/// never exceeds it.
 pub(crate) const FIRST_TIMESTAMP_MICROS: i64 = FIRST_DAY * MICROS_PER_DAY;
 
 /// (year, month, day) of a day counted from 1970-01-01, proleptic Gregorian; the year is
@@ -43,6 +42,7 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// Days from 1970-01-01 to (astronomical year, month 1-12, day 1-31).
+#[cfg(test)]
 pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let y = i128::from(year) - i128::from(month <= 2);
     let era = y.div_euclid(400);
@@ -122,10 +122,13 @@ mod tests {
         assert_eq!(date(FIRST_DAY), "4714-11-24 BC");
         assert_eq!(date(LAST_DATE), "5874897-12-31");
         assert_eq!(date(LAST_DATE + 1), "5874898-01-01");
-        assert_eq!(date(LAST_TIMESTAMP_DAY), "294276-12-31");
+        // PostgreSQL's last TIMESTAMP day is past i64::MAX µs since 1970.
+        let last_timestamp_day = 106_762_939;
+        assert_eq!(date(last_timestamp_day), "294276-12-31");
+        assert!(i128::from(last_timestamp_day) * i128::from(MICROS_PER_DAY) > i128::from(i64::MAX));
         assert_eq!(days_from_civil(-4713, 11, 24), FIRST_DAY);
         assert_eq!(days_from_civil(5_874_897, 12, 31), LAST_DATE);
-        assert_eq!(days_from_civil(294_276, 12, 31), LAST_TIMESTAMP_DAY);
+        assert_eq!(days_from_civil(294_276, 12, 31), last_timestamp_day);
     }
 
     #[test]

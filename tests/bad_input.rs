@@ -1,0 +1,266 @@
+//! Bad input never blocks a run, never panics and never changes data silently (issue 9).
+//!
+//! Each case writes a mongodump with the `bson` crate (valid documents, and bytes no driver
+//! would write), runs the real `etl` on it into a fresh database of the test PostgreSQL, and
+//! asserts the outcome: loaded (and how it reads back), rejected with its reason and raw value,
+//! filtered by a stated rule, or refused with an error naming the file, collection and
+//! document. Every case also checks that no `etl` run panicked (exit code 101) and that per
+//! table extracted = transformed + rejected + filtered.
+
+mod util;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use bson::{doc, Bson, Document};
+use etl::staging::{read_batches, Manifest, Stage};
+use util::*;
+
+/// The config of the suite: one table with a column of every type, a parent it references,
+/// and a link table exploding an array of references.
+const CONFIG: &str = r#"
+owners:
+  include_base: true
+  additional_columns:
+    - { name: name, sql_type: TEXT }
+  export_order: 1
+
+tags:
+  include_base: true
+  additional_columns:
+    - { name: name, sql_type: TEXT }
+  export_order: 1
+
+things:
+  include_base: true
+  additional_columns:
+    - { name: label, sql_type: VARCHAR(50) }
+    - { name: qty, sql_type: INTEGER }
+    - { name: small, sql_type: SMALLINT }
+    - { name: big, sql_type: BIGINT }
+    - { name: flag, sql_type: BOOLEAN }
+    - { name: price, sql_type: "NUMERIC(10,2)" }
+    - { name: amount, sql_type: NUMERIC }
+    - { name: ratio, sql_type: DOUBLE PRECISION }
+    - { name: at, sql_type: TIMESTAMP }
+    - { name: at_tz, sql_type: TIMESTAMPTZ, source: at }
+    - { name: day, sql_type: DATE, source: at }
+    - { name: blob, sql_type: BYTEA }
+    - { name: extra, sql_type: JSONB }
+    - { name: owner_id, sql_type: VARCHAR, foreign_key: owners(id), source: owner }
+  export_order: 2
+
+things_tags:
+  mongo_collection: things
+  columns:
+    - { name: thing_id, sql_type: VARCHAR, nullable: false, foreign_key: things(id) }
+    - { name: tag_id, sql_type: VARCHAR, nullable: false, foreign_key: tags(id), source: element }
+  unique: [thing_id, tag_id]
+  explode: { parent_column: thing_id, arrays: [{ field: tags }] }
+  export_order: 3
+"#;
+
+/// 2024-03-01T00:00:00Z plus `minutes`.
+fn at(minutes: i64) -> bson::DateTime {
+    bson::DateTime::from_millis(1_709_251_200_000 + minutes * 60_000)
+}
+
+/// A `things` document: `_id`, both dates, then `fields`.
+fn thing(id: impl Into<Bson>, fields: Document) -> Document {
+    let mut d = doc! { "_id": id.into(), "creation_date": at(0), "update_date": at(1) };
+    d.extend(fields);
+    d
+}
+
+/// A work dir with the suite's config, a dump folder and a fresh target database.
+struct Case {
+    work: Workdir,
+    url: String,
+}
+
+impl Case {
+    fn new(name: &str) -> Case {
+        let work = Workdir::new();
+        work.write("config/schemas.yaml", CONFIG);
+        std::fs::create_dir_all(work.path().join("dump/app")).unwrap();
+        Case {
+            work,
+            url: fresh_database(name),
+        }
+    }
+
+    fn dump_dir(&self) -> PathBuf {
+        self.work.path().join("dump/app")
+    }
+
+    /// Writes `<collection>.bson` from documents.
+    fn dump(&self, collection: &str, docs: &[Document]) {
+        let bytes: Vec<u8> = docs.iter().flat_map(|d| bson::to_vec(d).unwrap()).collect();
+        self.dump_bytes(&format!("{collection}.bson"), &bytes);
+    }
+
+    /// Writes a dump file as given (broken documents included).
+    fn dump_bytes(&self, file: &str, bytes: &[u8]) {
+        std::fs::write(self.dump_dir().join(file), bytes).unwrap();
+    }
+
+    /// `etl ARGS` against the case's database; never a panic.
+    fn etl(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut all = vec![("DATABASE_URL", self.url.as_str())];
+        all.extend_from_slice(env);
+        let out = self.work.etl(args, &all);
+        assert_ne!(
+            out.status.code(),
+            Some(101),
+            "etl {args:?} panicked:\n{}",
+            stderr(&out)
+        );
+        out
+    }
+
+    /// `etl run` on the dump; must succeed. Checks the counts add up.
+    fn run(&self) -> Output {
+        self.run_env(&[])
+    }
+
+    fn run_env(&self, env: &[(&str, &str)]) -> Output {
+        let dump = self.dump_dir().to_str().unwrap().to_string();
+        let out = self.etl(&["run", "--source", "dump", "--dump", &dump], env);
+        assert!(
+            out.status.success(),
+            "etl run failed:\n{}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        self.counts_add_up();
+        out
+    }
+
+    fn manifest(&self, stage: Stage) -> Manifest {
+        etl::staging::latest_run(&self.work.path().join("staging"), stage)
+            .unwrap()
+            .unwrap()
+            .manifest(stage)
+            .unwrap()
+    }
+
+    fn counts_add_up(&self) {
+        for e in &self.manifest(Stage::Transform).entries {
+            let c = e.counts;
+            assert_eq!(
+                c.extracted,
+                c.transformed + c.rejected + c.filtered,
+                "counts of {} do not add up: {c:?}",
+                e.name
+            );
+        }
+    }
+
+    fn counts(&self, table: &str) -> etl::staging::Counts {
+        self.manifest(Stage::Transform)
+            .entry(table)
+            .unwrap_or_else(|| panic!("{table} not transformed"))
+            .counts
+    }
+
+    /// (document_id, column, reason, raw_value) of a table's transform rejects.
+    fn rejects(&self, table: &str) -> Vec<(String, String, String, String)> {
+        let run = etl::staging::latest_run(&self.work.path().join("staging"), Stage::Transform)
+            .unwrap()
+            .unwrap();
+        let path = run.rejects_dir().join(format!("{table}.parquet"));
+        if !path.exists() {
+            return Vec::new();
+        }
+        let (_, batches) = read_batches(&path).unwrap();
+        let mut rows = Vec::new();
+        for b in batches {
+            let col = |name: &str| {
+                let c = b.column_by_name(name).unwrap();
+                arrow::array::AsArray::as_string::<i32>(c).clone()
+            };
+            let (id, column, reason, raw) = (
+                col("document_id"),
+                col("column"),
+                col("reason"),
+                col("raw_value"),
+            );
+            for i in 0..b.num_rows() {
+                rows.push((
+                    id.value(i).to_string(),
+                    column.value(i).to_string(),
+                    reason.value(i).to_string(),
+                    raw.value(i).to_string(),
+                ));
+            }
+        }
+        rows
+    }
+
+    /// One value per line, from PostgreSQL in UTC.
+    fn query(&self, sql: &str) -> Vec<String> {
+        psql(&self.url, &format!("SET TIME ZONE 'UTC'; {sql}"))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn ms(year: i32, month: u32, day: u32, hour: u32) -> i64 {
+    chrono::NaiveDate::from_ymd_opt(year, month, day)
+        .unwrap()
+        .and_hms_opt(hour, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis()
+}
+
+/// Issue 9.2: years past 9999 and before 1 AD passed transform, then COPY failed on chrono's
+/// `+20240-06-15` / `-0100-06-15` and nothing loaded. Now they load and read back as written;
+/// a year beyond what TIMESTAMP holds is a reject.
+#[test]
+fn years_past_9999_and_bc_dates_load_and_read_back() {
+    let case = Case::new("bad_years");
+    let dates = [
+        ("y20240", ms(20_240, 6, 15, 10)),
+        ("bc101", ms(-100, 6, 15, 10)),
+        ("bc1", ms(0, 12, 31, 23)),
+        ("first", ms(-4713, 11, 24, 0)),
+        ("y9999", ms(9_999, 12, 31, 23)),
+    ];
+    let mut docs: Vec<Document> = dates
+        .iter()
+        .map(|(id, ms)| thing(*id, doc! { "at": bson::DateTime::from_millis(*ms) }))
+        .collect();
+    docs.push(thing(
+        "y300000",
+        doc! { "at": bson::DateTime::from_millis(9_404_918_380_800_000) },
+    ));
+    docs.push(thing(
+        "max",
+        doc! { "at": bson::DateTime::from_millis(i64::MAX) },
+    ));
+    case.dump("things", &docs);
+    case.run();
+    assert_eq!(
+        case.query("SELECT id || '|' || at || '|' || at_tz || '|' || day FROM things ORDER BY at"),
+        [
+            "first|4714-11-24 00:00:00 BC|4714-11-24 00:00:00+00 BC|4714-11-24 BC",
+            "bc101|0101-06-15 10:00:00 BC|0101-06-15 10:00:00+00 BC|0101-06-15 BC",
+            "bc1|0001-12-31 23:00:00 BC|0001-12-31 23:00:00+00 BC|0001-12-31 BC",
+            "y9999|9999-12-31 23:00:00|9999-12-31 23:00:00+00|9999-12-31",
+            "y20240|20240-06-15 10:00:00|20240-06-15 10:00:00+00|20240-06-15",
+        ]
+    );
+    let rejects = case.rejects("things");
+    assert_eq!(rejects.len(), 2, "{rejects:?}");
+    let (id, column, reason, raw) = &rejects[0];
+    assert_eq!((id.as_str(), column.as_str()), ("y300000", "at, at_tz"));
+    assert!(
+        reason.contains("at: date out of range for TIMESTAMP: year 300000"),
+        "{reason}"
+    );
+    assert!(raw.contains("9404918380800000"), "{raw}");
+    assert_eq!(rejects[1].0, "max");
+    assert_eq!(case.counts("things").rejected, 2);
+}
