@@ -353,3 +353,47 @@ fn every_smartdiet_table_from_the_sample() {
         "15 logbooks: 2 without user, 8 merged"
     );
 }
+
+/// Issue 9.4: a null or missing `_id` in a collection feeding a link table aborted the whole
+/// transform (`parents: ... Column 'parent' is declared as non-nullable`).
+#[test]
+fn documents_without_id_are_rejected_and_the_run_goes_on() {
+    let no_id = |i: usize, id: Option<Bson>| {
+        let mut d = user(i, doc! { "registered_events": [oid(2, i)] });
+        match id {
+            Some(id) => d.insert("_id", id),
+            None => d.remove("_id"),
+        };
+        d
+    };
+    let case = Case::new(
+        "missing_ids",
+        &[(
+            "users",
+            vec![
+                user(1, doc! { "registered_events": [oid(2, 1)] }),
+                no_id(2, None),
+                no_id(3, Some(Bson::Null)),
+                // No `_id` and no elements: nothing for the link table to count.
+                {
+                    let mut d = user(4, doc! {});
+                    d.remove("_id");
+                    d
+                },
+            ],
+        )],
+    );
+    let manifest = case.run(&[]);
+    let text = case.check(&manifest, &["users", "user_events"]);
+    let users = manifest.entry("users").unwrap().counts;
+    assert_eq!((users.transformed, users.rejected), (1, 3), "{text}");
+    let events = manifest.entry("user_events").unwrap().counts;
+    assert_eq!((events.transformed, events.rejected), (1, 2), "{text}");
+    assert_eq!(
+        text.matches("_id: document without `_id` (missing or null)")
+            .count(),
+        5,
+        "one reason per refused row, no NOT NULL noise: {text}"
+    );
+    assert!(!text.contains("NOT NULL"), "{text}");
+}

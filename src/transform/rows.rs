@@ -57,14 +57,15 @@ pub fn transform_batch(
     let mut filtered = BTreeMap::new();
     let kept = apply_filter(table, batch, &mut filtered)?;
     let ids = DocIds::new(table, &kept)?;
+    let doc_errors = document_errors(table, &kept)?;
     let mut output = match &table.explode {
         None => {
-            let mut out = direct_rows(table, &kept, &ids)?;
+            let mut out = direct_rows(table, &kept, &ids, &doc_errors)?;
             // Filtered documents were extracted too.
             out.extracted = batch.num_rows() as u64;
             out
         }
-        Some(_) => explode_rows(table, &kept, &ids)?,
+        Some(_) => explode_rows(table, &kept, &ids, &doc_errors)?,
     };
     for (rule, n) in filtered {
         *output.filtered.entry(rule).or_default() += n;
@@ -82,12 +83,14 @@ fn apply_filter(
         return Ok(batch.clone());
     }
     let mut keep = vec![true; batch.num_rows()];
+    // A document refused as a whole is rejected with its reason, not filtered.
+    let refused = document_errors(table, batch)?;
     for path in &table.filter_exists {
         let (values, raw) = staged_column(table, batch, path)?;
         let mut dropped = 0;
         for (row, k) in keep.iter_mut().enumerate() {
             let present = values.is_valid(row) || raw.is_some_and(|r| r.is_valid(row));
-            if *k && !present {
+            if *k && !present && !refused.contains_key(&row) {
                 *k = false;
                 dropped += 1;
             }
@@ -116,6 +119,35 @@ fn staged_column<'a>(
         .column_by_name(&format!("{path}{RAW_SUFFIX}"))
         .and_then(|a| a.as_string_opt::<i32>());
     Ok((values, raw))
+}
+
+/// Why a whole document is refused, by row: a MongoDB document without `_id` (missing or
+/// null: no key to load it under, no parent for its link rows). Such a row's column errors
+/// are replaced by this one reason.
+fn document_errors(
+    table: &TableSpec,
+    batch: &RecordBatch,
+) -> Result<BTreeMap<usize, CellError>, TransformError> {
+    let mut errors = BTreeMap::new();
+    if !matches!(table.source, Source::Mongo { .. }) {
+        return Ok(errors);
+    }
+    let (ids, _) = staged_column(table, batch, ID_FIELD)?;
+    if ids.null_count() == 0 {
+        return Ok(errors);
+    }
+    for row in (0..batch.num_rows()).filter(|r| ids.is_null(*r)) {
+        errors.insert(
+            row,
+            CellError {
+                row,
+                column: ID_FIELD.into(),
+                reason: "document without `_id` (missing or null)".into(),
+                raw: None,
+            },
+        );
+    }
+    Ok(errors)
 }
 
 /// The id a reject names for a row (`_id`, or the Matomo primary key), formatted only for
@@ -157,8 +189,13 @@ impl DocIds {
 /// Converted columns by name, and the refused cells grouped by row.
 type Converted = (BTreeMap<String, ArrayRef>, BTreeMap<usize, Vec<CellError>>);
 
-/// Converts every `Field` column of the table on `batch`.
-fn convert_fields(table: &TableSpec, batch: &RecordBatch) -> Result<Converted, TransformError> {
+/// Converts every `Field` column of the table on `batch`; a row refused as a whole keeps only
+/// its document error.
+fn convert_fields(
+    table: &TableSpec,
+    batch: &RecordBatch,
+    doc_errors: &BTreeMap<usize, CellError>,
+) -> Result<Converted, TransformError> {
     let mut arrays = BTreeMap::new();
     let mut errors: BTreeMap<usize, Vec<CellError>> = BTreeMap::new();
     for col in table.loaded_columns() {
@@ -172,6 +209,9 @@ fn convert_fields(table: &TableSpec, batch: &RecordBatch) -> Result<Converted, T
         }
         arrays.insert(col.name.clone(), array);
     }
+    for (row, e) in doc_errors {
+        errors.insert(*row, vec![e.clone()]);
+    }
     Ok((arrays, errors))
 }
 
@@ -179,8 +219,9 @@ fn direct_rows(
     table: &TableSpec,
     batch: &RecordBatch,
     ids: &DocIds,
+    doc_errors: &BTreeMap<usize, CellError>,
 ) -> Result<BatchOutput, TransformError> {
-    let (arrays, errors) = convert_fields(table, batch)?;
+    let (arrays, errors) = convert_fields(table, batch, doc_errors)?;
     let keep = BooleanArray::from(
         (0..batch.num_rows())
             .map(|r| !errors.contains_key(&r))
@@ -212,6 +253,7 @@ fn explode_rows(
     table: &TableSpec,
     batch: &RecordBatch,
     ids: &DocIds,
+    doc_errors: &BTreeMap<usize, CellError>,
 ) -> Result<BatchOutput, TransformError> {
     let explode = table
         .explode
@@ -222,7 +264,7 @@ fn explode_rows(
         .iter()
         .find(|c| c.source == ColumnSource::Element)
         .expect("validated");
-    let (parent_arrays, parent_errors) = convert_fields(table, batch)?;
+    let (parent_arrays, parent_errors) = convert_fields(table, batch, doc_errors)?;
 
     let mut parent_index: Vec<u32> = Vec::new();
     let mut elements = StringBuilder::new();
@@ -359,8 +401,20 @@ fn explode_rows(
             });
         }
     }
-    // Every parent of the batch: its `_id` column as is.
-    let parents = Some(staged_column(table, batch, ID_FIELD)?.0.clone());
+    // Every parent of the batch (its `_id`), whatever its arrays hold; not the documents
+    // refused as a whole.
+    let all_ids = staged_column(table, batch, ID_FIELD)?.0;
+    let parents = if doc_errors.is_empty() {
+        all_ids.clone()
+    } else {
+        let keep = BooleanArray::from(
+            (0..batch.num_rows())
+                .map(|r| !doc_errors.contains_key(&r))
+                .collect::<Vec<_>>(),
+        );
+        arrow::compute::filter(all_ids, &keep).map_err(|e| arrow_error(table, e))?
+    };
+    let parents = Some(parents);
     Ok(BatchOutput {
         rows,
         rejects,
