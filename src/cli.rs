@@ -312,6 +312,7 @@ fn transform(
                 c.rejected.to_string(),
                 c.filtered.to_string(),
                 format!("{:.2}", r.seconds),
+                c.duplicates.to_string(),
                 r.skipped.clone().unwrap_or_default(),
             ]
         })
@@ -331,6 +332,7 @@ fn transform(
                 "rejected",
                 "filtered",
                 "seconds",
+                "duplicates",
                 "note"
             ],
             &rows

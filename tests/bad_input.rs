@@ -264,3 +264,61 @@ fn years_past_9999_and_bc_dates_load_and_read_back() {
     assert_eq!(rejects[1].0, "max");
     assert_eq!(case.counts("things").rejected, 2);
 }
+
+/// Issue 9.5: the same `_id` twice failed the first load on the primary key, and a load into
+/// a loaded database with "ON CONFLICT DO UPDATE command cannot affect row a second time".
+#[test]
+fn a_repeated_id_loads_once_with_the_latest_copy() {
+    let case = Case::new("bad_repeated_id");
+    let tag = |i: u8| bson::oid::ObjectId::from_bytes([7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i]);
+    let tags: Vec<Document> = (1..=3)
+        .map(|i| thing(tag(i), doc! { "name": format!("t{i}") }))
+        .collect();
+    case.dump("tags", &tags);
+    let a = bson::oid::ObjectId::from_bytes([1; 12]);
+    let copy = |id: Bson, label: &str, updated: i64, tags: Vec<Bson>| {
+        let mut d = thing(id, doc! { "label": label, "tags": tags });
+        d.insert("update_date", at(updated));
+        d
+    };
+    case.dump(
+        "things",
+        &[
+            copy(
+                Bson::ObjectId(a),
+                "old",
+                5,
+                vec![tag(1).into(), tag(2).into()],
+            ),
+            copy(Bson::String(a.to_hex()), "new", 9, vec![tag(3).into()]),
+        ],
+    );
+    let out = case.run();
+    assert!(stdout(&out).contains("duplicates"), "{}", stdout(&out));
+    assert_eq!(
+        case.query("SELECT id || '|' || label FROM things"),
+        [format!("{}|new", a.to_hex())]
+    );
+    assert_eq!(
+        case.query("SELECT tag_id FROM things_tags"),
+        [tag(3).to_hex()],
+        "the link rows of the kept copy only"
+    );
+    let c = case.counts("things");
+    assert_eq!((c.transformed, c.filtered, c.duplicates), (1, 1, 1));
+
+    // Into the loaded database, a newer dump still holding two copies.
+    case.dump(
+        "things",
+        &[
+            copy(Bson::ObjectId(a), "newest", 20, vec![tag(1).into()]),
+            copy(Bson::ObjectId(a), "older", 15, vec![tag(2).into()]),
+        ],
+    );
+    case.run();
+    assert_eq!(case.query("SELECT label FROM things"), ["newest"]);
+    assert_eq!(
+        case.query("SELECT tag_id FROM things_tags"),
+        [tag(1).to_hex()]
+    );
+}

@@ -397,3 +397,103 @@ fn documents_without_id_are_rejected_and_the_run_goes_on() {
     );
     assert!(!text.contains("NOT NULL"), "{text}");
 }
+
+/// Issue 9.5: the same `_id` twice (a mongodump without `--oplog`) went through, and the load
+/// failed on the primary key, or with "ON CONFLICT DO UPDATE command cannot affect row a
+/// second time".
+#[test]
+fn a_repeated_id_keeps_the_latest_copy_and_counts_the_others() {
+    let copy = |id: Bson, name: &str, updated: Option<i64>, events: Vec<Bson>| {
+        let mut d = doc! {
+            "_id": id, "firstname": name, "lastname": "L",
+            "creation_date": at(0), "registered_events": events,
+        };
+        if let Some(u) = updated {
+            d.insert("update_date", at(u));
+        }
+        d
+    };
+    let a = oid(4, 1);
+    let b = oid(4, 2);
+    let case = Case::new(
+        "repeated_ids",
+        &[(
+            "users",
+            vec![
+                copy(
+                    Bson::ObjectId(a),
+                    "a-new",
+                    Some(50),
+                    vec![oid(2, 1).into(), oid(2, 2).into()],
+                ),
+                copy(
+                    Bson::ObjectId(b),
+                    "b-first",
+                    Some(10),
+                    vec![oid(2, 3).into()],
+                ),
+                copy(
+                    Bson::ObjectId(oid(4, 3)),
+                    "single",
+                    Some(1),
+                    vec![oid(2, 1).into()],
+                ),
+                // Same hex as `a`, as a string, older: loses to the ObjectId copy.
+                copy(
+                    Bson::String(a.to_hex()),
+                    "a-old",
+                    Some(20),
+                    vec![oid(2, 9).into()],
+                ),
+                // `b` again with the same update_date: the later copy wins.
+                copy(
+                    Bson::ObjectId(b),
+                    "b-second",
+                    Some(10),
+                    vec![oid(2, 4).into()],
+                ),
+            ],
+        )],
+    );
+    // Two documents per staged file: the copies are in different files.
+    let manifest = case.run(&[("ETL_PART_ROWS", "2")]);
+    let text = case.check(&manifest, &["users", "user_events"]);
+    let users = manifest.entry("users").unwrap().counts;
+    assert_eq!(
+        (
+            users.extracted,
+            users.transformed,
+            users.filtered,
+            users.duplicates
+        ),
+        (5, 3, 2, 2),
+        "{text}"
+    );
+    for kept in ["a-new", "b-second", "single"] {
+        assert!(text.contains(&format!("| {kept} ")), "{kept}: {text}");
+    }
+    for lost in ["a-old", "b-first"] {
+        assert!(!text.contains(lost), "{lost}: {text}");
+    }
+    // Link rows only from the kept copies: a's two events, b's second, single's one.
+    let events = manifest.entry("user_events").unwrap().counts;
+    assert_eq!(
+        (
+            events.extracted,
+            events.transformed,
+            events.filtered,
+            events.duplicates
+        ),
+        (6, 4, 2, 2),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&hex(2, 9)) && !text.contains(&hex(2, 3)),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches(&a.to_hex()).count(),
+        1 + 2 + 1,
+        "row, events, parent: {text}"
+    );
+}

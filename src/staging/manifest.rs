@@ -97,6 +97,9 @@ pub struct Counts {
     pub inserted: u64,
     pub updated: u64,
     pub deleted: u64,
+    /// Of `filtered`: losing copies of a repeated `_id` (transform keeps one per key).
+    #[serde(default)]
+    pub duplicates: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

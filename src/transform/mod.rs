@@ -4,18 +4,21 @@
 //!
 //! Batches are processed in parallel in bounded chunks and written in input order, so the
 //! output is deterministic and memory stays flat whatever the input size (except for dedupe
-//! tables, which hold their rows until every file is read).
+//! tables, which hold their rows until every file is read). Before its tables, a MongoDB
+//! collection's `_id`s are scanned once for repeats (8 bytes per document while scanning, see
+//! `duplicates`): only the latest copy of a repeated `_id` is transformed.
 
 mod convert;
 mod dedupe;
+mod duplicates;
 mod rows;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::ArrayRef;
+use arrow::array::{ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -24,10 +27,11 @@ use rayon::prelude::*;
 pub use convert::{parse_date_text, target_type, CellError};
 pub use rows::{output_schema, transform_batch, BatchOutput, Reject};
 
-use crate::config::{Config, TableSpec};
+use crate::config::{Config, Source, TableSpec};
 use crate::staging::{
     self, Counts, Manifest, ManifestEntry, PartWriter, RejectRow, RunDir, Stage, StagingError,
 };
+use duplicates::Duplicates;
 
 const READ_BATCH_ROWS: usize = 32 * 1024;
 
@@ -98,10 +102,49 @@ pub fn run(
         .par_iter()
         .try_for_each(|f| staging::verify_file(&extract_dir, f))?;
 
+    // Repeated `_id`s, once per collection whatever the number of tables reading it.
+    let mut pieces_of: HashMap<&str, Vec<duplicates::Piece>> = HashMap::new();
+    let mut duplicates_of: HashMap<&str, Duplicates> = HashMap::new();
+    for table in &selected {
+        let name = table.source.name();
+        let Some(entry) = extract.entry(name) else {
+            continue;
+        };
+        if pieces_of.contains_key(name) {
+            continue;
+        }
+        let pieces = pieces(&extract_dir, entry)?;
+        if matches!(table.source, Source::Mongo { .. }) {
+            let found = Duplicates::find(&pieces)?;
+            if !found.is_empty() {
+                tracing::warn!(
+                    collection = name,
+                    ids = found.repeated_ids(),
+                    "the same _id in several documents: {}",
+                    duplicates::RULE
+                );
+            }
+            duplicates_of.insert(name, found);
+        }
+        pieces_of.insert(name, pieces);
+    }
+    let no_duplicates = Duplicates::default();
+
     let results: Vec<Result<(ManifestEntry, TableReport), TransformError>> = selected
         .par_iter()
         .map(|table| match extract.entry(table.source.name()) {
-            Some(entry) => transform_table(table, &extract_dir, entry, &out_dir, &rejects_dir),
+            Some(entry) => transform_table(
+                table,
+                entry,
+                pieces_of
+                    .get(table.source.name())
+                    .map_or(&[][..], Vec::as_slice),
+                duplicates_of
+                    .get(table.source.name())
+                    .unwrap_or(&no_duplicates),
+                &out_dir,
+                &rejects_dir,
+            ),
             None => Ok((
                 ManifestEntry {
                     name: table.name.clone(),
@@ -154,19 +197,14 @@ struct Piece {
     held: Vec<RecordBatch>,
 }
 
-/// Transforms every staged file of one table's source: one task per row group, in
-/// parallel, each writing its own part files (named in input order, so the output is the
-/// same whatever the number of threads).
-fn transform_table(
-    table: &TableSpec,
+/// The row groups of a source's staged files, in input order, each with the input-order
+/// number of its first row.
+fn pieces(
     extract_dir: &Path,
     entry: &ManifestEntry,
-    out_dir: &Path,
-    rejects_dir: &Path,
-) -> Result<(ManifestEntry, TableReport), TransformError> {
-    let started = Instant::now();
-    let schema = output_schema(table);
-    let mut tasks = Vec::new();
+) -> Result<Vec<duplicates::Piece>, TransformError> {
+    let mut pieces = Vec::new();
+    let mut first_row = 0u64;
     for file in &entry.files {
         let path = extract_dir.join(&file.path);
         let reader = std::fs::File::open(&path).map_err(StagingError::io(&path))?;
@@ -176,12 +214,35 @@ fn transform_table(
                 source,
             }
         })?;
-        tasks.extend((0..builder.metadata().num_row_groups()).map(|rg| (path.clone(), rg)));
+        for (row_group, meta) in builder.metadata().row_groups().iter().enumerate() {
+            pieces.push(duplicates::Piece {
+                path: path.clone(),
+                row_group,
+                first_row,
+            });
+            first_row += u64::try_from(meta.num_rows()).unwrap_or(0);
+        }
     }
+    Ok(pieces)
+}
+
+/// Transforms every staged file of one table's source: one task per row group, in
+/// parallel, each writing its own part files (named in input order, so the output is the
+/// same whatever the number of threads).
+fn transform_table(
+    table: &TableSpec,
+    entry: &ManifestEntry,
+    tasks: &[duplicates::Piece],
+    duplicates: &Duplicates,
+    out_dir: &Path,
+    rejects_dir: &Path,
+) -> Result<(ManifestEntry, TableReport), TransformError> {
+    let started = Instant::now();
+    let schema = output_schema(table);
     let pieces: Vec<Piece> = tasks
         .par_iter()
         .enumerate()
-        .map(|(i, (path, rg))| transform_piece(table, &schema, path, *rg, out_dir, i))
+        .map(|(i, piece)| transform_piece(table, &schema, piece, duplicates, out_dir, i))
         .collect::<Result<_, _>>()?;
 
     let mut counts = Counts::default();
@@ -195,6 +256,7 @@ fn transform_table(
         counts.transformed += piece.counts.transformed;
         counts.rejected += piece.counts.rejected;
         counts.filtered += piece.counts.filtered;
+        counts.duplicates += piece.counts.duplicates;
         for (rule, n) in piece.filtered_by_rule {
             *filtered_by_rule.entry(rule).or_default() += n;
         }
@@ -258,11 +320,13 @@ fn transform_table(
 fn transform_piece(
     table: &TableSpec,
     schema: &arrow::datatypes::SchemaRef,
-    path: &Path,
-    row_group: usize,
+    piece_spec: &duplicates::Piece,
+    duplicates: &Duplicates,
     out_dir: &Path,
     index: usize,
 ) -> Result<Piece, TransformError> {
+    let (path, row_group) = (piece_spec.path.as_path(), piece_spec.row_group);
+    let mut first_row = piece_spec.first_row;
     let to_err = |source| StagingError::Parquet {
         path: path.to_path_buf(),
         source,
@@ -293,8 +357,14 @@ fn transform_piece(
             table: table.name.clone(),
             source: e,
         })?;
-        let out = transform_batch(table, &batch)?;
+        let losers = batch
+            .column_by_name(staging::fields::ID_FIELD)
+            .and_then(|ids| ids.as_string_opt::<i32>())
+            .and_then(|ids| duplicates.losers(ids, first_row));
+        first_row += batch.num_rows() as u64;
+        let out = transform_batch(table, &batch, losers.as_ref())?;
         piece.counts.extracted += out.extracted;
+        piece.counts.duplicates += out.duplicates;
         piece.counts.rejected += out.rejects.len() as u64;
         for (rule, n) in out.filtered {
             piece.counts.filtered += n;

@@ -37,6 +37,8 @@ pub struct BatchOutput {
     pub filtered: BTreeMap<String, u64>,
     /// For replace-per-parent tables: every parent seen (its `_id`), whatever its arrays hold.
     pub parents: Option<ArrayRef>,
+    /// Of `filtered`: rows of losing copies of a repeated `_id`.
+    pub duplicates: u64,
 }
 
 /// The Arrow schema of a table's transform output: its loaded columns, PostgreSQL-ready types.
@@ -49,8 +51,38 @@ pub fn output_schema(table: &TableSpec) -> SchemaRef {
     ))
 }
 
-/// Maps one staged batch to `table`'s rows.
+/// Maps one staged batch to `table`'s rows. `duplicates` marks the rows that are losing
+/// copies of a repeated `_id` (see [`super::duplicates`]): they are counted as filtered
+/// duplicates, in the table's units (documents, or array elements for link tables), and give
+/// no row, no reject and no parent.
 pub fn transform_batch(
+    table: &TableSpec,
+    batch: &RecordBatch,
+    duplicates: Option<&BooleanArray>,
+) -> Result<BatchOutput, TransformError> {
+    let Some(losers) = duplicates else {
+        return transform_documents(table, batch);
+    };
+    let kept = arrow::compute::not(losers).map_err(|e| arrow_error(table, e))?;
+    let mut output = transform_documents(
+        table,
+        &filter_record_batch(batch, &kept).map_err(|e| arrow_error(table, e))?,
+    )?;
+    let lost = transform_documents(
+        table,
+        &filter_record_batch(batch, losers).map_err(|e| arrow_error(table, e))?,
+    )?
+    .extracted;
+    output.extracted += lost;
+    output.duplicates += lost;
+    *output
+        .filtered
+        .entry(super::duplicates::RULE.to_string())
+        .or_default() += lost;
+    Ok(output)
+}
+
+fn transform_documents(
     table: &TableSpec,
     batch: &RecordBatch,
 ) -> Result<BatchOutput, TransformError> {
@@ -246,6 +278,7 @@ fn direct_rows(
         extracted: batch.num_rows() as u64,
         filtered: BTreeMap::new(),
         parents: None,
+        duplicates: 0,
     })
 }
 
@@ -421,6 +454,7 @@ fn explode_rows(
         extracted,
         filtered,
         parents,
+        duplicates: 0,
     })
 }
 
