@@ -322,3 +322,48 @@ fn a_repeated_id_loads_once_with_the_latest_copy() {
         [tag(1).to_hex()]
     );
 }
+
+/// The bytes of documents, with the first occurrence of `marker` given an invalid UTF-8 byte.
+fn with_invalid_utf8(docs: &[Document], marker: &str) -> Vec<u8> {
+    let mut bytes: Vec<u8> = docs.iter().flat_map(|d| bson::to_vec(d).unwrap()).collect();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .unwrap_or_else(|| panic!("no {marker}"));
+    bytes[at] = 0xff;
+    bytes
+}
+
+/// Issue 9.6: one invalid UTF-8 string stopped the whole extract.
+#[test]
+fn invalid_utf8_rejects_its_document_with_its_bytes_and_the_rest_loads() {
+    let case = Case::new("bad_utf8");
+    let docs = [
+        thing("ok1", doc! { "label": "fine" }),
+        thing("bad", doc! { "label": "Xbroken" }),
+        thing("ok2", doc! { "label": "fine too" }),
+    ];
+    case.dump_bytes("things.bson", &with_invalid_utf8(&docs, "Xbroken"));
+    case.run();
+    assert_eq!(
+        case.query("SELECT id FROM things ORDER BY id"),
+        ["ok1", "ok2"]
+    );
+    let rejects = case.rejects("things");
+    assert_eq!(rejects.len(), 1, "{rejects:?}");
+    let (id, column, reason, raw) = &rejects[0];
+    assert_eq!((id.as_str(), column.as_str()), ("bad", "(document)"));
+    assert!(
+        reason.contains("malformed BSON at field `label`"),
+        "{reason}"
+    );
+    let bytes = hex::encode(with_invalid_utf8(&docs[1..2], "Xbroken"));
+    assert!(raw.contains(&bytes), "{raw}");
+    let c = case.counts("things");
+    assert_eq!((c.extracted, c.transformed, c.rejected), (3, 2, 1));
+    assert_eq!(
+        case.counts("things_tags").rejected,
+        1,
+        "counted in the link table too"
+    );
+}

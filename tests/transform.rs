@@ -497,3 +497,58 @@ fn a_repeated_id_keeps_the_latest_copy_and_counts_the_others() {
         "row, events, parent: {text}"
     );
 }
+
+/// The bytes of documents, with the first occurrence of `marker` given an invalid UTF-8 byte.
+fn with_invalid_utf8(docs: &[Document], marker: &str) -> Vec<u8> {
+    let mut bytes: Vec<u8> = docs.iter().flat_map(|d| bson::to_vec(d).unwrap()).collect();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .unwrap_or_else(|| panic!("no {marker}"));
+    bytes[at] = 0xff;
+    bytes
+}
+
+/// Issue 9.6: one invalid UTF-8 string stopped the whole extract. The document is rejected
+/// with its BSON bytes in every table of its collection; the others go on.
+#[test]
+fn a_document_with_invalid_utf8_is_rejected_in_every_table_of_its_collection() {
+    let docs = vec![
+        user(1, doc! { "registered_events": [oid(2, 1)] }),
+        user(
+            2,
+            doc! { "firstname": "Xbroken", "registered_events": [oid(2, 2)], "targets": [oid(3, 1)] },
+        ),
+        user(3, doc! { "targets": [oid(3, 2)] }),
+    ];
+    let case = Case::new("invalid_utf8", &[("users", docs.clone())]);
+    std::fs::write(
+        case.work.path().join("dump/app/users.bson"),
+        with_invalid_utf8(&docs, "Xbroken"),
+    )
+    .unwrap();
+    let manifest = case.run(&[]);
+    let text = case.check(&manifest, &["users", "user_events", "users_targets"]);
+    for (table, transformed) in [("users", 2), ("user_events", 1), ("users_targets", 1)] {
+        let c = manifest.entry(table).unwrap().counts;
+        assert_eq!(
+            (c.transformed, c.rejected),
+            (transformed, 1),
+            "{table}: {text}"
+        );
+    }
+    assert_eq!(
+        text.matches("(document): malformed BSON at field `firstname`")
+            .count(),
+        3,
+        "{text}"
+    );
+    let bson_hex = hex::encode(with_invalid_utf8(&docs[1..2], "Xbroken"));
+    assert!(text.contains(&bson_hex[..40]), "the raw bytes: {text}");
+    assert_eq!(
+        text.matches(&format!("| {} | (document) |", hex(4, 2)))
+            .count(),
+        3,
+        "named by its `_id` in each table: {text}"
+    );
+}

@@ -25,18 +25,10 @@ use chrono::{DateTime, Utc};
 
 use super::fields::{self, FieldKind, StagedField, CREATION_DATE, ID_FIELD, UPDATE_DATE};
 
-/// A document the converter cannot read.
+/// A document the converter cannot stage. (A document it cannot read is staged as a
+/// refused row instead, see [`DocBatchBuilder::push`].)
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    /// The document's bytes are not valid BSON where this field is read.
-    #[error("document {}: malformed BSON at field `{path}`: {source}", display_id(.id))]
-    Malformed {
-        /// The document's `_id` as staged, when it can be read.
-        id: Option<String>,
-        /// The staged field (or, before any field was reached, the key) being read.
-        path: String,
-        source: bson::raw::Error,
-    },
     /// One batch would hold more array elements than an Arrow `List` can index.
     #[error(
         "document {}: field `{path}` would put more than {} array elements in one batch; \
@@ -91,6 +83,11 @@ pub struct DocBatchBuilder {
     groups: Vec<Group>,
     /// Per group, whether the current document had its key (scratch, reused).
     seen: Vec<bool>,
+    /// The `_id` column, when staged (a refused document keeps its readable `_id`).
+    id_column: Option<usize>,
+    /// Why a document was refused, and its bytes (`fields::DOCUMENT_ERROR`, `DOCUMENT_BSON`).
+    refused: StringBuilder,
+    refused_bson: BinaryBuilder,
     rows: usize,
 }
 
@@ -127,19 +124,26 @@ impl DocBatchBuilder {
             columns.push(Column::new(field));
         }
         let seen = vec![false; groups.len()];
+        let id_column = fields.iter().position(|f| f.path == ID_FIELD);
         DocBatchBuilder {
             schema,
             columns,
             groups,
             seen,
+            id_column,
+            refused: StringBuilder::new(),
+            refused_bson: BinaryBuilder::new(),
             rows: 0,
         }
     }
 
     /// Appends one document (raw BSON).
     ///
-    /// On error nothing was appended: the document is read and converted first, then written
-    /// into the builders, which cannot fail.
+    /// A document that cannot be read (malformed BSON, invalid UTF-8 in a field the config
+    /// reads) is appended as a refused row: its reason and
+    /// bytes in the document error columns, every field NULL but a readable `_id`, so one bad
+    /// document never stops an extract and transform rejects it with its raw bytes. An error
+    /// means the batch cannot take the document at all; nothing was appended then.
     pub fn push(&mut self, doc: &RawDocument) -> Result<(), ConvertError> {
         let DocBatchBuilder {
             columns,
@@ -147,37 +151,14 @@ impl DocBatchBuilder {
             seen,
             ..
         } = self;
-        let mut cells: Vec<Cell<'_>> = columns.iter().map(|_| Cell::NULL).collect();
-        seen.fill(false);
-        let mut remaining = groups.len();
-        for element in doc.iter_elements() {
-            let element = element.map_err(|e| {
-                let path = e.key().unwrap_or("(document)").to_string();
-                malformed(doc, path, e)
-            })?;
-            let Some(g) = groups.iter().position(|g| g.key == element.key()) else {
-                continue;
-            };
-            // A repeated key: the first one wins, as with `RawDocument::get`.
-            if seen[g] {
-                continue;
+        let cells = match read_cells(columns, groups, seen, doc) {
+            Ok(cells) => cells,
+            Err(reason) => {
+                self.push_refused(doc, &reason);
+                return Ok(());
             }
-            seen[g] = true;
-            let value = element
-                .value()
-                .map_err(|e| malformed(doc, groups[g].key.clone(), e))?;
-            for member in &groups[g].members {
-                let column = &columns[member.column];
-                cells[member.column] = descend(value, &member.rest)
-                    .and_then(|v| v.map_or(Ok(Cell::NULL), |v| convert(column, v)))
-                    .map_err(|e| malformed(doc, column.path.clone(), e))?;
-            }
-            remaining -= 1;
-            if remaining == 0 {
-                break;
-            }
-        }
-        for (column, cell) in columns.iter().zip(&cells) {
+        };
+        for (column, cell) in self.columns.iter().zip(&cells) {
             if !column.typed.fits(&cell.typed) {
                 return Err(ConvertError::ListOverflow {
                     id: doc_id(doc),
@@ -185,11 +166,31 @@ impl DocBatchBuilder {
                 });
             }
         }
-        for (column, cell) in columns.iter_mut().zip(cells) {
+        for (column, cell) in self.columns.iter_mut().zip(cells) {
             column.append(cell);
         }
+        self.refused.append_null();
+        self.refused_bson.append_null();
         self.rows += 1;
         Ok(())
+    }
+
+    /// Appends a document that cannot be read: NULL fields, its `_id` if readable, the reason
+    /// and its bytes.
+    fn push_refused(&mut self, doc: &RawDocument, reason: &str) {
+        let id = doc_id(doc);
+        for (i, column) in self.columns.iter_mut().enumerate() {
+            match (&id, Some(i) == self.id_column) {
+                (Some(id), true) => column.append(Cell {
+                    typed: Typed::Str(id),
+                    raw: None,
+                }),
+                _ => column.append(Cell::NULL),
+            }
+        }
+        self.refused.append_value(reason);
+        self.refused_bson.append_value(doc.as_bytes());
+        self.rows += 1;
     }
 
     /// Documents appended since the last [`finish`](Self::finish).
@@ -210,6 +211,8 @@ impl DocBatchBuilder {
                 arrays.push(Arc::new(raw.finish()));
             }
         }
+        arrays.push(Arc::new(self.refused.finish()));
+        arrays.push(Arc::new(self.refused_bson.finish()));
         self.rows = 0;
         // Each builder was made from the field that `staged_schema` types, and every push
         // appends exactly one value to every builder: a mismatch is a bug here, not bad data.
@@ -218,12 +221,67 @@ impl DocBatchBuilder {
     }
 }
 
-fn malformed(doc: &RawDocument, path: String, source: bson::raw::Error) -> ConvertError {
-    ConvertError::Malformed {
-        id: doc_id(doc),
-        path,
-        source,
+/// Reads and converts every staged field of a document; the reason it cannot be read
+/// otherwise. Nothing is appended here.
+fn read_cells<'d>(
+    columns: &[Column],
+    groups: &[Group],
+    seen: &mut [bool],
+    doc: &'d RawDocument,
+) -> Result<Vec<Cell<'d>>, String> {
+    let mut cells: Vec<Cell<'d>> = columns.iter().map(|_| Cell::NULL).collect();
+    seen.fill(false);
+    let mut remaining = groups.len();
+    for element in doc.iter_elements() {
+        let element = element.map_err(|e| {
+            let path = e.key().unwrap_or("(document)").to_string();
+            malformed(&path, &e)
+        })?;
+        let Some(g) = groups.iter().position(|g| g.key == element.key()) else {
+            continue;
+        };
+        // A repeated key: the first one wins, as with `RawDocument::get`.
+        if seen[g] {
+            continue;
+        }
+        seen[g] = true;
+        let value = element.value().map_err(|e| malformed(&groups[g].key, &e))?;
+        for member in &groups[g].members {
+            let column = &columns[member.column];
+            cells[member.column] = descend(value, &member.rest)
+                .map_err(Unreadable::Bson)
+                .and_then(|v| v.map_or(Ok(Cell::NULL), |v| convert(column, v)))
+                .map_err(|e| e.reason(&column.path))?;
+        }
+        remaining -= 1;
+        if remaining == 0 {
+            break;
+        }
     }
+    Ok(cells)
+}
+
+/// Why a value cannot be read.
+enum Unreadable {
+    Bson(bson::raw::Error),
+}
+
+impl From<bson::raw::Error> for Unreadable {
+    fn from(e: bson::raw::Error) -> Unreadable {
+        Unreadable::Bson(e)
+    }
+}
+
+impl Unreadable {
+    fn reason(&self, path: &str) -> String {
+        match self {
+            Unreadable::Bson(e) => malformed(path, e),
+        }
+    }
+}
+
+fn malformed(path: &str, e: &bson::raw::Error) -> String {
+    format!("malformed BSON at field `{path}`: {e}")
 }
 
 /// The document's `_id` as staged, for error messages.
@@ -294,7 +352,7 @@ enum IdElement<'a> {
 }
 
 /// Converts a present, possibly null value of a field.
-fn convert<'a>(column: &Column, value: RawBsonRef<'a>) -> Result<Cell<'a>, bson::raw::Error> {
+fn convert<'a>(column: &Column, value: RawBsonRef<'a>) -> Result<Cell<'a>, Unreadable> {
     if let RawBsonRef::Null = value {
         return Ok(Cell::NULL);
     }
@@ -659,7 +717,18 @@ mod tests {
         RawDocumentBuf::from_document(&doc).unwrap()
     }
 
+    /// The staged batch of valid documents, without the document error columns (checked
+    /// empty here).
     fn convert_docs(fields: &[StagedField], docs: Vec<bson::Document>) -> RecordBatch {
+        let batch = convert_all(fields, docs);
+        let n = batch.num_columns();
+        for c in [n - 2, n - 1] {
+            assert_eq!(batch.column(c).null_count(), batch.num_rows());
+        }
+        batch.project(&(0..n - 2).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn convert_all(fields: &[StagedField], docs: Vec<bson::Document>) -> RecordBatch {
         let mut builder = DocBatchBuilder::new(fields);
         for d in docs {
             builder.push(&raw(d)).unwrap();
@@ -699,7 +768,7 @@ mod tests {
             field("d", FieldKind::Decimal),
             field("j", FieldKind::Json),
         ];
-        let batch = convert_docs(&fields, vec![doc! {}, doc! { "targets": [1] }]);
+        let batch = convert_all(&fields, vec![doc! {}, doc! { "targets": [1] }]);
         assert_eq!(batch.schema().as_ref(), &fields::staged_schema(&fields));
         assert_eq!(batch.num_rows(), 2);
     }
@@ -1002,8 +1071,10 @@ mod tests {
         assert_eq!(list.value(0).len(), 1);
     }
 
+    /// A malformed document used to stop the whole extract (issue 9.6): it is now a refused
+    /// row naming its field, with its `_id` and its bytes, and the next document goes on.
     #[test]
-    fn a_malformed_document_names_its_id_and_field_and_appends_nothing() {
+    fn a_malformed_document_is_staged_as_refused_with_its_id_field_and_bytes() {
         let fields = vec![
             field("_id", FieldKind::Text),
             field("name", FieldKind::Text),
@@ -1014,15 +1085,84 @@ mod tests {
         bytes[at..at + 4].copy_from_slice(&100_i32.to_le_bytes());
         let doc = RawDocument::from_bytes(&bytes).unwrap();
         let mut builder = DocBatchBuilder::new(&fields);
-        let err = builder.push(doc).unwrap_err();
-        let message = err.to_string();
-        assert!(message.contains("doc-1"), "{message}");
-        assert!(message.contains("`name`"), "{message}");
-        assert!(builder.is_empty());
+        builder.push(doc).unwrap();
         builder
             .push(&raw(doc! { "_id": "doc-2", "name": "Bo" }))
             .unwrap();
-        assert_eq!(builder.finish().num_rows(), 1);
+        let batch = builder.finish();
+        assert_eq!(batch.num_rows(), 2);
+        let ids = batch.column(0).as_string::<i32>();
+        assert_eq!((ids.value(0), ids.value(1)), ("doc-1", "doc-2"));
+        let names = batch.column(1).as_string::<i32>();
+        assert!(names.is_null(0) && batch.column(2).is_null(0));
+        assert_eq!(names.value(1), "Bo");
+        let reasons = batch
+            .column_by_name(fields::DOCUMENT_ERROR)
+            .unwrap()
+            .as_string::<i32>();
+        assert!(
+            reasons
+                .value(0)
+                .starts_with("malformed BSON at field `name`"),
+            "{}",
+            reasons.value(0)
+        );
+        assert!(reasons.is_null(1));
+        let stored = batch
+            .column_by_name(fields::DOCUMENT_BSON)
+            .unwrap()
+            .as_binary::<i32>();
+        assert_eq!(stored.value(0), &bytes[..]);
+        assert!(stored.is_null(1));
+    }
+
+    /// Issue 9.6: one invalid UTF-8 string stopped the whole extract.
+    #[test]
+    fn invalid_utf8_in_a_read_field_refuses_only_that_document() {
+        let fields = vec![
+            field("_id", FieldKind::Text),
+            field("name", FieldKind::Text),
+            field("extra", FieldKind::Json),
+        ];
+        let utf8_breaking = |d: bson::Document, text: &str| {
+            let mut bytes = raw(d).into_bytes();
+            let at = bytes
+                .windows(text.len())
+                .position(|w| w == text.as_bytes())
+                .unwrap();
+            bytes[at] = 0xff;
+            bytes
+        };
+        let in_name = utf8_breaking(doc! { "_id": "a", "name": "Xna" }, "Xna");
+        let nested = utf8_breaking(doc! { "_id": "b", "extra": { "k": ["Xx"] } }, "Xx");
+        let unread = utf8_breaking(doc! { "_id": "c", "other": "Xo" }, "Xo");
+        let mut builder = DocBatchBuilder::new(&fields);
+        for bytes in [&in_name, &nested, &unread] {
+            builder
+                .push(RawDocument::from_bytes(bytes).unwrap())
+                .unwrap();
+        }
+        let batch = builder.finish();
+        let reasons = batch
+            .column_by_name(fields::DOCUMENT_ERROR)
+            .unwrap()
+            .as_string::<i32>();
+        assert!(
+            reasons.value(0).contains("field `name`"),
+            "{}",
+            reasons.value(0)
+        );
+        assert!(reasons.value(0).contains("utf-8"), "{}", reasons.value(0));
+        assert!(
+            reasons.value(1).contains("field `extra`"),
+            "{}",
+            reasons.value(1)
+        );
+        assert!(
+            reasons.is_null(2),
+            "a field the config does not read is not looked at"
+        );
+        assert_eq!(batch.column(0).as_string::<i32>().value(1), "b");
     }
 
     #[test]

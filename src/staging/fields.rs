@@ -18,6 +18,12 @@ pub const ID_FIELD: &str = "_id";
 /// Window fields, always staged.
 pub const CREATION_DATE: &str = "creation_date";
 pub const UPDATE_DATE: &str = "update_date";
+/// Last two columns of every staged collection: set (the reason, and the document's BSON
+/// bytes) on the row of a document extract could not read (invalid UTF-8, malformed BSON,
+/// nesting too deep). Its field columns are then NULL, its `_id` kept when readable;
+/// transform rejects it in every table of the collection, so the counts add up per table.
+pub const DOCUMENT_ERROR: &str = "__document_error";
+pub const DOCUMENT_BSON: &str = "__document_bson";
 
 /// How a staged field is typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,9 +150,9 @@ pub fn fields_for_collection(config: &Config, collection: &str) -> Vec<StagedFie
 }
 
 /// The Arrow schema of a staged collection: per field, the typed column then its `__raw`
-/// column (not for `_id`, which is always text).
+/// column (not for `_id`, which is always text); then the document error columns.
 pub fn staged_schema(fields: &[StagedField]) -> Schema {
-    let mut columns = Vec::with_capacity(fields.len() * 2);
+    let mut columns = Vec::with_capacity(fields.len() * 2 + 2);
     for f in fields {
         columns.push(Field::new(&f.path, f.kind.data_type(), true));
         if f.path != ID_FIELD {
@@ -157,6 +163,8 @@ pub fn staged_schema(fields: &[StagedField]) -> Schema {
             ));
         }
     }
+    columns.push(Field::new(DOCUMENT_ERROR, DataType::Utf8, true));
+    columns.push(Field::new(DOCUMENT_BSON, DataType::Binary, true));
     Schema::new(columns)
 }
 
@@ -189,5 +197,10 @@ mod tests {
         let schema = staged_schema(&fields);
         assert!(schema.field_with_name("firstname__raw").is_ok());
         assert!(schema.field_with_name("_id__raw").is_err());
+        let last: Vec<&str> = schema.fields()[schema.fields().len() - 2..]
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(last, [DOCUMENT_ERROR, DOCUMENT_BSON]);
     }
 }

@@ -22,7 +22,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use rayon::prelude::*;
 
-use crate::staging::fields::{ID_FIELD, UPDATE_DATE};
+use crate::staging::fields::{DOCUMENT_ERROR, ID_FIELD, UPDATE_DATE};
 use crate::staging::StagingError;
 
 /// The rule, as the manifest and the summary state it.
@@ -58,9 +58,16 @@ impl Duplicates {
             .par_iter()
             .map(|p| {
                 let mut out = Vec::new();
-                for batch in read(p, &[ID_FIELD])? {
+                for batch in read(p, &[ID_FIELD, DOCUMENT_ERROR])? {
                     let ids = ids(&batch, &p.path)?;
-                    out.extend(ids.iter().flatten().map(hash_id));
+                    let refused = refused(&batch);
+                    out.extend(
+                        (0..batch.num_rows())
+                            .filter(|i| {
+                                ids.is_valid(*i) && !refused.is_some_and(|r| r.is_valid(*i))
+                            })
+                            .map(|i| hash_id(ids.value(i))),
+                    );
                 }
                 Ok(out)
             })
@@ -88,15 +95,19 @@ impl Duplicates {
             .map(|p| {
                 let mut best = Best::new();
                 let mut row = p.first_row;
-                for batch in read(p, &[ID_FIELD, UPDATE_DATE])? {
+                for batch in read(p, &[ID_FIELD, UPDATE_DATE, DOCUMENT_ERROR])? {
                     let ids = ids(&batch, &p.path)?;
+                    let refused = refused(&batch);
                     let updated = batch
                         .column_by_name(UPDATE_DATE)
                         .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>());
                     for i in 0..batch.num_rows() {
                         let this = row;
                         row += 1;
-                        if ids.is_null(i) || !repeated.contains(&hash_id(ids.value(i))) {
+                        if ids.is_null(i)
+                            || refused.is_some_and(|r| r.is_valid(i))
+                            || !repeated.contains(&hash_id(ids.value(i)))
+                        {
                             continue;
                         }
                         let key = (updated.filter(|u| u.is_valid(i)).map(|u| u.value(i)), this);
@@ -130,16 +141,22 @@ impl Duplicates {
         self.kept.len()
     }
 
-    /// The rows of `ids` (input-order numbers from `first_row`) that are losing copies, or
-    /// `None` when there is none in this batch.
-    pub fn losers(&self, ids: &StringArray, first_row: u64) -> Option<BooleanArray> {
+    /// The rows of a staged batch (input-order numbers from `first_row`) that are losing
+    /// copies, or `None` when there is none in this batch. A document extract refused is
+    /// never a copy: it is rejected with its reason.
+    pub fn losers(&self, batch: &RecordBatch, first_row: u64) -> Option<BooleanArray> {
         if self.is_empty() {
             return None;
         }
+        let ids = batch
+            .column_by_name(ID_FIELD)
+            .and_then(|c| c.as_string_opt::<i32>())?;
+        let refused = refused(batch);
         let mut any = false;
         let mask: Vec<bool> = (0..ids.len())
             .map(|i| {
                 let lost = ids.is_valid(i)
+                    && !refused.is_some_and(|r| r.is_valid(i))
                     && self.hashes.contains(&hash_id(ids.value(i)))
                     && self
                         .kept
@@ -172,6 +189,13 @@ fn merge(
             best.insert(id.to_string(), (copies, key));
         }
     }
+}
+
+/// The document error column, when the batch has one (runs staged before it have none).
+fn refused(batch: &RecordBatch) -> Option<&StringArray> {
+    batch
+        .column_by_name(DOCUMENT_ERROR)
+        .and_then(|c| c.as_string_opt::<i32>())
 }
 
 /// The staged `_id` column of a batch.
@@ -262,9 +286,22 @@ mod tests {
         pieces
     }
 
+    fn id_batch(ids: &[Option<&str>], refused: &[Option<&str>]) -> RecordBatch {
+        RecordBatch::try_from_iter([
+            (
+                ID_FIELD,
+                Arc::new(StringArray::from(ids.to_vec())) as ArrayRef,
+            ),
+            (
+                DOCUMENT_ERROR,
+                Arc::new(StringArray::from(refused.to_vec())) as ArrayRef,
+            ),
+        ])
+        .unwrap()
+    }
+
     fn losers(d: &Duplicates, ids: &[Option<&str>], first_row: u64) -> Vec<bool> {
-        let ids = StringArray::from(ids.to_vec());
-        d.losers(&ids, first_row)
+        d.losers(&id_batch(ids, &vec![None; ids.len()]), first_row)
             .map(|m| m.iter().map(|b| b.unwrap_or(false)).collect())
             .unwrap_or_else(|| vec![false; ids.len()])
     }
@@ -281,7 +318,9 @@ mod tests {
         );
         let d = Duplicates::find(&pieces).unwrap();
         assert!(d.is_empty());
-        assert!(d.losers(&StringArray::from(vec!["a", "b"]), 0).is_none());
+        assert!(d
+            .losers(&id_batch(&[Some("a"), Some("b")], &[None, None]), 0)
+            .is_none());
     }
 
     #[test]
@@ -320,5 +359,9 @@ mod tests {
             [true, false, false]
         );
         assert_eq!(losers(&d, &[Some("b"), Some("d")], 6), [true, false]);
+        // A document extract refused is rejected, never a losing copy.
+        let batch = id_batch(&[Some("a"), Some("a")], &[None, Some("malformed")]);
+        let mask = d.losers(&batch, 3).unwrap();
+        assert!(mask.value(0) && !mask.value(1));
     }
 }

@@ -7,6 +7,13 @@
 //! tables, which hold their rows until every file is read). Before its tables, a MongoDB
 //! collection's `_id`s are scanned once for repeats (8 bytes per document while scanning, see
 //! `duplicates`): only the latest copy of a repeated `_id` is transformed.
+//!
+//! A document extract could not read (malformed BSON, invalid UTF-8, nesting too deep) is
+//! staged as a row of its collection with the reason and its BSON bytes
+//! (`fields::DOCUMENT_ERROR`, `DOCUMENT_BSON`): it was extracted, so each table of the
+//! collection counts it and rejects it (once, in link tables too, whose elements it cannot
+//! tell), with the bytes in hex as its raw value. Per table, extracted = transformed +
+//! rejected + filtered holds with extract-stage rejects included.
 
 mod convert;
 mod dedupe;
@@ -18,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, AsArray};
+use arrow::array::ArrayRef;
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -357,10 +364,7 @@ fn transform_piece(
             table: table.name.clone(),
             source: e,
         })?;
-        let losers = batch
-            .column_by_name(staging::fields::ID_FIELD)
-            .and_then(|ids| ids.as_string_opt::<i32>())
-            .and_then(|ids| duplicates.losers(ids, first_row));
+        let losers = duplicates.losers(&batch, first_row);
         first_row += batch.num_rows() as u64;
         let out = transform_batch(table, &batch, losers.as_ref())?;
         piece.counts.extracted += out.extracted;

@@ -17,7 +17,7 @@ use arrow::record_batch::RecordBatch;
 use super::convert::{convert_column, display_value, target_type, CellError};
 use super::TransformError;
 use crate::config::{ColumnSource, Source, TableSpec};
-use crate::staging::fields::{ID_FIELD, RAW_SUFFIX};
+use crate::staging::fields::{DOCUMENT_BSON, DOCUMENT_ERROR, ID_FIELD, RAW_SUFFIX};
 
 /// A source row that did not make it, with every reason.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,9 +153,10 @@ fn staged_column<'a>(
     Ok((values, raw))
 }
 
-/// Why a whole document is refused, by row: a MongoDB document without `_id` (missing or
-/// null: no key to load it under, no parent for its link rows). Such a row's column errors
-/// are replaced by this one reason.
+/// Why a whole document is refused, by row: a document extract could not read (its reason,
+/// its BSON bytes in hex), or a MongoDB document without `_id` (missing or null: no key to
+/// load it under, no parent for its link rows). Such a row's column errors are replaced by
+/// this one reason.
 fn document_errors(
     table: &TableSpec,
     batch: &RecordBatch,
@@ -164,23 +165,47 @@ fn document_errors(
     if !matches!(table.source, Source::Mongo { .. }) {
         return Ok(errors);
     }
+    // Runs staged before these columns existed have none.
+    let refused = batch
+        .column_by_name(DOCUMENT_ERROR)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .filter(|c| c.null_count() < c.len());
+    if let Some(refused) = refused {
+        let bytes = batch
+            .column_by_name(DOCUMENT_BSON)
+            .and_then(|c| c.as_binary_opt::<i32>());
+        for row in (0..batch.num_rows()).filter(|r| refused.is_valid(*r)) {
+            let raw = bytes
+                .filter(|b| b.is_valid(row))
+                .map(|b| format!("BSON hex: {}", hex::encode(b.value(row))));
+            errors.insert(
+                row,
+                CellError {
+                    row,
+                    column: DOCUMENT_COLUMN.into(),
+                    reason: refused.value(row).to_string(),
+                    raw,
+                },
+            );
+        }
+    }
     let (ids, _) = staged_column(table, batch, ID_FIELD)?;
     if ids.null_count() == 0 {
         return Ok(errors);
     }
     for row in (0..batch.num_rows()).filter(|r| ids.is_null(*r)) {
-        errors.insert(
+        errors.entry(row).or_insert_with(|| CellError {
             row,
-            CellError {
-                row,
-                column: ID_FIELD.into(),
-                reason: "document without `_id` (missing or null)".into(),
-                raw: None,
-            },
-        );
+            column: ID_FIELD.into(),
+            reason: "document without `_id` (missing or null)".into(),
+            raw: None,
+        });
     }
     Ok(errors)
 }
+
+/// What a reject of a whole document names as its column.
+const DOCUMENT_COLUMN: &str = "(document)";
 
 /// The id a reject names for a row (`_id`, or the Matomo primary key), formatted only for
 /// the rows that need it.
@@ -322,6 +347,15 @@ fn explode_rows(
         lists.push((array, list, raw));
     }
     for row in 0..batch.num_rows() {
+        // A document extract could not read has no known elements: it counts once, rejected.
+        if let Some(e) = doc_errors.get(&row).filter(|e| e.column == DOCUMENT_COLUMN) {
+            extracted += 1;
+            rejects.push(Reject {
+                document_id: ids.get(row),
+                errors: vec![e.clone()],
+            });
+            continue;
+        }
         let mut seen: HashSet<(&str, Option<&str>)> = HashSet::new();
         for (array, list, raw) in &lists {
             let type_value = array.type_value.as_deref();
