@@ -313,6 +313,8 @@ fn transform(
                 c.filtered.to_string(),
                 format!("{:.2}", r.seconds),
                 c.duplicates.to_string(),
+                r.coerced.to_string(),
+                r.rounded.to_string(),
                 r.skipped.clone().unwrap_or_default(),
             ]
         })
@@ -333,6 +335,8 @@ fn transform(
                 "filtered",
                 "seconds",
                 "duplicates",
+                "coerced",
+                "rounded",
                 "note"
             ],
             &rows

@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod config;
+pub(crate) mod decimal;
 pub mod extract;
 pub mod load;
 pub(crate) mod pg_time;

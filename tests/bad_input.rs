@@ -367,3 +367,131 @@ fn invalid_utf8_rejects_its_document_with_its_bytes_and_the_rest_loads() {
         "counted in the link table too"
     );
 }
+
+/// Issue 9.7: values the reference tool loaded through PostgreSQL's input rules were
+/// rejected, and a rejected parent orphaned its whole subtree. Each coerced value loads as
+/// PostgreSQL would have read it, and is counted per column; what does not fit is still
+/// rejected with its reason and raw value.
+#[test]
+fn postgresql_input_coercions_load_and_are_counted() {
+    let case = Case::new("bad_coercions");
+    case.dump("owners", &[thing("o42", doc! { "name": 42_i32 })]);
+    case.dump(
+        "things",
+        &[
+            thing(
+                "a",
+                doc! {
+                    "label": 42_i32, "qty": "120", "small": " +7 ", "big": "9000000000",
+                    "flag": "true", "price": 37.123456, "amount": " 1e3 ", "ratio": "1.5",
+                    "owner": "o42",
+                },
+            ),
+            thing(
+                "b",
+                doc! { "label": 1e20, "flag": 1_i32, "price": "1.005", "amount": "NaN" },
+            ),
+            thing("c", doc! { "label": 1.5, "flag": "OFF", "price": -0.125 }),
+            // Still refused: letters into an integer, out of range, NaN into NUMERIC(10,2),
+            // an integer part too large, a boolean 2, a non-integer into an integer.
+            thing("r1", doc! { "qty": "12a" }),
+            thing("r2", doc! { "small": "70000" }),
+            thing("r3", doc! { "price": "NaN" }),
+            thing("r4", doc! { "price": "123456789" }),
+            thing("r5", doc! { "flag": 2_i32 }),
+            thing("r6", doc! { "qty": 42.5 }),
+        ],
+    );
+    let out = case.run();
+    assert_eq!(
+        case.query(
+            "SELECT array_to_string(ARRAY[id, label, qty::text, small::text, big::text, \
+             flag::text, price::text, amount::text, ratio::text, owner_id], '|', '-') \
+             FROM things ORDER BY id"
+        ),
+        [
+            "a|42|120|7|9000000000|true|37.12|1000|1.5|o42",
+            "b|1e+20|-|-|-|true|1.01|NaN|-|-",
+            "c|1.5|-|-|-|false|-0.13|-|-|-",
+        ]
+    );
+    assert_eq!(case.query("SELECT name FROM owners"), ["42"]);
+    let rejects = case.rejects("things");
+    let got: Vec<(&str, &str, &str)> = rejects
+        .iter()
+        .map(|(id, _, reason, raw)| (id.as_str(), reason.as_str(), raw.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "r1",
+                "qty: invalid input syntax for INTEGER",
+                r#"{"qty":"\"12a\""}"#
+            ),
+            (
+                "r2",
+                "small: out of range for SMALLINT",
+                r#"{"small":"\"70000\""}"#
+            ),
+            (
+                "r3",
+                "price: NaN does not fit NUMERIC(10,2)",
+                r#"{"price":"\"NaN\""}"#
+            ),
+            (
+                "r4",
+                "price: `123456789` does not fit NUMERIC(10,2)",
+                r#"{"price":"\"123456789\""}"#
+            ),
+            (
+                "r5",
+                "flag: only the integers 0 and 1 are BOOLEAN values",
+                r#"{"flag":"2"}"#
+            ),
+            (
+                "r6",
+                "qty: non-integer value for INTEGER",
+                r#"{"qty":"42.5"}"#
+            ),
+        ]
+    );
+    let entry = case.manifest(Stage::Transform);
+    let things = entry.entry("things").unwrap();
+    let coerced: Vec<(&str, u64)> = things
+        .coerced
+        .iter()
+        .map(|(c, n)| (c.as_str(), *n))
+        .collect();
+    assert_eq!(
+        coerced,
+        [
+            ("amount", 2),
+            ("big", 1),
+            ("flag", 3),
+            ("label", 3),
+            ("price", 1),
+            ("qty", 1),
+            ("ratio", 1),
+            ("small", 1),
+        ]
+    );
+    let rounded: Vec<(&str, u64)> = things
+        .rounded
+        .iter()
+        .map(|(c, n)| (c.as_str(), *n))
+        .collect();
+    assert_eq!(rounded, [("price", 3)]);
+    let summary = stdout(&out);
+    let line = summary
+        .lines()
+        .skip_while(|l| !l.starts_with("transform:"))
+        .find(|l| l.trim_start().starts_with("things "))
+        .unwrap_or_else(|| panic!("{summary}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        &fields[6..9],
+        ["0", "13", "3"],
+        "duplicates, coerced, rounded: {line}"
+    );
+}

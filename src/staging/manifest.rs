@@ -84,6 +84,13 @@ pub struct ManifestEntry {
     /// Free-form facts worth keeping (e.g. zero dates turned to NULL).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub notes: BTreeMap<String, String>,
+    /// Transform, per column: values loaded through a coercion of PostgreSQL's input rules
+    /// (a number into a text column, a numeric or boolean string, a date string).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub coerced: BTreeMap<String, u64>,
+    /// Transform, per column: values rounded to fit (a `NUMERIC(p,s)`'s scale).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rounded: BTreeMap<String, u64>,
 }
 
 /// Row accounting; for every table `extracted = transformed + rejected + filtered`, and after

@@ -15,9 +15,11 @@
 //! tell), with the bytes in hex as its raw value. Per table, extracted = transformed +
 //! rejected + filtered holds with extract-stage rejects included.
 
+mod coerce;
 mod convert;
 mod dedupe;
 mod duplicates;
+mod pg_input;
 mod rows;
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,7 +34,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 
 pub use convert::{parse_date_text, target_type, CellError};
-pub use rows::{output_schema, transform_batch, BatchOutput, Reject};
+pub use rows::{output_schema, transform_batch, Adjusted, BatchOutput, Reject};
 
 use crate::config::{Config, Source, TableSpec};
 use crate::staging::{
@@ -73,6 +75,9 @@ pub struct TableReport {
     pub seconds: f64,
     /// Set when the run holds nothing for this table's source.
     pub skipped: Option<String>,
+    /// Values loaded through a coercion, and rounded, in all columns.
+    pub coerced: u64,
+    pub rounded: u64,
 }
 
 /// Transforms a staged run (the latest with a finished extract when `run` is None).
@@ -167,6 +172,8 @@ pub fn run(
                         table.source.name(),
                         run.id
                     )),
+                    coerced: 0,
+                    rounded: 0,
                 },
             )),
         })
@@ -202,6 +209,7 @@ struct Piece {
     rejects: Vec<Reject>,
     /// Rows of dedupe tables, merged once every piece is done.
     held: Vec<RecordBatch>,
+    adjusted: BTreeMap<String, Adjusted>,
 }
 
 /// The row groups of a source's staged files, in input order, each with the input-order
@@ -258,6 +266,7 @@ fn transform_table(
     let mut parent_files = Vec::new();
     let mut rejects = Vec::new();
     let mut held = Vec::new();
+    let mut adjusted = BTreeMap::new();
     for piece in pieces {
         counts.extracted += piece.counts.extracted;
         counts.transformed += piece.counts.transformed;
@@ -271,6 +280,7 @@ fn transform_table(
         parent_files.extend(piece.parent_files);
         rejects.extend(piece.rejects);
         held.extend(piece.held);
+        add_adjusted(&mut adjusted, piece.adjusted);
     }
     let table_dir = out_dir.join(&table.name);
     if let Some(spec) = &table.dedupe {
@@ -310,6 +320,8 @@ fn transform_table(
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect(),
+        coerced: per_column(&adjusted, |a| a.coerced),
+        rounded: per_column(&adjusted, |a| a.rounded),
     };
     Ok((
         manifest_entry,
@@ -319,8 +331,30 @@ fn transform_table(
             filtered_by_rule,
             seconds,
             skipped: None,
+            coerced: adjusted.values().map(|a| a.coerced).sum(),
+            rounded: adjusted.values().map(|a| a.rounded).sum(),
         },
     ))
+}
+
+fn add_adjusted(total: &mut BTreeMap<String, Adjusted>, more: BTreeMap<String, Adjusted>) {
+    for (column, a) in more {
+        let t = total.entry(column).or_default();
+        t.coerced += a.coerced;
+        t.rounded += a.rounded;
+    }
+}
+
+/// One count per column, the columns where it is zero left out.
+fn per_column(
+    adjusted: &BTreeMap<String, Adjusted>,
+    count: impl Fn(&Adjusted) -> u64,
+) -> BTreeMap<String, u64> {
+    adjusted
+        .iter()
+        .filter(|(_, a)| count(a) > 0)
+        .map(|(c, a)| (c.clone(), count(a)))
+        .collect()
 }
 
 /// One row group of one staged file -> the table's rows, in part files of its own.
@@ -375,6 +409,7 @@ fn transform_piece(
             *piece.filtered_by_rule.entry(rule).or_default() += n;
         }
         piece.rejects.extend(out.rejects);
+        add_adjusted(&mut piece.adjusted, out.adjusted);
         if let (Some(writer), Some(ids)) = (parents.as_mut(), &out.parents) {
             writer.write(&parent_batch(ids)?)?;
         }

@@ -39,6 +39,16 @@ pub struct BatchOutput {
     pub parents: Option<ArrayRef>,
     /// Of `filtered`: rows of losing copies of a repeated `_id`.
     pub duplicates: u64,
+    /// Per column, values loaded through a coercion or rounded (only columns with some).
+    pub adjusted: BTreeMap<String, Adjusted>,
+}
+
+/// Values of one column that PostgreSQL's input rules converted (`coerced`: a number into a
+/// text column, a numeric or boolean string, a date string) or that were rounded to fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Adjusted {
+    pub coerced: u64,
+    pub rounded: u64,
 }
 
 /// The Arrow schema of a table's transform output: its loaded columns, PostgreSQL-ready types.
@@ -243,8 +253,13 @@ impl DocIds {
     }
 }
 
-/// Converted columns by name, and the refused cells grouped by row.
-type Converted = (BTreeMap<String, ArrayRef>, BTreeMap<usize, Vec<CellError>>);
+/// Converted columns by name, the refused cells grouped by row, and the columns' coerced and
+/// rounded counts.
+type Fields = (
+    BTreeMap<String, ArrayRef>,
+    BTreeMap<usize, Vec<CellError>>,
+    BTreeMap<String, Adjusted>,
+);
 
 /// Converts every `Field` column of the table on `batch`; a row refused as a whole keeps only
 /// its document error.
@@ -252,24 +267,34 @@ fn convert_fields(
     table: &TableSpec,
     batch: &RecordBatch,
     doc_errors: &BTreeMap<usize, CellError>,
-) -> Result<Converted, TransformError> {
+) -> Result<Fields, TransformError> {
     let mut arrays = BTreeMap::new();
     let mut errors: BTreeMap<usize, Vec<CellError>> = BTreeMap::new();
+    let mut adjusted = BTreeMap::new();
     for col in table.loaded_columns() {
         let ColumnSource::Field(path) = &col.source else {
             continue;
         };
         let (values, raw) = staged_column(table, batch, path)?;
-        let (array, cell_errors) = convert_column(col, values, raw, table.time_zone);
-        for e in cell_errors {
+        let converted = convert_column(col, values, raw, table.time_zone);
+        for e in converted.errors {
             errors.entry(e.row).or_default().push(e);
         }
-        arrays.insert(col.name.clone(), array);
+        if converted.coerced + converted.rounded > 0 {
+            adjusted.insert(
+                col.name.clone(),
+                Adjusted {
+                    coerced: converted.coerced,
+                    rounded: converted.rounded,
+                },
+            );
+        }
+        arrays.insert(col.name.clone(), converted.array);
     }
     for (row, e) in doc_errors {
         errors.insert(*row, vec![e.clone()]);
     }
-    Ok((arrays, errors))
+    Ok((arrays, errors, adjusted))
 }
 
 fn direct_rows(
@@ -278,7 +303,7 @@ fn direct_rows(
     ids: &DocIds,
     doc_errors: &BTreeMap<usize, CellError>,
 ) -> Result<BatchOutput, TransformError> {
-    let (arrays, errors) = convert_fields(table, batch, doc_errors)?;
+    let (arrays, errors, adjusted) = convert_fields(table, batch, doc_errors)?;
     let keep = BooleanArray::from(
         (0..batch.num_rows())
             .map(|r| !errors.contains_key(&r))
@@ -304,6 +329,7 @@ fn direct_rows(
         filtered: BTreeMap::new(),
         parents: None,
         duplicates: 0,
+        adjusted,
     })
 }
 
@@ -322,7 +348,7 @@ fn explode_rows(
         .iter()
         .find(|c| c.source == ColumnSource::Element)
         .expect("validated");
-    let (parent_arrays, parent_errors) = convert_fields(table, batch, doc_errors)?;
+    let (parent_arrays, parent_errors, adjusted) = convert_fields(table, batch, doc_errors)?;
 
     let mut parent_index: Vec<u32> = Vec::new();
     let mut elements = StringBuilder::new();
@@ -441,11 +467,11 @@ fn explode_rows(
                 } else {
                     &type_values
                 };
-                let (array, errors) = convert_column(col, values, None, table.time_zone);
-                for e in errors {
+                let converted = convert_column(col, values, None, table.time_zone);
+                for e in converted.errors {
                     late_errors.entry(e.row).or_default().push(e);
                 }
-                array
+                converted.array
             }
             ColumnSource::Generated => continue,
         };
@@ -489,6 +515,7 @@ fn explode_rows(
         filtered,
         parents,
         duplicates: 0,
+        adjusted,
     })
 }
 
