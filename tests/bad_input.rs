@@ -495,3 +495,70 @@ fn postgresql_input_coercions_load_and_are_counted() {
         "duplicates, coerced, rounded: {line}"
     );
 }
+
+/// Issue 9.8: a UUID `_id` loaded as its extended JSON and an integer one as `12345`, while a
+/// reference holding the same UUID or integer was refused: relationships to such documents
+/// never loaded.
+#[test]
+fn uuid_and_integer_ids_load_and_references_to_them_resolve() {
+    let case = Case::new("bad_id_kinds");
+    let uuid = |subtype, last: u8| {
+        let mut bytes: Vec<u8> = (0..16).map(|i| i * 17).collect();
+        bytes[15] = last;
+        Bson::Binary(bson::Binary { subtype, bytes })
+    };
+    use bson::spec::BinarySubtype::{Uuid, UuidOld};
+    case.dump(
+        "owners",
+        &[
+            thing(uuid(Uuid, 1), doc! { "name": "uuid owner" }),
+            thing(12_345_i64, doc! { "name": "int owner" }),
+        ],
+    );
+    case.dump(
+        "tags",
+        &[
+            thing(7_i32, doc! { "name": "int tag" }),
+            thing(uuid(UuidOld, 2), doc! { "name": "legacy uuid tag" }),
+        ],
+    );
+    case.dump(
+        "things",
+        &[
+            thing(
+                "t1",
+                doc! { "owner": uuid(Uuid, 1), "tags": [7_i32, uuid(UuidOld, 2)] },
+            ),
+            thing(
+                "t2",
+                doc! { "owner": 12_345_i32, "tags": [{ "_id": 7_i64 }] },
+            ),
+        ],
+    );
+    case.run();
+    let u1 = "00112233-4455-6677-8899-aabbccddee01";
+    let u2 = "00112233-4455-6677-8899-aabbccddee02";
+    assert_eq!(
+        case.query("SELECT id || '|' || name FROM owners ORDER BY id"),
+        [format!("{u1}|uuid owner"), "12345|int owner".to_string()]
+    );
+    assert_eq!(
+        case.query("SELECT id || '|' || owner_id FROM things ORDER BY id"),
+        [format!("t1|{u1}"), "t2|12345".to_string()]
+    );
+    assert_eq!(
+        case.query("SELECT thing_id || '|' || tag_id FROM things_tags ORDER BY 1"),
+        [format!("t1|{u2}"), "t1|7".to_string(), "t2|7".to_string()]
+    );
+    for table in ["owners", "tags", "things", "things_tags"] {
+        assert!(
+            case.rejects(table).is_empty(),
+            "{table}: {:?}",
+            case.rejects(table)
+        );
+    }
+    let load = case.manifest(Stage::Load);
+    for e in &load.entries {
+        assert_eq!(e.counts.rejected, 0, "orphans in {}", e.name);
+    }
+}

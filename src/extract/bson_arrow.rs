@@ -287,11 +287,67 @@ fn malformed(path: &str, e: &bson::raw::Error) -> String {
 /// The document's `_id` as staged, for error messages.
 fn doc_id(doc: &RawDocument) -> Option<String> {
     let value = doc.get(ID_FIELD).ok()??;
-    match value {
-        RawBsonRef::ObjectId(oid) => Some(oid.to_hex()),
-        RawBsonRef::String(s) => Some(s.to_string()),
-        other => ext_json(other).ok(),
+    match id_key(value) {
+        Some(IdKey::Oid(oid)) => Some(oid.to_hex()),
+        Some(IdKey::Str(s)) => Some(s.to_string()),
+        Some(IdKey::Int(n)) => Some(n.to_string()),
+        Some(IdKey::Uuid(bytes)) => Some(uuid_text(&bytes, &mut [0; 36]).to_string()),
+        None => ext_json(value).ok(),
     }
+}
+
+/// A value that is a document key the same way in an `_id` and in a reference to it: an
+/// ObjectId (24-char hex), a string (as is), an integer (decimal text), a UUID (BSON binary
+/// subtype 4, or the legacy subtype 3, as 8-4-4-4-12 text).
+#[derive(Clone, Copy)]
+enum IdKey<'a> {
+    Oid(ObjectId),
+    Str(&'a str),
+    Int(i64),
+    Uuid([u8; 16]),
+}
+
+fn id_key(value: RawBsonRef<'_>) -> Option<IdKey<'_>> {
+    use bson::spec::BinarySubtype;
+    use RawBsonRef as B;
+    match value {
+        B::ObjectId(oid) => Some(IdKey::Oid(oid)),
+        B::String(s) => Some(IdKey::Str(s)),
+        B::Int32(n) => Some(IdKey::Int(i64::from(n))),
+        B::Int64(n) => Some(IdKey::Int(n)),
+        B::Binary(b) if matches!(b.subtype, BinarySubtype::Uuid | BinarySubtype::UuidOld) => {
+            <[u8; 16]>::try_from(b.bytes).ok().map(IdKey::Uuid)
+        }
+        _ => None,
+    }
+}
+
+impl<'a> From<IdKey<'a>> for Typed<'a> {
+    fn from(key: IdKey<'a>) -> Typed<'a> {
+        match key {
+            IdKey::Oid(oid) => Typed::Oid(oid),
+            IdKey::Str(s) => Typed::Str(s),
+            IdKey::Int(n) => Typed::I64(n),
+            IdKey::Uuid(bytes) => Typed::Uuid(bytes),
+        }
+    }
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lowercase, written into `buf` without allocating.
+fn uuid_text<'b>(bytes: &[u8; 16], buf: &'b mut [u8; 36]) -> &'b str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            buf[at] = b'-';
+            at += 1;
+        }
+        buf[at] = HEX[usize::from(byte >> 4)];
+        buf[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    // Only ASCII was written, so this is never the empty default.
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 /// Follows the rest of a dotted path down embedded documents. A missing key, or an
@@ -341,13 +397,13 @@ enum Typed<'a> {
     Millis(i64),
     Bytes(&'a [u8]),
     Ids(Vec<IdElement<'a>>),
+    Uuid([u8; 16]),
 }
 
 /// One element of an `IdList` array.
 enum IdElement<'a> {
     Null,
-    Str(&'a str),
-    Oid(ObjectId),
+    Id(IdKey<'a>),
     Raw(String),
 }
 
@@ -358,9 +414,13 @@ fn convert<'a>(column: &Column, value: RawBsonRef<'a>) -> Result<Cell<'a>, Unrea
     }
     Ok(match typed_value(column.kind, value)? {
         Some(typed) => Cell { typed, raw: None },
-        // `_id` has no raw column: whatever it is, it is text.
+        // `_id` has no raw column: whatever it is, it is text, a key the way references
+        // to it are (integers too), anything else its extended JSON.
         None if column.raw.is_none() => Cell {
-            typed: Typed::Text(ext_json(value)?),
+            typed: match id_key(value) {
+                Some(key) => key.into(),
+                None => Typed::Text(ext_json(value)?),
+            },
             raw: None,
         },
         None => Cell {
@@ -375,11 +435,15 @@ fn convert<'a>(column: &Column, value: RawBsonRef<'a>) -> Result<Cell<'a>, Unrea
 fn typed_value<'a>(
     kind: FieldKind,
     value: RawBsonRef<'a>,
-) -> Result<Option<Typed<'a>>, bson::raw::Error> {
+) -> Result<Option<Typed<'a>>, Unreadable> {
     use RawBsonRef as B;
     let typed = match (kind, value) {
         (FieldKind::Text, B::String(s) | B::Symbol(s)) => Typed::Str(s),
         (FieldKind::Text, B::ObjectId(oid)) => Typed::Oid(oid),
+        (FieldKind::Text, B::Binary(_)) => match id_key(value) {
+            Some(IdKey::Uuid(bytes)) => Typed::Uuid(bytes),
+            _ => return Ok(None),
+        },
 
         (FieldKind::Int, B::Int32(v)) => Typed::I64(i64::from(v)),
         (FieldKind::Int, B::Int64(v)) => Typed::I64(v),
@@ -426,18 +490,18 @@ fn typed_value<'a>(
 }
 
 /// An `IdList` element: an id, an embedded document's `_id`, null, or raw JSON otherwise.
-fn id_element(value: RawBsonRef<'_>) -> Result<IdElement<'_>, bson::raw::Error> {
+fn id_element(value: RawBsonRef<'_>) -> Result<IdElement<'_>, Unreadable> {
     use RawBsonRef as B;
     Ok(match value {
         B::Null => IdElement::Null,
-        B::ObjectId(oid) => IdElement::Oid(oid),
-        B::String(s) => IdElement::Str(s),
-        B::Document(doc) => match doc.get(ID_FIELD)? {
-            Some(B::ObjectId(oid)) => IdElement::Oid(oid),
-            Some(B::String(s)) => IdElement::Str(s),
-            _ => IdElement::Raw(ext_json(value)?),
+        B::Document(doc) => match doc.get(ID_FIELD)?.and_then(id_key) {
+            Some(key) => IdElement::Id(key),
+            None => IdElement::Raw(ext_json(value)?),
         },
-        _ => IdElement::Raw(ext_json(value)?),
+        _ => match id_key(value) {
+            Some(key) => IdElement::Id(key),
+            None => IdElement::Raw(ext_json(value)?),
+        },
     })
 }
 
@@ -474,7 +538,7 @@ fn decimal128_is_finite(d: Decimal128) -> bool {
 }
 
 /// The relaxed extended JSON text of a value (`{"$date": "..."}`, `42`, `{"$oid": "..."}`).
-fn ext_json(value: RawBsonRef<'_>) -> Result<String, bson::raw::Error> {
+fn ext_json(value: RawBsonRef<'_>) -> Result<String, Unreadable> {
     let bson = Bson::try_from(value)?;
     Ok(bson.into_relaxed_extjson().to_string())
 }
@@ -558,6 +622,9 @@ impl TypedBuilder {
             (TypedBuilder::Utf8(b), Typed::Str(s)) => b.append_value(s),
             (TypedBuilder::Utf8(b), Typed::Oid(oid)) => b.append_value(oid_hex(oid, &mut [0; 24])),
             (TypedBuilder::Utf8(b), Typed::Text(s)) => b.append_value(s),
+            (TypedBuilder::Utf8(b), Typed::Uuid(bytes)) => {
+                b.append_value(uuid_text(&bytes, &mut [0; 36]))
+            }
             // Decimal text of numbers, written straight into the builder's buffer; its
             // `fmt::Write` never fails, and `append_value("")` ends the value.
             (TypedBuilder::Utf8(b), Typed::I64(v)) => {
@@ -653,16 +720,27 @@ impl IdListBuilder {
     }
 
     fn append(&mut self, ids: Vec<IdElement<'_>>) {
-        let mut hex = [0; 24];
+        use std::fmt::Write;
         for element in &ids {
-            let (id, raw) = match element {
-                IdElement::Null => (None, None),
-                IdElement::Str(s) => (Some(*s), None),
-                IdElement::Oid(oid) => (Some(oid_hex(*oid, &mut hex)), None),
-                IdElement::Raw(json) => (None, Some(json.as_str())),
-            };
-            self.id.append_option(id);
-            self.raw.append_option(raw);
+            match element {
+                IdElement::Null | IdElement::Raw(_) => self.id.append_null(),
+                IdElement::Id(IdKey::Str(s)) => self.id.append_value(s),
+                IdElement::Id(IdKey::Oid(oid)) => {
+                    self.id.append_value(oid_hex(*oid, &mut [0; 24]));
+                }
+                IdElement::Id(IdKey::Uuid(bytes)) => {
+                    self.id.append_value(uuid_text(bytes, &mut [0; 36]));
+                }
+                IdElement::Id(IdKey::Int(n)) => {
+                    // The builder's `fmt::Write` never fails; `append_value("")` ends it.
+                    let _ = write!(self.id, "{n}");
+                    self.id.append_value("");
+                }
+            }
+            match element {
+                IdElement::Raw(json) => self.raw.append_value(json),
+                _ => self.raw.append_null(),
+            }
             self.item_valid.push(!matches!(element, IdElement::Null));
         }
         // `push` checked `fits` before appending anything.
@@ -955,8 +1033,8 @@ mod tests {
 | targets                                                                                                             | targets__raw   |
 +---------------------------------------------------------------------------------------------------------------------+----------------+
 | [{id: 5f1d7a3b9c8e4a00000000aa, raw: }, {id: s1, raw: }, , {id: 5f1d7a3b9c8e4a00000000bb, raw: }]                   |                |
-| [{id: 5f1d7a3b9c8e4a00000000aa, raw: }, {id: s2, raw: }, {id: , raw: {"w":2}}, {id: , raw: {"_id":3}}]              |                |
-| [{id: , raw: 5}, {id: , raw: [{"$oid":"5f1d7a3b9c8e4a00000000aa"}]}, {id: , raw: {"$date":"1970-01-01T00:00:00Z"}}] |                |
+| [{id: 5f1d7a3b9c8e4a00000000aa, raw: }, {id: s2, raw: }, {id: , raw: {"w":2}}, {id: 3, raw: }]                      |                |
+| [{id: 5, raw: }, {id: , raw: [{"$oid":"5f1d7a3b9c8e4a00000000aa"}]}, {id: , raw: {"$date":"1970-01-01T00:00:00Z"}}] |                |
 | []                                                                                                                  |                |
 |                                                                                                                     | "not an array" |
 |                                                                                                                     |                |
@@ -972,6 +1050,63 @@ mod tests {
             first.column(0).as_string::<i32>().value(3),
             "5f1d7a3b9c8e4a00000000bb"
         );
+    }
+
+    /// Issue 9.8: a UUID `_id` was staged as its extended JSON and an integer reference was
+    /// refused, so relationships to such documents could never load.
+    #[test]
+    fn uuid_and_integer_ids_are_keys_in_ids_and_references_alike() {
+        let fields = vec![
+            field("_id", FieldKind::Text),
+            field("owner", FieldKind::Text),
+            field("targets", FieldKind::IdList),
+        ];
+        let uuid = |subtype, bytes: Vec<u8>| Binary { subtype, bytes };
+        let bytes: Vec<u8> = (0..16).map(|i| i * 17).collect();
+        let text = "00112233-4455-6677-8899-aabbccddeeff";
+        let batch = convert_docs(
+            &fields,
+            vec![
+                doc! {
+                    "_id": uuid(BinarySubtype::Uuid, bytes.clone()),
+                    "owner": uuid(BinarySubtype::UuidOld, bytes.clone()),
+                    "targets": [uuid(BinarySubtype::Uuid, bytes.clone()), 12_345_i64, { "_id": 7_i32 }],
+                },
+                doc! {
+                    "_id": 12_345_i64,
+                    "owner": 7_i32,
+                    "targets": [uuid(BinarySubtype::Generic, bytes.clone()), uuid(BinarySubtype::Uuid, vec![1; 15])],
+                },
+                doc! { "_id": uuid(BinarySubtype::UuidOld, bytes.clone()), "owner": uuid(BinarySubtype::Generic, bytes.clone()) },
+            ],
+        );
+        let ids = batch.column(0).as_string::<i32>();
+        assert_eq!(
+            (ids.value(0), ids.value(1), ids.value(2)),
+            (text, "12345", text)
+        );
+        let owner = batch.column(1).as_string::<i32>();
+        assert_eq!(owner.value(0), text);
+        // An integer reference is coerced (and counted) in transform, like any number into
+        // text; a generic binary is no key.
+        let owner_raw = batch.column(2).as_string::<i32>();
+        assert_eq!(owner_raw.value(1), "7");
+        assert!(owner.is_null(2) && owner_raw.value(2).contains("$binary"));
+        let targets = batch.column(3).as_list::<i32>();
+        let first = targets.value(0);
+        let first = first.as_struct().column(0).as_string::<i32>().clone();
+        assert_eq!(
+            (first.value(0), first.value(1), first.value(2)),
+            (text, "12345", "7")
+        );
+        let second = targets.value(1);
+        let second = second.as_struct();
+        assert!(second.column(0).is_null(0) && second.column(0).is_null(1));
+        assert!(second
+            .column(1)
+            .as_string::<i32>()
+            .value(1)
+            .contains("$binary"));
     }
 
     #[test]
@@ -1044,7 +1179,7 @@ mod tests {
 +-----------+----------------+--------------------------+--------------+--------+-------------+--------+-------------+--------+-------------+--------+-------------+--------------+-------------------+-------------------------------------------+------------------------+---------------------------------------------------------+---------------------+---------+--------------+
 | firstname | firstname__raw | company                  | company__raw | weight | weight__raw | height | height__raw | budget | budget__raw | active | active__raw | address.city | address.city__raw | registered_events                         | registered_events__raw | health_targets                                          | health_targets__raw | missing | missing__raw |
 +-----------+----------------+--------------------------+--------------+--------+-------------+--------+-------------+--------+-------------+--------+-------------+--------------+-------------------+-------------------------------------------+------------------------+---------------------------------------------------------+---------------------+---------+--------------+
-| Zoé       |                | 5f1d7a3b9c8e4a00000000cc |              | 72.0   |             | 180    |             | 12.50  |             | false  |             | Lyon         |                   | [{id: 5f1d7a3b9c8e4a00000000e1, raw: }, ] |                        | [{id: 5f1d7a3b9c8e4a00000000f1, raw: }, {id: , raw: 3}] |                     |         |              |
+| Zoé       |                | 5f1d7a3b9c8e4a00000000cc |              | 72.0   |             | 180    |             | 12.50  |             | false  |             | Lyon         |                   | [{id: 5f1d7a3b9c8e4a00000000e1, raw: }, ] |                        | [{id: 5f1d7a3b9c8e4a00000000f1, raw: }, {id: 3, raw: }] |                     |         |              |
 +-----------+----------------+--------------------------+--------------+--------+-------------+--------+-------------+--------+-------------+--------+-------------+--------------+-------------------+-------------------------------------------+------------------------+---------------------------------------------------------+---------------------+---------+--------------+"#,
         );
     }

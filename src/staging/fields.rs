@@ -13,7 +13,9 @@ use crate::config::{ColumnSource, Config, Source, SqlType};
 
 /// Suffix of the column that keeps values that do not fit the typed column.
 pub const RAW_SUFFIX: &str = "__raw";
-/// The documents' `_id`: ObjectId as 24-char hex, a string as is, anything else as extended JSON.
+/// The documents' `_id`: ObjectId as 24-char hex, a string as is, an integer as decimal
+/// text, a UUID (binary subtype 4 or 3) as 8-4-4-4-12 text (references to documents are
+/// staged the same way), anything else as extended JSON.
 pub const ID_FIELD: &str = "_id";
 /// Window fields, always staged.
 pub const CREATION_DATE: &str = "creation_date";
@@ -28,7 +30,7 @@ pub const DOCUMENT_BSON: &str = "__document_bson";
 /// How a staged field is typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldKind {
-    /// Utf8: strings as is, ObjectId as 24-char hex.
+    /// Utf8: strings as is, ObjectId as 24-char hex, UUID as 8-4-4-4-12 text.
     Text,
     /// Int64: int32, int64, and doubles with an integral value.
     Int,
@@ -45,8 +47,9 @@ pub enum FieldKind {
     /// Utf8: any value as relaxed extended JSON.
     Json,
     /// List<Struct{id: Utf8, raw: Utf8}>: an array of ids or embedded documents with `_id`;
-    /// `id` is the element's id when it has one, `raw` the element's extended JSON otherwise;
-    /// a null element is a null struct.
+    /// `id` is the element's id when it has one (ObjectId, string, integer or UUID, as text
+    /// like `_id`), `raw` the element's extended JSON otherwise; a null element is a null
+    /// struct.
     IdList,
 }
 
