@@ -562,3 +562,70 @@ fn uuid_and_integer_ids_load_and_references_to_them_resolve() {
         assert_eq!(e.counts.rejected, 0, "orphans in {}", e.name);
     }
 }
+
+/// A document `{_id, creation_date, update_date, <key>: {<key>: ... {}}}` with `levels`
+/// documents below `<key>`'s, as bytes (the bson crate would recurse building it).
+fn deeply_nested(id: &str, key: &str, levels: usize) -> Vec<u8> {
+    let head = bson::to_vec(&thing(id, doc! {})).unwrap();
+    // The value: `levels + 1` documents, each holding the next under `key`.
+    let per_level = 4 + 1 + key.len() + 1 + 1;
+    let mut value = Vec::new();
+    for level in 0..=levels {
+        let inner = levels - level;
+        value.extend(i32::try_from(5 + inner * per_level).unwrap().to_le_bytes());
+        if inner > 0 {
+            value.push(0x03);
+            value.extend(key.as_bytes());
+            value.push(0);
+        }
+    }
+    value.extend(std::iter::repeat_n(0, levels + 1));
+    // head without its terminator, then `key: value`, then the terminator.
+    let mut doc = head[4..head.len() - 1].to_vec();
+    doc.push(0x03);
+    doc.extend(key.as_bytes());
+    doc.push(0);
+    doc.extend(value);
+    doc.push(0);
+    let mut out = i32::try_from(doc.len() + 4).unwrap().to_le_bytes().to_vec();
+    out.extend(doc);
+    out
+}
+
+/// Issue 9.9: about 5000 levels of nesting overflowed the stack (SIGABRT, nothing staged).
+#[test]
+fn nesting_beyond_mongodb_s_100_levels_is_a_reject_not_a_crash() {
+    let case = Case::new("bad_nesting");
+    let mut bytes = bson::to_vec(&thing("ok", doc! { "extra": { "a": [1_i32] } })).unwrap();
+    bytes.extend(deeply_nested("deep", "extra", 5_000));
+    bytes.extend(deeply_nested("label", "label", 5_000));
+    case.dump_bytes("things.bson", &bytes);
+    case.run();
+    assert_eq!(
+        case.query("SELECT id || '|' || extra FROM things"),
+        [r#"ok|{"a": [1]}"#]
+    );
+    let rejects = case.rejects("things");
+    let got: Vec<(&str, &str)> = rejects
+        .iter()
+        .map(|r| (r.0.as_str(), r.2.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "deep",
+                "(document): field `extra` nests deeper than 100 levels (MongoDB's limit)"
+            ),
+            (
+                "label",
+                "(document): field `label` nests deeper than 100 levels (MongoDB's limit)"
+            ),
+        ]
+    );
+    assert!(
+        rejects[0].3.starts_with(r#"{"(document)":"BSON hex: "#),
+        "{}",
+        rejects[0].3
+    );
+}

@@ -140,7 +140,7 @@ impl DocBatchBuilder {
     /// Appends one document (raw BSON).
     ///
     /// A document that cannot be read (malformed BSON, invalid UTF-8 in a field the config
-    /// reads) is appended as a refused row: its reason and
+    /// reads, nesting deeper than [`MAX_DEPTH`]) is appended as a refused row: its reason and
     /// bytes in the document error columns, every field NULL but a readable `_id`, so one bad
     /// document never stops an extract and transform rejects it with its raw bytes. An error
     /// means the batch cannot take the document at all; nothing was appended then.
@@ -264,6 +264,52 @@ fn read_cells<'d>(
 /// Why a value cannot be read.
 enum Unreadable {
     Bson(bson::raw::Error),
+    /// Nested deeper than [`MAX_DEPTH`] levels.
+    TooDeep,
+}
+
+/// MongoDB refuses documents nested deeper than 100 levels; a dump can still hold one (and
+/// converting it recursively could overflow the stack), so a document whose read fields go
+/// deeper is refused. The document itself is the first level.
+pub const MAX_DEPTH: usize = 100;
+
+/// Whether documents and arrays nest more than `limit` levels inside `value` (a scalar: 0,
+/// a document of scalars: 1). Iterative: no recursion whatever the depth.
+fn nests_deeper(value: RawBsonRef<'_>, limit: usize) -> Result<bool, bson::raw::Error> {
+    let Some(doc) = nested(value)? else {
+        return Ok(false);
+    };
+    if limit == 0 {
+        return Ok(true);
+    }
+    let mut stack = vec![doc.iter_elements()];
+    while let Some(top) = stack.last_mut() {
+        match top.next() {
+            None => {
+                stack.pop();
+            }
+            Some(element) => {
+                if let Some(doc) = nested(element?.value()?)? {
+                    if stack.len() >= limit {
+                        return Ok(true);
+                    }
+                    stack.push(doc.iter_elements());
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The document a value holds values in: an embedded document, an array (a document keyed
+/// by index), a code-with-scope's scope.
+fn nested(value: RawBsonRef<'_>) -> Result<Option<&RawDocument>, bson::raw::Error> {
+    Ok(match value {
+        RawBsonRef::Document(d) => Some(d),
+        RawBsonRef::Array(a) => Some(RawDocument::from_bytes(a.as_bytes())?),
+        RawBsonRef::JavaScriptCodeWithScope(c) => Some(c.scope),
+        _ => None,
+    })
 }
 
 impl From<bson::raw::Error> for Unreadable {
@@ -276,6 +322,9 @@ impl Unreadable {
     fn reason(&self, path: &str) -> String {
         match self {
             Unreadable::Bson(e) => malformed(path, e),
+            Unreadable::TooDeep => {
+                format!("field `{path}` nests deeper than {MAX_DEPTH} levels (MongoDB's limit)")
+            }
         }
     }
 }
@@ -539,6 +588,10 @@ fn decimal128_is_finite(d: Decimal128) -> bool {
 
 /// The relaxed extended JSON text of a value (`{"$date": "..."}`, `42`, `{"$oid": "..."}`).
 fn ext_json(value: RawBsonRef<'_>) -> Result<String, Unreadable> {
+    // Converting and printing recurse once per level: bound the depth first.
+    if nests_deeper(value, MAX_DEPTH - 1)? {
+        return Err(Unreadable::TooDeep);
+    }
     let bson = Bson::try_from(value)?;
     Ok(bson.into_relaxed_extjson().to_string())
 }
@@ -1298,6 +1351,67 @@ mod tests {
             "a field the config does not read is not looked at"
         );
         assert_eq!(batch.column(0).as_string::<i32>().value(1), "b");
+    }
+
+    /// `{"a": {"a": ... {}}}` with `levels` documents below the top one, built as bytes
+    /// (building it with the bson crate would itself recurse).
+    fn nested_bytes(key: &str, levels: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Per level: length, element type, key and its NUL, and the terminating NUL.
+        let per_level = 4 + 1 + key.len() + 1 + 1;
+        for level in 0..=levels {
+            let inner = levels - level;
+            let len = 5 + inner * per_level;
+            out.extend(i32::try_from(len).unwrap().to_le_bytes());
+            if inner > 0 {
+                out.push(0x03);
+                out.extend(key.as_bytes());
+                out.push(0);
+            }
+        }
+        out.extend(std::iter::repeat_n(0, levels + 1));
+        out
+    }
+
+    /// Issue 9.9: nesting of about 5000 levels overflowed the stack (a crash, not an error).
+    #[test]
+    fn nesting_deeper_than_mongodb_allows_refuses_the_document() {
+        let fields = vec![field("_id", FieldKind::Text), field("a", FieldKind::Json)];
+        let mut builder = DocBatchBuilder::new(&fields);
+        for levels in [5_000, 100, 99] {
+            let bytes = nested_bytes("a", levels);
+            builder
+                .push(RawDocument::from_bytes(&bytes).unwrap())
+                .unwrap();
+        }
+        // A value into a text column goes to the raw column as JSON: bounded the same way.
+        let text = vec![field("a", FieldKind::Text)];
+        let mut text_builder = DocBatchBuilder::new(&text);
+        let bytes = nested_bytes("a", 5_000);
+        text_builder
+            .push(RawDocument::from_bytes(&bytes).unwrap())
+            .unwrap();
+        for batch in [builder.finish(), text_builder.finish()] {
+            let reasons = batch
+                .column_by_name(fields::DOCUMENT_ERROR)
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            assert_eq!(
+                reasons.value(0),
+                "field `a` nests deeper than 100 levels (MongoDB's limit)"
+            );
+            if batch.num_rows() == 3 {
+                // The top document plus 100 levels is 101: refused; 100 is MongoDB's limit.
+                assert!(reasons.is_valid(1), "101 levels");
+                assert!(reasons.is_null(2), "100 levels");
+                assert!(batch
+                    .column(1)
+                    .as_string::<i32>()
+                    .value(2)
+                    .starts_with(r#"{"a":{"a":"#));
+            }
+        }
     }
 
     #[test]
