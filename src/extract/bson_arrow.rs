@@ -37,7 +37,23 @@ pub enum ConvertError {
         i32::MAX
     )]
     ListOverflow { id: Option<String>, path: String },
+    /// The batch holds too many bytes of text and binary values to take this document
+    /// (Arrow's 32-bit offsets): finish it and push the document into the next one.
+    #[error(
+        "document {}: the batch already holds {bytes} bytes of text and binary values; \
+         finish it before pushing more",
+        display_id(.id)
+    )]
+    BatchFull { id: Option<String>, bytes: usize },
 }
+
+/// A batch is full (see [`DocBatchBuilder::is_full`]) once its text and binary values reach
+/// this many bytes, as the Matomo extractor caps its batches.
+pub const MAX_BATCH_BYTES: usize = 256 << 20;
+
+/// What one batch can hold in text and binary values at all: Arrow's `Utf8` and `Binary`
+/// arrays index their values with `i32` offsets. A push beyond it is refused, never a panic.
+const BATCH_BYTES_LIMIT: usize = i32::MAX as usize;
 
 fn display_id(id: &Option<String>) -> &str {
     id.as_deref().unwrap_or("with unreadable _id")
@@ -89,6 +105,10 @@ pub struct DocBatchBuilder {
     refused: StringBuilder,
     refused_bson: BinaryBuilder,
     rows: usize,
+    /// Text and binary bytes appended since the last finish, all columns together (so no
+    /// one column's offsets can pass `limit`).
+    bytes: usize,
+    limit: usize,
 }
 
 struct Group {
@@ -134,6 +154,44 @@ impl DocBatchBuilder {
             refused: StringBuilder::new(),
             refused_bson: BinaryBuilder::new(),
             rows: 0,
+            bytes: 0,
+            limit: BATCH_BYTES_LIMIT,
+        }
+    }
+
+    /// Whether the batch should be finished before more documents are pushed: its text and
+    /// binary values reached [`MAX_BATCH_BYTES`]. Pushing more still works up to Arrow's
+    /// limit; past it [`push`](Self::push) returns [`ConvertError::BatchFull`].
+    pub fn is_full(&self) -> bool {
+        self.bytes >= MAX_BATCH_BYTES.min(self.limit / 2)
+    }
+
+    /// Text and binary bytes appended since the last [`finish`](Self::finish).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    #[cfg(test)]
+    fn with_byte_limit(mut self, limit: usize) -> DocBatchBuilder {
+        self.limit = limit;
+        self
+    }
+
+    /// Reserves `more` bytes, or says the batch cannot take them.
+    fn reserve(&mut self, doc: &RawDocument, more: usize) -> Result<(), ConvertError> {
+        match self
+            .bytes
+            .checked_add(more)
+            .filter(|total| *total <= self.limit)
+        {
+            Some(total) => {
+                self.bytes = total;
+                Ok(())
+            }
+            None => Err(ConvertError::BatchFull {
+                id: doc_id(doc),
+                bytes: self.bytes,
+            }),
         }
     }
 
@@ -153,10 +211,7 @@ impl DocBatchBuilder {
         } = self;
         let cells = match read_cells(columns, groups, seen, doc) {
             Ok(cells) => cells,
-            Err(reason) => {
-                self.push_refused(doc, &reason);
-                return Ok(());
-            }
+            Err(reason) => return self.push_refused(doc, &reason),
         };
         for (column, cell) in self.columns.iter().zip(&cells) {
             if !column.typed.fits(&cell.typed) {
@@ -166,6 +221,7 @@ impl DocBatchBuilder {
                 });
             }
         }
+        self.reserve(doc, cells.iter().map(Cell::bytes).sum())?;
         for (column, cell) in self.columns.iter_mut().zip(cells) {
             column.append(cell);
         }
@@ -177,8 +233,10 @@ impl DocBatchBuilder {
 
     /// Appends a document that cannot be read: NULL fields, its `_id` if readable, the reason
     /// and its bytes.
-    fn push_refused(&mut self, doc: &RawDocument, reason: &str) {
+    fn push_refused(&mut self, doc: &RawDocument, reason: &str) -> Result<(), ConvertError> {
         let id = doc_id(doc);
+        let id_bytes = id.as_ref().map_or(0, String::len);
+        self.reserve(doc, reason.len() + doc.as_bytes().len() + id_bytes)?;
         for (i, column) in self.columns.iter_mut().enumerate() {
             match (&id, Some(i) == self.id_column) {
                 (Some(id), true) => column.append(Cell {
@@ -191,6 +249,7 @@ impl DocBatchBuilder {
         self.refused.append_value(reason);
         self.refused_bson.append_value(doc.as_bytes());
         self.rows += 1;
+        Ok(())
     }
 
     /// Documents appended since the last [`finish`](Self::finish).
@@ -214,6 +273,7 @@ impl DocBatchBuilder {
         arrays.push(Arc::new(self.refused.finish()));
         arrays.push(Arc::new(self.refused_bson.finish()));
         self.rows = 0;
+        self.bytes = 0;
         // Each builder was made from the field that `staged_schema` types, and every push
         // appends exactly one value to every builder: a mismatch is a bug here, not bad data.
         RecordBatch::try_new(self.schema.clone(), arrays)
@@ -430,6 +490,30 @@ impl Cell<'_> {
         typed: Typed::Null,
         raw: None,
     };
+
+    /// Bytes the cell adds to text and binary arrays (an upper bound for numbers as text).
+    fn bytes(&self) -> usize {
+        let typed = match &self.typed {
+            Typed::Null | Typed::Bool(_) | Typed::Millis(_) => 0,
+            Typed::Str(s) => s.len(),
+            Typed::Text(s) => s.len(),
+            Typed::Bytes(b) => b.len(),
+            Typed::Oid(_) => 24,
+            Typed::Uuid(_) => 36,
+            // Integers, doubles and decimals, when a text column holds them.
+            Typed::I64(_) | Typed::F64(_) | Typed::Decimal(_) => 48,
+            Typed::Ids(ids) => ids
+                .iter()
+                .map(|e| match e {
+                    IdElement::Null => 0,
+                    IdElement::Raw(json) => json.len(),
+                    IdElement::Id(IdKey::Str(s)) => s.len(),
+                    IdElement::Id(_) => 36,
+                })
+                .sum(),
+        };
+        typed + self.raw.as_ref().map_or(0, String::len)
+    }
 }
 
 /// A value for a typed column. Which variants a column takes follows from its kind (see
@@ -1412,6 +1496,42 @@ mod tests {
                     .starts_with(r#"{"a":{"a":"#));
             }
         }
+    }
+
+    /// Issue 9.10: text batches had no byte cap, and Arrow panics once a batch's text passes
+    /// its 32-bit offsets (2 GiB). The builder says when it is full, and refuses (without
+    /// appending) a document that would pass the limit, instead of panicking.
+    #[test]
+    fn batches_are_capped_by_bytes() {
+        let fields = vec![field("_id", FieldKind::Text), field("s", FieldKind::Text)];
+        let big = "x".repeat(1000);
+        let mut builder = DocBatchBuilder::new(&fields).with_byte_limit(4_000);
+        for i in 0..3 {
+            builder
+                .push(&raw(doc! { "_id": format!("d{i}"), "s": big.as_str() }))
+                .unwrap();
+        }
+        assert!(builder.is_full(), "{} bytes", builder.bytes());
+        let err = builder
+            .push(&raw(doc! { "_id": "d3", "s": big.as_str() }))
+            .unwrap_err();
+        assert!(matches!(err, ConvertError::BatchFull { .. }), "{err}");
+        assert!(err.to_string().contains("d3"), "{err}");
+        assert_eq!(builder.len(), 3, "nothing appended");
+        assert_eq!(builder.finish().num_rows(), 3);
+        assert_eq!(builder.bytes(), 0);
+        assert!(!builder.is_full());
+        builder
+            .push(&raw(doc! { "_id": "d3", "s": big.as_str() }))
+            .unwrap();
+        assert_eq!(builder.finish().num_rows(), 1);
+
+        let mut normal = DocBatchBuilder::new(&fields);
+        normal
+            .push(&raw(doc! { "_id": "a", "s": big.as_str() }))
+            .unwrap();
+        assert!(!normal.is_full());
+        assert!(normal.bytes() >= 1001);
     }
 
     #[test]

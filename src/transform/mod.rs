@@ -43,6 +43,16 @@ use crate::staging::{
 use duplicates::Duplicates;
 
 const READ_BATCH_ROWS: usize = 32 * 1024;
+/// Fewer rows per read batch when a row group's values are large (long texts), so that one
+/// batch's text stays far below Arrow's 2 GiB offsets (and memory stays bounded).
+const READ_BATCH_BYTES: u64 = 256 << 20;
+
+/// Rows per read batch for a row group of `rows` rows and `bytes` uncompressed bytes.
+fn read_batch_rows(rows: u64, bytes: u64) -> usize {
+    let per_row = bytes.div_ceil(rows.max(1)).max(1);
+    let fit = usize::try_from(READ_BATCH_BYTES / per_row).unwrap_or(usize::MAX);
+    fit.clamp(1, READ_BATCH_ROWS)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
@@ -373,10 +383,20 @@ fn transform_piece(
         source,
     };
     let reader = std::fs::File::open(path).map_err(StagingError::io(path))?;
-    let batches = ParquetRecordBatchReaderBuilder::try_new(reader)
-        .map_err(to_err)?
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(to_err)?;
+    let batch_rows = builder
+        .metadata()
+        .row_groups()
+        .get(row_group)
+        .map_or(READ_BATCH_ROWS, |rg| {
+            read_batch_rows(
+                u64::try_from(rg.num_rows()).unwrap_or(0),
+                u64::try_from(rg.total_byte_size()).unwrap_or(0),
+            )
+        });
+    let batches = builder
         .with_row_groups(vec![row_group])
-        .with_batch_size(READ_BATCH_ROWS)
+        .with_batch_size(batch_rows)
         .build()
         .map_err(to_err)?;
     let prefix = format!("part-{index:05}");
@@ -480,4 +500,22 @@ fn write_rejects(dir: &Path, table: &str, rejects: &[Reject]) -> Result<(), Stag
         })
         .collect();
     staging::write_rejects(&dir.join(format!("{table}.parquet")), table, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9.10: 32k rows of 100 kB texts are 3.2 GB, past Arrow's 2 GiB text offsets.
+    #[test]
+    fn read_batches_shrink_for_large_rows() {
+        assert_eq!(read_batch_rows(128 * 1024, 50 << 20), READ_BATCH_ROWS);
+        assert_eq!(read_batch_rows(32 * 1024, 32 * 1024 * 100_000), 2_684);
+        assert_eq!(
+            read_batch_rows(10, 10 << 30),
+            1,
+            "a 1 GiB row is read alone"
+        );
+        assert_eq!(read_batch_rows(0, 0), READ_BATCH_ROWS);
+    }
 }
