@@ -629,3 +629,322 @@ fn nesting_beyond_mongodb_s_100_levels_is_a_reject_not_a_crash() {
         rejects[0].3
     );
 }
+
+/// `etl run` on the dump; must fail (exit 1, not a panic). Returns stderr.
+fn run_fails(case: &Case) -> String {
+    let dump = case.dump_dir().to_str().unwrap().to_string();
+    let out = case.etl(&["run", "--source", "dump", "--dump", &dump], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a refusal:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+/// A dump cut in the middle of a document cannot be read past it: the run is refused with
+/// the file, the collection and the byte where the cut document starts, and nothing loads.
+#[test]
+fn a_truncated_bson_file_is_refused_naming_file_collection_and_document() {
+    let case = Case::new("bad_truncated");
+    let docs: Vec<Document> = (0..3)
+        .map(|i| thing(format!("t{i}"), doc! { "label": "x" }))
+        .collect();
+    let bytes: Vec<u8> = docs.iter().flat_map(|d| bson::to_vec(d).unwrap()).collect();
+    let first = bson::to_vec(&docs[0]).unwrap().len();
+    case.dump_bytes("things.bson", &bytes[..bytes.len() - 10]);
+    let err = run_fails(&case);
+    assert!(err.contains("things.bson"), "{err}");
+    assert!(err.contains("(collection `app.things`)"), "{err}");
+    assert!(
+        err.contains(&format!("truncated document at byte {}", 2 * first)),
+        "{err}"
+    );
+    assert_eq!(
+        psql(
+            &case.url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'things'"
+        )
+        .trim(),
+        "0",
+        "nothing loaded"
+    );
+}
+
+#[test]
+fn a_truncated_gzip_file_is_refused_naming_file_and_collection() {
+    use std::io::Write;
+    let case = Case::new("bad_truncated_gz");
+    let docs: Vec<Document> = (0..200)
+        .map(|i| thing(format!("t{i}"), doc! { "label": format!("label {i}") }))
+        .collect();
+    let bytes: Vec<u8> = docs.iter().flat_map(|d| bson::to_vec(d).unwrap()).collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&bytes).unwrap();
+    let gz = gz.finish().unwrap();
+    case.dump_bytes("things.bson.gz", &gz[..gz.len() / 2]);
+    let err = run_fails(&case);
+    assert!(err.contains("things.bson.gz"), "{err}");
+    assert!(err.contains("(collection `app.things`)"), "{err}");
+    assert!(err.contains("of the decompressed stream"), "{err}");
+}
+
+/// What happens to one document of the mixed-bag case.
+enum Outcome {
+    /// Loaded; the column's text in PostgreSQL.
+    Loaded(&'static str, &'static str),
+    /// Rejected; a part of the reason and of the raw value.
+    Rejected(&'static str, &'static str),
+}
+
+/// Wrong types, NUL bytes, a 5 MB string and the Extended JSON types in mapped fields: each
+/// document ends loaded (and reads back as stated) or rejected with its reason and raw value.
+#[test]
+fn wrong_types_nul_bytes_long_strings_and_extended_json_types() {
+    use bson::spec::BinarySubtype;
+    use Outcome::{Loaded, Rejected};
+    let case = Case::new("bad_values");
+    let five_mb = "é".repeat(2_500_000);
+    let binary = Bson::Binary(bson::Binary {
+        subtype: BinarySubtype::Generic,
+        bytes: vec![0, 1, 0xff],
+    });
+    let decimal = |s: &str| Bson::Decimal128(s.parse().unwrap());
+    let regex = Bson::RegularExpression(bson::Regex {
+        pattern: "^a.*".into(),
+        options: "i".into(),
+    });
+    let timestamp = Bson::Timestamp(bson::Timestamp {
+        time: 1_700_000_000,
+        increment: 3,
+    });
+    let cases: Vec<(&str, Document, Outcome)> = vec![
+        // Wrong types.
+        (
+            "obj_int",
+            doc! { "qty": { "n": 1_i32 } },
+            Rejected("qty: wrong type for INTEGER", r#"{\"n\":1}"#),
+        ),
+        (
+            "arr_text",
+            doc! { "label": ["a"] },
+            Rejected("label: wrong type for VARCHAR(50)", r#"[\"a\"]"#),
+        ),
+        (
+            "str_date",
+            doc! { "at": "yesterday" },
+            Rejected("at: unparseable date", "yesterday"),
+        ),
+        (
+            "bool_num",
+            doc! { "ratio": true },
+            Rejected("ratio: wrong type for DOUBLE PRECISION", "true"),
+        ),
+        (
+            "str_bytea",
+            doc! { "blob": "dead" },
+            Rejected("blob: wrong type for BYTEA", "dead"),
+        ),
+        // NUL bytes and long strings.
+        (
+            "nul",
+            doc! { "label": "a\u{0}b" },
+            Rejected("label: NUL byte in text", r"a\\0b"),
+        ),
+        (
+            "long_varchar",
+            doc! { "label": five_mb.as_str() },
+            Rejected("label: 2500000 characters, longer than VARCHAR(50)", "éé"),
+        ),
+        // Extended JSON types in mapped fields.
+        (
+            "dec_price",
+            doc! { "price": decimal("12.345") },
+            Loaded("price", "12.35"),
+        ),
+        (
+            "dec_text",
+            doc! { "label": decimal("1.05E+3") },
+            Loaded("label", "1050"),
+        ),
+        (
+            "dec_nan",
+            doc! { "price": decimal("NaN") },
+            Rejected("price: NaN does not fit NUMERIC(10,2)", "$numberDecimal"),
+        ),
+        (
+            "i64_int",
+            doc! { "qty": 3_000_000_000_i64 },
+            Rejected("qty: out of range for INTEGER", "3000000000"),
+        ),
+        (
+            "i64_big",
+            doc! { "big": 3_000_000_000_i64 },
+            Loaded("big", "3000000000"),
+        ),
+        (
+            "bin_text",
+            doc! { "label": binary.clone() },
+            Rejected("label: wrong type for VARCHAR(50)", "$binary"),
+        ),
+        (
+            "bin_bytea",
+            doc! { "blob": binary.clone() },
+            Loaded("encode(blob, 'hex')", "0001ff"),
+        ),
+        (
+            "regex_text",
+            doc! { "label": regex.clone() },
+            Rejected("label: wrong type for VARCHAR(50)", "$regularExpression"),
+        ),
+        (
+            "regex_json",
+            doc! { "extra": regex },
+            Loaded("extra->'$regularExpression'->>'pattern'", "^a.*"),
+        ),
+        (
+            "ts_date",
+            doc! { "at": timestamp.clone() },
+            Rejected("at: unparseable date", "$timestamp"),
+        ),
+        (
+            "ts_int",
+            doc! { "big": timestamp },
+            Rejected("big: wrong type for BIGINT", "$timestamp"),
+        ),
+        (
+            "minkey_text",
+            doc! { "label": Bson::MinKey },
+            Rejected("label: wrong type for VARCHAR(50)", "$minKey"),
+        ),
+        (
+            "maxkey_json",
+            doc! { "extra": Bson::MaxKey },
+            Loaded("extra::text", r#"{"$maxKey": 1}"#),
+        ),
+    ];
+    let docs: Vec<Document> = cases
+        .iter()
+        .map(|(id, fields, _)| thing(*id, fields.clone()))
+        .collect();
+    // The 5 MB string also loads whole into a TEXT column.
+    case.dump("owners", &[thing("big", doc! { "name": five_mb.as_str() })]);
+    case.dump("things", &docs);
+    case.run();
+    assert_eq!(
+        case.query("SELECT length(name) || '|' || octet_length(name) FROM owners"),
+        ["2500000|5000000"]
+    );
+    let rejects = case.rejects("things");
+    for (id, _, outcome) in &cases {
+        match outcome {
+            Loaded(column, text) => {
+                let got = case.query(&format!("SELECT {column} FROM things WHERE id = '{id}'"));
+                assert_eq!(got, [*text], "{id}: {rejects:?}");
+            }
+            Rejected(reason, raw) => {
+                let r = rejects
+                    .iter()
+                    .find(|r| r.0 == *id)
+                    .unwrap_or_else(|| panic!("{id} not rejected"));
+                assert!(r.2.contains(reason), "{id}: {}", r.2);
+                assert!(r.3.contains(raw), "{id}: {}", &r.3[..r.3.len().min(200)]);
+            }
+        }
+    }
+    let rejected = cases.iter().filter(|c| matches!(c.2, Rejected(..))).count();
+    assert_eq!(rejects.len(), rejected);
+    assert_eq!(case.counts("things").rejected, rejected as u64);
+}
+
+/// Arrays mixing ids of every kind with values that are not ids: ids load, nulls are
+/// filtered by a stated rule, the rest is rejected per element with its raw value.
+#[test]
+fn mixed_arrays_in_link_tables() {
+    let case = Case::new("bad_mixed_arrays");
+    let tag = bson::oid::ObjectId::from_bytes([9; 12]);
+    case.dump(
+        "tags",
+        &[
+            thing(tag, doc! {}),
+            thing("s1", doc! {}),
+            thing(42_i32, doc! {}),
+            thing("e1", doc! {}),
+        ],
+    );
+    case.dump(
+        "things",
+        &[thing(
+            "t",
+            doc! { "tags": [tag, "s1", 42_i64, Bson::Null, 4.5, ["nested"], { "_id": "e1", "w": 1_i32 }, { "w": 2_i32 }, tag] },
+        )],
+    );
+    case.run();
+    assert_eq!(
+        case.query("SELECT tag_id FROM things_tags ORDER BY tag_id COLLATE \"C\""),
+        [tag.to_hex().as_str(), "42", "e1", "s1"]
+    );
+    let c = case.counts("things_tags");
+    assert_eq!(
+        (c.extracted, c.transformed, c.rejected, c.filtered),
+        (9, 4, 3, 2),
+        "null and the repeated id filtered"
+    );
+    let notes = &case
+        .manifest(Stage::Transform)
+        .entry("things_tags")
+        .unwrap()
+        .notes
+        .clone();
+    assert_eq!(
+        notes.get("null element in `tags`").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        notes.get("duplicate element in `tags`").map(String::as_str),
+        Some("1")
+    );
+    let raws: Vec<String> = case
+        .rejects("things_tags")
+        .into_iter()
+        .map(|r| r.3)
+        .collect();
+    assert_eq!(
+        raws,
+        [
+            r#"{"tag_id":"4.5"}"#,
+            r#"{"tag_id":"[\"nested\"]"}"#,
+            r#"{"tag_id":"{\"w\":2}"}"#
+        ]
+    );
+}
+
+/// Issue 9.4: a document without `_id` in a collection feeding a link table aborted the
+/// transform with an internal Arrow error naming no table or document.
+#[test]
+fn documents_without_id_are_rejected_and_the_rest_loads() {
+    let case = Case::new("bad_no_id");
+    case.dump("tags", &[thing("g", doc! {})]);
+    let mut missing = thing("x", doc! { "label": "no id", "tags": ["g"] });
+    missing.remove("_id");
+    case.dump(
+        "things",
+        &[
+            thing("t", doc! { "tags": ["g"] }),
+            missing,
+            thing(Bson::Null, doc! { "label": "null id", "tags": ["g"] }),
+        ],
+    );
+    case.run();
+    assert_eq!(case.query("SELECT id FROM things"), ["t"]);
+    assert_eq!(case.query("SELECT thing_id FROM things_tags"), ["t"]);
+    for table in ["things", "things_tags"] {
+        let rejects = case.rejects(table);
+        assert_eq!(rejects.len(), 2, "{table}: {rejects:?}");
+        assert!(rejects
+            .iter()
+            .all(|r| r.2 == "_id: document without `_id` (missing or null)"));
+    }
+}
