@@ -465,6 +465,9 @@ fn transform(
                 c.rejected.to_string(),
                 c.filtered.to_string(),
                 format!("{:.2}", r.seconds),
+                c.duplicates.to_string(),
+                r.coerced.to_string(),
+                r.rounded.to_string(),
                 r.skipped.clone().unwrap_or_default(),
             ]
         })
@@ -484,6 +487,9 @@ fn transform(
                 "rejected",
                 "filtered",
                 "seconds",
+                "duplicates",
+                "coerced",
+                "rounded",
                 "note"
             ],
             &rows

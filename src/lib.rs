@@ -11,9 +11,11 @@
 
 pub mod cli;
 pub mod config;
+pub(crate) mod decimal;
 pub mod extract;
 pub mod load;
 mod percent;
+pub(crate) mod pg_time;
 pub mod progress;
 pub mod settings;
 pub mod staging;

@@ -1,6 +1,7 @@
 //! Crash suite: `etl` killed with SIGKILL at 24 seeded moments spread over extract, transform
-//! and load of an incremental run. A killed load leaves the target exactly as it was; after
-//! the rerun of what was interrupted, every table equals a clean run's, table by table.
+//! and load of an incremental run. A killed load leaves the target as it was (or, killed after
+//! its COMMIT, with the whole run in); after the rerun of what was interrupted, every table
+//! equals a clean run's, table by table.
 
 mod util;
 

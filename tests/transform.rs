@@ -167,8 +167,9 @@ fn link_tables_from_ids_embedded_documents_nulls_and_duplicates() {
                 // An emptied array and a removed one: no rows, but the parents are listed.
                 user(2, doc! { "registered_events": [] }),
                 user(3, doc! {}),
-                // An element that is neither an id nor a document with `_id`.
-                user(4, doc! { "registered_events": [42, oid(2, 3)] }),
+                // An element that is neither an id nor a document with `_id` (an integer
+                // is an id since issue 9.8: a double is not).
+                user(4, doc! { "registered_events": [4.5, oid(2, 3)] }),
                 // Three arrays into one table with a type column.
                 user(
                     5,
@@ -195,7 +196,7 @@ fn link_tables_from_ids_embedded_documents_nulls_and_duplicates() {
     }
     assert!(
         text.contains("neither an id nor a document with `_id`")
-            && text.contains(r#"{"event_id":"42"}"#),
+            && text.contains(r#"{"event_id":"4.5"}"#),
         "{text}"
     );
     let targets = manifest.entry("users_targets").unwrap().counts;
@@ -351,5 +352,204 @@ fn every_smartdiet_table_from_the_sample() {
         manifest.entry("users_logbook").unwrap().counts.filtered,
         10,
         "15 logbooks: 2 without user, 8 merged"
+    );
+}
+
+/// Issue 9.4: a null or missing `_id` in a collection feeding a link table aborted the whole
+/// transform (`parents: ... Column 'parent' is declared as non-nullable`).
+#[test]
+fn documents_without_id_are_rejected_and_the_run_goes_on() {
+    let no_id = |i: usize, id: Option<Bson>| {
+        let mut d = user(i, doc! { "registered_events": [oid(2, i)] });
+        match id {
+            Some(id) => d.insert("_id", id),
+            None => d.remove("_id"),
+        };
+        d
+    };
+    let case = Case::new(
+        "missing_ids",
+        &[(
+            "users",
+            vec![
+                user(1, doc! { "registered_events": [oid(2, 1)] }),
+                no_id(2, None),
+                no_id(3, Some(Bson::Null)),
+                // No `_id` and no elements: nothing for the link table to count.
+                {
+                    let mut d = user(4, doc! {});
+                    d.remove("_id");
+                    d
+                },
+            ],
+        )],
+    );
+    let manifest = case.run(&[]);
+    let text = case.check(&manifest, &["users", "user_events"]);
+    let users = manifest.entry("users").unwrap().counts;
+    assert_eq!((users.transformed, users.rejected), (1, 3), "{text}");
+    let events = manifest.entry("user_events").unwrap().counts;
+    assert_eq!((events.transformed, events.rejected), (1, 2), "{text}");
+    assert_eq!(
+        text.matches("_id: document without `_id` (missing or null)")
+            .count(),
+        5,
+        "one reason per refused row, no NOT NULL noise: {text}"
+    );
+    assert!(!text.contains("NOT NULL"), "{text}");
+}
+
+/// Issue 9.5: the same `_id` twice (a mongodump without `--oplog`) went through, and the load
+/// failed on the primary key, or with "ON CONFLICT DO UPDATE command cannot affect row a
+/// second time".
+#[test]
+fn a_repeated_id_keeps_the_latest_copy_and_counts_the_others() {
+    let copy = |id: Bson, name: &str, updated: Option<i64>, events: Vec<Bson>| {
+        let mut d = doc! {
+            "_id": id, "firstname": name, "lastname": "L",
+            "creation_date": at(0), "registered_events": events,
+        };
+        if let Some(u) = updated {
+            d.insert("update_date", at(u));
+        }
+        d
+    };
+    let a = oid(4, 1);
+    let b = oid(4, 2);
+    let case = Case::new(
+        "repeated_ids",
+        &[(
+            "users",
+            vec![
+                copy(
+                    Bson::ObjectId(a),
+                    "a-new",
+                    Some(50),
+                    vec![oid(2, 1).into(), oid(2, 2).into()],
+                ),
+                copy(
+                    Bson::ObjectId(b),
+                    "b-first",
+                    Some(10),
+                    vec![oid(2, 3).into()],
+                ),
+                copy(
+                    Bson::ObjectId(oid(4, 3)),
+                    "single",
+                    Some(1),
+                    vec![oid(2, 1).into()],
+                ),
+                // Same hex as `a`, as a string, older: loses to the ObjectId copy.
+                copy(
+                    Bson::String(a.to_hex()),
+                    "a-old",
+                    Some(20),
+                    vec![oid(2, 9).into()],
+                ),
+                // `b` again with the same update_date: the later copy wins.
+                copy(
+                    Bson::ObjectId(b),
+                    "b-second",
+                    Some(10),
+                    vec![oid(2, 4).into()],
+                ),
+            ],
+        )],
+    );
+    // Two documents per staged file: the copies are in different files.
+    let manifest = case.run(&[("ETL_PART_ROWS", "2")]);
+    let text = case.check(&manifest, &["users", "user_events"]);
+    let users = manifest.entry("users").unwrap().counts;
+    assert_eq!(
+        (
+            users.extracted,
+            users.transformed,
+            users.filtered,
+            users.duplicates
+        ),
+        (5, 3, 2, 2),
+        "{text}"
+    );
+    for kept in ["a-new", "b-second", "single"] {
+        assert!(text.contains(&format!("| {kept} ")), "{kept}: {text}");
+    }
+    for lost in ["a-old", "b-first"] {
+        assert!(!text.contains(lost), "{lost}: {text}");
+    }
+    // Link rows only from the kept copies: a's two events, b's second, single's one.
+    let events = manifest.entry("user_events").unwrap().counts;
+    assert_eq!(
+        (
+            events.extracted,
+            events.transformed,
+            events.filtered,
+            events.duplicates
+        ),
+        (6, 4, 2, 2),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&hex(2, 9)) && !text.contains(&hex(2, 3)),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches(&a.to_hex()).count(),
+        1 + 2 + 1,
+        "row, events, parent: {text}"
+    );
+}
+
+/// The bytes of documents, with the first occurrence of `marker` given an invalid UTF-8 byte.
+fn with_invalid_utf8(docs: &[Document], marker: &str) -> Vec<u8> {
+    let mut bytes: Vec<u8> = docs.iter().flat_map(|d| bson::to_vec(d).unwrap()).collect();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .unwrap_or_else(|| panic!("no {marker}"));
+    bytes[at] = 0xff;
+    bytes
+}
+
+/// Issue 9.6: one invalid UTF-8 string stopped the whole extract. The document is rejected
+/// with its BSON bytes in every table of its collection; the others go on.
+#[test]
+fn a_document_with_invalid_utf8_is_rejected_in_every_table_of_its_collection() {
+    let docs = vec![
+        user(1, doc! { "registered_events": [oid(2, 1)] }),
+        user(
+            2,
+            doc! { "firstname": "Xbroken", "registered_events": [oid(2, 2)], "targets": [oid(3, 1)] },
+        ),
+        user(3, doc! { "targets": [oid(3, 2)] }),
+    ];
+    let case = Case::new("invalid_utf8", &[("users", docs.clone())]);
+    std::fs::write(
+        case.work.path().join("dump/app/users.bson"),
+        with_invalid_utf8(&docs, "Xbroken"),
+    )
+    .unwrap();
+    let manifest = case.run(&[]);
+    let text = case.check(&manifest, &["users", "user_events", "users_targets"]);
+    for (table, transformed) in [("users", 2), ("user_events", 1), ("users_targets", 1)] {
+        let c = manifest.entry(table).unwrap().counts;
+        assert_eq!(
+            (c.transformed, c.rejected),
+            (transformed, 1),
+            "{table}: {text}"
+        );
+    }
+    assert_eq!(
+        text.matches("(document): malformed BSON at field `firstname`")
+            .count(),
+        3,
+        "{text}"
+    );
+    let bson_hex = hex::encode(with_invalid_utf8(&docs[1..2], "Xbroken"));
+    assert!(text.contains(&bson_hex[..40]), "the raw bytes: {text}");
+    assert_eq!(
+        text.matches(&format!("| {} | (document) |", hex(4, 2)))
+            .count(),
+        3,
+        "named by its `_id` in each table: {text}"
     );
 }

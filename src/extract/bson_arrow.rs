@@ -25,18 +25,10 @@ use chrono::{DateTime, Utc};
 
 use super::fields::{self, FieldKind, StagedField, CREATION_DATE, ID_FIELD, UPDATE_DATE};
 
-/// A document the converter cannot read.
+/// A document the converter cannot stage. (A document it cannot read is staged as a
+/// refused row instead, see [`DocBatchBuilder::push`].)
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    /// The document's bytes are not valid BSON where this field is read.
-    #[error("document {}: malformed BSON at field `{path}`: {source}", display_id(.id))]
-    Malformed {
-        /// The document's `_id` as staged, when it can be read.
-        id: Option<String>,
-        /// The staged field (or, before any field was reached, the key) being read.
-        path: String,
-        source: bson::raw::Error,
-    },
     /// One batch would hold more array elements than an Arrow `List` can index.
     #[error(
         "document {}: field `{path}` would put more than {} array elements in one batch; \
@@ -45,7 +37,23 @@ pub enum ConvertError {
         i32::MAX
     )]
     ListOverflow { id: Option<String>, path: String },
+    /// The batch holds too many bytes of text and binary values to take this document
+    /// (Arrow's 32-bit offsets): finish it and push the document into the next one.
+    #[error(
+        "document {}: the batch already holds {bytes} bytes of text and binary values; \
+         finish it before pushing more",
+        display_id(.id)
+    )]
+    BatchFull { id: Option<String>, bytes: usize },
 }
+
+/// A batch is full (see [`DocBatchBuilder::is_full`]) once its text and binary values reach
+/// this many bytes, as the Matomo extractor caps its batches.
+pub const MAX_BATCH_BYTES: usize = 256 << 20;
+
+/// What one batch can hold in text and binary values at all: Arrow's `Utf8` and `Binary`
+/// arrays index their values with `i32` offsets. A push beyond it is refused, never a panic.
+const BATCH_BYTES_LIMIT: usize = i32::MAX as usize;
 
 fn display_id(id: &Option<String>) -> &str {
     id.as_deref().unwrap_or("with unreadable _id")
@@ -91,7 +99,16 @@ pub struct DocBatchBuilder {
     groups: Vec<Group>,
     /// Per group, whether the current document had its key (scratch, reused).
     seen: Vec<bool>,
+    /// The `_id` column, when staged (a refused document keeps its readable `_id`).
+    id_column: Option<usize>,
+    /// Why a document was refused, and its bytes (`fields::DOCUMENT_ERROR`, `DOCUMENT_BSON`).
+    refused: StringBuilder,
+    refused_bson: BinaryBuilder,
     rows: usize,
+    /// Text and binary bytes appended since the last finish, all columns together (so no
+    /// one column's offsets can pass `limit`).
+    bytes: usize,
+    limit: usize,
 }
 
 struct Group {
@@ -127,19 +144,64 @@ impl DocBatchBuilder {
             columns.push(Column::new(field));
         }
         let seen = vec![false; groups.len()];
+        let id_column = fields.iter().position(|f| f.path == ID_FIELD);
         DocBatchBuilder {
             schema,
             columns,
             groups,
             seen,
+            id_column,
+            refused: StringBuilder::new(),
+            refused_bson: BinaryBuilder::new(),
             rows: 0,
+            bytes: 0,
+            limit: BATCH_BYTES_LIMIT,
+        }
+    }
+
+    /// Whether the batch should be finished before more documents are pushed: its text and
+    /// binary values reached [`MAX_BATCH_BYTES`]. Pushing more still works up to Arrow's
+    /// limit; past it [`push`](Self::push) returns [`ConvertError::BatchFull`].
+    pub fn is_full(&self) -> bool {
+        self.bytes >= MAX_BATCH_BYTES.min(self.limit / 2)
+    }
+
+    /// Text and binary bytes appended since the last [`finish`](Self::finish).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    #[cfg(test)]
+    fn with_byte_limit(mut self, limit: usize) -> DocBatchBuilder {
+        self.limit = limit;
+        self
+    }
+
+    /// Reserves `more` bytes, or says the batch cannot take them.
+    fn reserve(&mut self, doc: &RawDocument, more: usize) -> Result<(), ConvertError> {
+        match self
+            .bytes
+            .checked_add(more)
+            .filter(|total| *total <= self.limit)
+        {
+            Some(total) => {
+                self.bytes = total;
+                Ok(())
+            }
+            None => Err(ConvertError::BatchFull {
+                id: doc_id(doc),
+                bytes: self.bytes,
+            }),
         }
     }
 
     /// Appends one document (raw BSON).
     ///
-    /// On error nothing was appended: the document is read and converted first, then written
-    /// into the builders, which cannot fail.
+    /// A document that cannot be read (malformed BSON, invalid UTF-8 in a field the config
+    /// reads, nesting deeper than [`MAX_DEPTH`]) is appended as a refused row: its reason and
+    /// bytes in the document error columns, every field NULL but a readable `_id`, so one bad
+    /// document never stops an extract and transform rejects it with its raw bytes. An error
+    /// means the batch cannot take the document at all; nothing was appended then.
     pub fn push(&mut self, doc: &RawDocument) -> Result<(), ConvertError> {
         let DocBatchBuilder {
             columns,
@@ -147,37 +209,11 @@ impl DocBatchBuilder {
             seen,
             ..
         } = self;
-        let mut cells: Vec<Cell<'_>> = columns.iter().map(|_| Cell::NULL).collect();
-        seen.fill(false);
-        let mut remaining = groups.len();
-        for element in doc.iter_elements() {
-            let element = element.map_err(|e| {
-                let path = e.key().unwrap_or("(document)").to_string();
-                malformed(doc, path, e)
-            })?;
-            let Some(g) = groups.iter().position(|g| g.key == element.key()) else {
-                continue;
-            };
-            // A repeated key: the first one wins, as with `RawDocument::get`.
-            if seen[g] {
-                continue;
-            }
-            seen[g] = true;
-            let value = element
-                .value()
-                .map_err(|e| malformed(doc, groups[g].key.clone(), e))?;
-            for member in &groups[g].members {
-                let column = &columns[member.column];
-                cells[member.column] = descend(value, &member.rest)
-                    .and_then(|v| v.map_or(Ok(Cell::NULL), |v| convert(column, v)))
-                    .map_err(|e| malformed(doc, column.path.clone(), e))?;
-            }
-            remaining -= 1;
-            if remaining == 0 {
-                break;
-            }
-        }
-        for (column, cell) in columns.iter().zip(&cells) {
+        let cells = match read_cells(columns, groups, seen, doc) {
+            Ok(cells) => cells,
+            Err(reason) => return self.push_refused(doc, &reason),
+        };
+        for (column, cell) in self.columns.iter().zip(&cells) {
             if !column.typed.fits(&cell.typed) {
                 return Err(ConvertError::ListOverflow {
                     id: doc_id(doc),
@@ -185,9 +221,33 @@ impl DocBatchBuilder {
                 });
             }
         }
-        for (column, cell) in columns.iter_mut().zip(cells) {
+        self.reserve(doc, cells.iter().map(Cell::bytes).sum())?;
+        for (column, cell) in self.columns.iter_mut().zip(cells) {
             column.append(cell);
         }
+        self.refused.append_null();
+        self.refused_bson.append_null();
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Appends a document that cannot be read: NULL fields, its `_id` if readable, the reason
+    /// and its bytes.
+    fn push_refused(&mut self, doc: &RawDocument, reason: &str) -> Result<(), ConvertError> {
+        let id = doc_id(doc);
+        let id_bytes = id.as_ref().map_or(0, String::len);
+        self.reserve(doc, reason.len() + doc.as_bytes().len() + id_bytes)?;
+        for (i, column) in self.columns.iter_mut().enumerate() {
+            match (&id, Some(i) == self.id_column) {
+                (Some(id), true) => column.append(Cell {
+                    typed: Typed::Str(id),
+                    raw: None,
+                }),
+                _ => column.append(Cell::NULL),
+            }
+        }
+        self.refused.append_value(reason);
+        self.refused_bson.append_value(doc.as_bytes());
         self.rows += 1;
         Ok(())
     }
@@ -210,7 +270,10 @@ impl DocBatchBuilder {
                 arrays.push(Arc::new(raw.finish()));
             }
         }
+        arrays.push(Arc::new(self.refused.finish()));
+        arrays.push(Arc::new(self.refused_bson.finish()));
         self.rows = 0;
+        self.bytes = 0;
         // Each builder was made from the field that `staged_schema` types, and every push
         // appends exactly one value to every builder: a mismatch is a bug here, not bad data.
         RecordBatch::try_new(self.schema.clone(), arrays)
@@ -218,22 +281,182 @@ impl DocBatchBuilder {
     }
 }
 
-fn malformed(doc: &RawDocument, path: String, source: bson::raw::Error) -> ConvertError {
-    ConvertError::Malformed {
-        id: doc_id(doc),
-        path,
-        source,
+/// Reads and converts every staged field of a document; the reason it cannot be read
+/// otherwise. Nothing is appended here.
+fn read_cells<'d>(
+    columns: &[Column],
+    groups: &[Group],
+    seen: &mut [bool],
+    doc: &'d RawDocument,
+) -> Result<Vec<Cell<'d>>, String> {
+    let mut cells: Vec<Cell<'d>> = columns.iter().map(|_| Cell::NULL).collect();
+    seen.fill(false);
+    let mut remaining = groups.len();
+    for element in doc.iter_elements() {
+        let element = element.map_err(|e| {
+            let path = e.key().unwrap_or("(document)").to_string();
+            malformed(&path, &e)
+        })?;
+        let Some(g) = groups.iter().position(|g| g.key == element.key()) else {
+            continue;
+        };
+        // A repeated key: the first one wins, as with `RawDocument::get`.
+        if seen[g] {
+            continue;
+        }
+        seen[g] = true;
+        let value = element.value().map_err(|e| malformed(&groups[g].key, &e))?;
+        for member in &groups[g].members {
+            let column = &columns[member.column];
+            cells[member.column] = descend(value, &member.rest)
+                .map_err(Unreadable::Bson)
+                .and_then(|v| v.map_or(Ok(Cell::NULL), |v| convert(column, v)))
+                .map_err(|e| e.reason(&column.path))?;
+        }
+        remaining -= 1;
+        if remaining == 0 {
+            break;
+        }
     }
+    Ok(cells)
+}
+
+/// Why a value cannot be read.
+enum Unreadable {
+    Bson(bson::raw::Error),
+    /// Nested deeper than [`MAX_DEPTH`] levels.
+    TooDeep,
+}
+
+/// MongoDB refuses documents nested deeper than 100 levels; a dump can still hold one (and
+/// converting it recursively could overflow the stack), so a document whose read fields go
+/// deeper is refused. The document itself is the first level.
+pub const MAX_DEPTH: usize = 100;
+
+/// Whether documents and arrays nest more than `limit` levels inside `value` (a scalar: 0,
+/// a document of scalars: 1). Iterative: no recursion whatever the depth.
+fn nests_deeper(value: RawBsonRef<'_>, limit: usize) -> Result<bool, bson::raw::Error> {
+    let Some(doc) = nested(value)? else {
+        return Ok(false);
+    };
+    if limit == 0 {
+        return Ok(true);
+    }
+    let mut stack = vec![doc.iter_elements()];
+    while let Some(top) = stack.last_mut() {
+        match top.next() {
+            None => {
+                stack.pop();
+            }
+            Some(element) => {
+                if let Some(doc) = nested(element?.value()?)? {
+                    if stack.len() >= limit {
+                        return Ok(true);
+                    }
+                    stack.push(doc.iter_elements());
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The document a value holds values in: an embedded document, an array (a document keyed
+/// by index), a code-with-scope's scope.
+fn nested(value: RawBsonRef<'_>) -> Result<Option<&RawDocument>, bson::raw::Error> {
+    Ok(match value {
+        RawBsonRef::Document(d) => Some(d),
+        RawBsonRef::Array(a) => Some(RawDocument::from_bytes(a.as_bytes())?),
+        RawBsonRef::JavaScriptCodeWithScope(c) => Some(c.scope),
+        _ => None,
+    })
+}
+
+impl From<bson::raw::Error> for Unreadable {
+    fn from(e: bson::raw::Error) -> Unreadable {
+        Unreadable::Bson(e)
+    }
+}
+
+impl Unreadable {
+    fn reason(&self, path: &str) -> String {
+        match self {
+            Unreadable::Bson(e) => malformed(path, e),
+            Unreadable::TooDeep => {
+                format!("field `{path}` nests deeper than {MAX_DEPTH} levels (MongoDB's limit)")
+            }
+        }
+    }
+}
+
+fn malformed(path: &str, e: &bson::raw::Error) -> String {
+    format!("malformed BSON at field `{path}`: {e}")
 }
 
 /// The document's `_id` as staged, for error messages.
 fn doc_id(doc: &RawDocument) -> Option<String> {
     let value = doc.get(ID_FIELD).ok()??;
-    match value {
-        RawBsonRef::ObjectId(oid) => Some(oid.to_hex()),
-        RawBsonRef::String(s) => Some(s.to_string()),
-        other => ext_json(other).ok(),
+    match id_key(value) {
+        Some(IdKey::Oid(oid)) => Some(oid.to_hex()),
+        Some(IdKey::Str(s)) => Some(s.to_string()),
+        Some(IdKey::Int(n)) => Some(n.to_string()),
+        Some(IdKey::Uuid(bytes)) => Some(uuid_text(&bytes, &mut [0; 36]).to_string()),
+        None => ext_json(value).ok(),
     }
+}
+
+/// A value that is a document key the same way in an `_id` and in a reference to it: an
+/// ObjectId (24-char hex), a string (as is), an integer (decimal text), a UUID (BSON binary
+/// subtype 4, or the legacy subtype 3, as 8-4-4-4-12 text).
+#[derive(Clone, Copy)]
+enum IdKey<'a> {
+    Oid(ObjectId),
+    Str(&'a str),
+    Int(i64),
+    Uuid([u8; 16]),
+}
+
+fn id_key(value: RawBsonRef<'_>) -> Option<IdKey<'_>> {
+    use bson::spec::BinarySubtype;
+    use RawBsonRef as B;
+    match value {
+        B::ObjectId(oid) => Some(IdKey::Oid(oid)),
+        B::String(s) => Some(IdKey::Str(s)),
+        B::Int32(n) => Some(IdKey::Int(i64::from(n))),
+        B::Int64(n) => Some(IdKey::Int(n)),
+        B::Binary(b) if matches!(b.subtype, BinarySubtype::Uuid | BinarySubtype::UuidOld) => {
+            <[u8; 16]>::try_from(b.bytes).ok().map(IdKey::Uuid)
+        }
+        _ => None,
+    }
+}
+
+impl<'a> From<IdKey<'a>> for Typed<'a> {
+    fn from(key: IdKey<'a>) -> Typed<'a> {
+        match key {
+            IdKey::Oid(oid) => Typed::Oid(oid),
+            IdKey::Str(s) => Typed::Str(s),
+            IdKey::Int(n) => Typed::I64(n),
+            IdKey::Uuid(bytes) => Typed::Uuid(bytes),
+        }
+    }
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lowercase, written into `buf` without allocating.
+fn uuid_text<'b>(bytes: &[u8; 16], buf: &'b mut [u8; 36]) -> &'b str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            buf[at] = b'-';
+            at += 1;
+        }
+        buf[at] = HEX[usize::from(byte >> 4)];
+        buf[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    // Only ASCII was written, so this is never the empty default.
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 /// Follows the rest of a dotted path down embedded documents. A missing key, or an
@@ -267,6 +490,30 @@ impl Cell<'_> {
         typed: Typed::Null,
         raw: None,
     };
+
+    /// Bytes the cell adds to text and binary arrays (an upper bound for numbers as text).
+    fn bytes(&self) -> usize {
+        let typed = match &self.typed {
+            Typed::Null | Typed::Bool(_) | Typed::Millis(_) => 0,
+            Typed::Str(s) => s.len(),
+            Typed::Text(s) => s.len(),
+            Typed::Bytes(b) => b.len(),
+            Typed::Oid(_) => 24,
+            Typed::Uuid(_) => 36,
+            // Integers, doubles and decimals, when a text column holds them.
+            Typed::I64(_) | Typed::F64(_) | Typed::Decimal(_) => 48,
+            Typed::Ids(ids) => ids
+                .iter()
+                .map(|e| match e {
+                    IdElement::Null => 0,
+                    IdElement::Raw(json) => json.len(),
+                    IdElement::Id(IdKey::Str(s)) => s.len(),
+                    IdElement::Id(_) => 36,
+                })
+                .sum(),
+        };
+        typed + self.raw.as_ref().map_or(0, String::len)
+    }
 }
 
 /// A value for a typed column. Which variants a column takes follows from its kind (see
@@ -283,26 +530,30 @@ enum Typed<'a> {
     Millis(i64),
     Bytes(&'a [u8]),
     Ids(Vec<IdElement<'a>>),
+    Uuid([u8; 16]),
 }
 
 /// One element of an `IdList` array.
 enum IdElement<'a> {
     Null,
-    Str(&'a str),
-    Oid(ObjectId),
+    Id(IdKey<'a>),
     Raw(String),
 }
 
 /// Converts a present, possibly null value of a field.
-fn convert<'a>(column: &Column, value: RawBsonRef<'a>) -> Result<Cell<'a>, bson::raw::Error> {
+fn convert<'a>(column: &Column, value: RawBsonRef<'a>) -> Result<Cell<'a>, Unreadable> {
     if let RawBsonRef::Null = value {
         return Ok(Cell::NULL);
     }
     Ok(match typed_value(column.kind, value)? {
         Some(typed) => Cell { typed, raw: None },
-        // `_id` has no raw column: whatever it is, it is text.
+        // `_id` has no raw column: whatever it is, it is text, a key the way references
+        // to it are (integers too), anything else its extended JSON.
         None if column.raw.is_none() => Cell {
-            typed: Typed::Text(ext_json(value)?),
+            typed: match id_key(value) {
+                Some(key) => key.into(),
+                None => Typed::Text(ext_json(value)?),
+            },
             raw: None,
         },
         None => Cell {
@@ -317,11 +568,15 @@ fn convert<'a>(column: &Column, value: RawBsonRef<'a>) -> Result<Cell<'a>, bson:
 fn typed_value<'a>(
     kind: FieldKind,
     value: RawBsonRef<'a>,
-) -> Result<Option<Typed<'a>>, bson::raw::Error> {
+) -> Result<Option<Typed<'a>>, Unreadable> {
     use RawBsonRef as B;
     let typed = match (kind, value) {
         (FieldKind::Text, B::String(s) | B::Symbol(s)) => Typed::Str(s),
         (FieldKind::Text, B::ObjectId(oid)) => Typed::Oid(oid),
+        (FieldKind::Text, B::Binary(_)) => match id_key(value) {
+            Some(IdKey::Uuid(bytes)) => Typed::Uuid(bytes),
+            _ => return Ok(None),
+        },
 
         (FieldKind::Int, B::Int32(v)) => Typed::I64(i64::from(v)),
         (FieldKind::Int, B::Int64(v)) => Typed::I64(v),
@@ -368,18 +623,18 @@ fn typed_value<'a>(
 }
 
 /// An `IdList` element: an id, an embedded document's `_id`, null, or raw JSON otherwise.
-fn id_element(value: RawBsonRef<'_>) -> Result<IdElement<'_>, bson::raw::Error> {
+fn id_element(value: RawBsonRef<'_>) -> Result<IdElement<'_>, Unreadable> {
     use RawBsonRef as B;
     Ok(match value {
         B::Null => IdElement::Null,
-        B::ObjectId(oid) => IdElement::Oid(oid),
-        B::String(s) => IdElement::Str(s),
-        B::Document(doc) => match doc.get(ID_FIELD)? {
-            Some(B::ObjectId(oid)) => IdElement::Oid(oid),
-            Some(B::String(s)) => IdElement::Str(s),
-            _ => IdElement::Raw(ext_json(value)?),
+        B::Document(doc) => match doc.get(ID_FIELD)?.and_then(id_key) {
+            Some(key) => IdElement::Id(key),
+            None => IdElement::Raw(ext_json(value)?),
         },
-        _ => IdElement::Raw(ext_json(value)?),
+        _ => match id_key(value) {
+            Some(key) => IdElement::Id(key),
+            None => IdElement::Raw(ext_json(value)?),
+        },
     })
 }
 
@@ -416,7 +671,11 @@ fn decimal128_is_finite(d: Decimal128) -> bool {
 }
 
 /// The relaxed extended JSON text of a value (`{"$date": "..."}`, `42`, `{"$oid": "..."}`).
-fn ext_json(value: RawBsonRef<'_>) -> Result<String, bson::raw::Error> {
+fn ext_json(value: RawBsonRef<'_>) -> Result<String, Unreadable> {
+    // Converting and printing recurse once per level: bound the depth first.
+    if nests_deeper(value, MAX_DEPTH - 1)? {
+        return Err(Unreadable::TooDeep);
+    }
     let bson = Bson::try_from(value)?;
     Ok(bson.into_relaxed_extjson().to_string())
 }
@@ -500,6 +759,9 @@ impl TypedBuilder {
             (TypedBuilder::Utf8(b), Typed::Str(s)) => b.append_value(s),
             (TypedBuilder::Utf8(b), Typed::Oid(oid)) => b.append_value(oid_hex(oid, &mut [0; 24])),
             (TypedBuilder::Utf8(b), Typed::Text(s)) => b.append_value(s),
+            (TypedBuilder::Utf8(b), Typed::Uuid(bytes)) => {
+                b.append_value(uuid_text(&bytes, &mut [0; 36]))
+            }
             // Decimal text of numbers, written straight into the builder's buffer; its
             // `fmt::Write` never fails, and `append_value("")` ends the value.
             (TypedBuilder::Utf8(b), Typed::I64(v)) => {
@@ -595,16 +857,27 @@ impl IdListBuilder {
     }
 
     fn append(&mut self, ids: Vec<IdElement<'_>>) {
-        let mut hex = [0; 24];
+        use std::fmt::Write;
         for element in &ids {
-            let (id, raw) = match element {
-                IdElement::Null => (None, None),
-                IdElement::Str(s) => (Some(*s), None),
-                IdElement::Oid(oid) => (Some(oid_hex(*oid, &mut hex)), None),
-                IdElement::Raw(json) => (None, Some(json.as_str())),
-            };
-            self.id.append_option(id);
-            self.raw.append_option(raw);
+            match element {
+                IdElement::Null | IdElement::Raw(_) => self.id.append_null(),
+                IdElement::Id(IdKey::Str(s)) => self.id.append_value(s),
+                IdElement::Id(IdKey::Oid(oid)) => {
+                    self.id.append_value(oid_hex(*oid, &mut [0; 24]));
+                }
+                IdElement::Id(IdKey::Uuid(bytes)) => {
+                    self.id.append_value(uuid_text(bytes, &mut [0; 36]));
+                }
+                IdElement::Id(IdKey::Int(n)) => {
+                    // The builder's `fmt::Write` never fails; `append_value("")` ends it.
+                    let _ = write!(self.id, "{n}");
+                    self.id.append_value("");
+                }
+            }
+            match element {
+                IdElement::Raw(json) => self.raw.append_value(json),
+                _ => self.raw.append_null(),
+            }
             self.item_valid.push(!matches!(element, IdElement::Null));
         }
         // `push` checked `fits` before appending anything.
@@ -659,7 +932,18 @@ mod tests {
         RawDocumentBuf::from_document(&doc).unwrap()
     }
 
+    /// The staged batch of valid documents, without the document error columns (checked
+    /// empty here).
     fn convert_docs(fields: &[StagedField], docs: Vec<bson::Document>) -> RecordBatch {
+        let batch = convert_all(fields, docs);
+        let n = batch.num_columns();
+        for c in [n - 2, n - 1] {
+            assert_eq!(batch.column(c).null_count(), batch.num_rows());
+        }
+        batch.project(&(0..n - 2).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn convert_all(fields: &[StagedField], docs: Vec<bson::Document>) -> RecordBatch {
         let mut builder = DocBatchBuilder::new(fields);
         for d in docs {
             builder.push(&raw(d)).unwrap();
@@ -699,7 +983,7 @@ mod tests {
             field("d", FieldKind::Decimal),
             field("j", FieldKind::Json),
         ];
-        let batch = convert_docs(&fields, vec![doc! {}, doc! { "targets": [1] }]);
+        let batch = convert_all(&fields, vec![doc! {}, doc! { "targets": [1] }]);
         assert_eq!(batch.schema().as_ref(), &fields::staged_schema(&fields));
         assert_eq!(batch.num_rows(), 2);
     }
@@ -886,8 +1170,8 @@ mod tests {
 | targets                                                                                                             | targets__raw   |
 +---------------------------------------------------------------------------------------------------------------------+----------------+
 | [{id: 5f1d7a3b9c8e4a00000000aa, raw: }, {id: s1, raw: }, , {id: 5f1d7a3b9c8e4a00000000bb, raw: }]                   |                |
-| [{id: 5f1d7a3b9c8e4a00000000aa, raw: }, {id: s2, raw: }, {id: , raw: {"w":2}}, {id: , raw: {"_id":3}}]              |                |
-| [{id: , raw: 5}, {id: , raw: [{"$oid":"5f1d7a3b9c8e4a00000000aa"}]}, {id: , raw: {"$date":"1970-01-01T00:00:00Z"}}] |                |
+| [{id: 5f1d7a3b9c8e4a00000000aa, raw: }, {id: s2, raw: }, {id: , raw: {"w":2}}, {id: 3, raw: }]                      |                |
+| [{id: 5, raw: }, {id: , raw: [{"$oid":"5f1d7a3b9c8e4a00000000aa"}]}, {id: , raw: {"$date":"1970-01-01T00:00:00Z"}}] |                |
 | []                                                                                                                  |                |
 |                                                                                                                     | "not an array" |
 |                                                                                                                     |                |
@@ -903,6 +1187,63 @@ mod tests {
             first.column(0).as_string::<i32>().value(3),
             "5f1d7a3b9c8e4a00000000bb"
         );
+    }
+
+    /// Issue 9.8: a UUID `_id` was staged as its extended JSON and an integer reference was
+    /// refused, so relationships to such documents could never load.
+    #[test]
+    fn uuid_and_integer_ids_are_keys_in_ids_and_references_alike() {
+        let fields = vec![
+            field("_id", FieldKind::Text),
+            field("owner", FieldKind::Text),
+            field("targets", FieldKind::IdList),
+        ];
+        let uuid = |subtype, bytes: Vec<u8>| Binary { subtype, bytes };
+        let bytes: Vec<u8> = (0..16).map(|i| i * 17).collect();
+        let text = "00112233-4455-6677-8899-aabbccddeeff";
+        let batch = convert_docs(
+            &fields,
+            vec![
+                doc! {
+                    "_id": uuid(BinarySubtype::Uuid, bytes.clone()),
+                    "owner": uuid(BinarySubtype::UuidOld, bytes.clone()),
+                    "targets": [uuid(BinarySubtype::Uuid, bytes.clone()), 12_345_i64, { "_id": 7_i32 }],
+                },
+                doc! {
+                    "_id": 12_345_i64,
+                    "owner": 7_i32,
+                    "targets": [uuid(BinarySubtype::Generic, bytes.clone()), uuid(BinarySubtype::Uuid, vec![1; 15])],
+                },
+                doc! { "_id": uuid(BinarySubtype::UuidOld, bytes.clone()), "owner": uuid(BinarySubtype::Generic, bytes.clone()) },
+            ],
+        );
+        let ids = batch.column(0).as_string::<i32>();
+        assert_eq!(
+            (ids.value(0), ids.value(1), ids.value(2)),
+            (text, "12345", text)
+        );
+        let owner = batch.column(1).as_string::<i32>();
+        assert_eq!(owner.value(0), text);
+        // An integer reference is coerced (and counted) in transform, like any number into
+        // text; a generic binary is no key.
+        let owner_raw = batch.column(2).as_string::<i32>();
+        assert_eq!(owner_raw.value(1), "7");
+        assert!(owner.is_null(2) && owner_raw.value(2).contains("$binary"));
+        let targets = batch.column(3).as_list::<i32>();
+        let first = targets.value(0);
+        let first = first.as_struct().column(0).as_string::<i32>().clone();
+        assert_eq!(
+            (first.value(0), first.value(1), first.value(2)),
+            (text, "12345", "7")
+        );
+        let second = targets.value(1);
+        let second = second.as_struct();
+        assert!(second.column(0).is_null(0) && second.column(0).is_null(1));
+        assert!(second
+            .column(1)
+            .as_string::<i32>()
+            .value(1)
+            .contains("$binary"));
     }
 
     #[test]
@@ -975,7 +1316,7 @@ mod tests {
 +-----------+----------------+--------------------------+--------------+--------+-------------+--------+-------------+--------+-------------+--------+-------------+--------------+-------------------+-------------------------------------------+------------------------+---------------------------------------------------------+---------------------+---------+--------------+
 | firstname | firstname__raw | company                  | company__raw | weight | weight__raw | height | height__raw | budget | budget__raw | active | active__raw | address.city | address.city__raw | registered_events                         | registered_events__raw | health_targets                                          | health_targets__raw | missing | missing__raw |
 +-----------+----------------+--------------------------+--------------+--------+-------------+--------+-------------+--------+-------------+--------+-------------+--------------+-------------------+-------------------------------------------+------------------------+---------------------------------------------------------+---------------------+---------+--------------+
-| Zoé       |                | 5f1d7a3b9c8e4a00000000cc |              | 72.0   |             | 180    |             | 12.50  |             | false  |             | Lyon         |                   | [{id: 5f1d7a3b9c8e4a00000000e1, raw: }, ] |                        | [{id: 5f1d7a3b9c8e4a00000000f1, raw: }, {id: , raw: 3}] |                     |         |              |
+| Zoé       |                | 5f1d7a3b9c8e4a00000000cc |              | 72.0   |             | 180    |             | 12.50  |             | false  |             | Lyon         |                   | [{id: 5f1d7a3b9c8e4a00000000e1, raw: }, ] |                        | [{id: 5f1d7a3b9c8e4a00000000f1, raw: }, {id: 3, raw: }] |                     |         |              |
 +-----------+----------------+--------------------------+--------------+--------+-------------+--------+-------------+--------+-------------+--------+-------------+--------------+-------------------+-------------------------------------------+------------------------+---------------------------------------------------------+---------------------+---------+--------------+"#,
         );
     }
@@ -1002,8 +1343,10 @@ mod tests {
         assert_eq!(list.value(0).len(), 1);
     }
 
+    /// A malformed document used to stop the whole extract (issue 9.6): it is now a refused
+    /// row naming its field, with its `_id` and its bytes, and the next document goes on.
     #[test]
-    fn a_malformed_document_names_its_id_and_field_and_appends_nothing() {
+    fn a_malformed_document_is_staged_as_refused_with_its_id_field_and_bytes() {
         let fields = vec![
             field("_id", FieldKind::Text),
             field("name", FieldKind::Text),
@@ -1014,15 +1357,181 @@ mod tests {
         bytes[at..at + 4].copy_from_slice(&100_i32.to_le_bytes());
         let doc = RawDocument::from_bytes(&bytes).unwrap();
         let mut builder = DocBatchBuilder::new(&fields);
-        let err = builder.push(doc).unwrap_err();
-        let message = err.to_string();
-        assert!(message.contains("doc-1"), "{message}");
-        assert!(message.contains("`name`"), "{message}");
-        assert!(builder.is_empty());
+        builder.push(doc).unwrap();
         builder
             .push(&raw(doc! { "_id": "doc-2", "name": "Bo" }))
             .unwrap();
+        let batch = builder.finish();
+        assert_eq!(batch.num_rows(), 2);
+        let ids = batch.column(0).as_string::<i32>();
+        assert_eq!((ids.value(0), ids.value(1)), ("doc-1", "doc-2"));
+        let names = batch.column(1).as_string::<i32>();
+        assert!(names.is_null(0) && batch.column(2).is_null(0));
+        assert_eq!(names.value(1), "Bo");
+        let reasons = batch
+            .column_by_name(fields::DOCUMENT_ERROR)
+            .unwrap()
+            .as_string::<i32>();
+        assert!(
+            reasons
+                .value(0)
+                .starts_with("malformed BSON at field `name`"),
+            "{}",
+            reasons.value(0)
+        );
+        assert!(reasons.is_null(1));
+        let stored = batch
+            .column_by_name(fields::DOCUMENT_BSON)
+            .unwrap()
+            .as_binary::<i32>();
+        assert_eq!(stored.value(0), &bytes[..]);
+        assert!(stored.is_null(1));
+    }
+
+    /// Issue 9.6: one invalid UTF-8 string stopped the whole extract.
+    #[test]
+    fn invalid_utf8_in_a_read_field_refuses_only_that_document() {
+        let fields = vec![
+            field("_id", FieldKind::Text),
+            field("name", FieldKind::Text),
+            field("extra", FieldKind::Json),
+        ];
+        let utf8_breaking = |d: bson::Document, text: &str| {
+            let mut bytes = raw(d).into_bytes();
+            let at = bytes
+                .windows(text.len())
+                .position(|w| w == text.as_bytes())
+                .unwrap();
+            bytes[at] = 0xff;
+            bytes
+        };
+        let in_name = utf8_breaking(doc! { "_id": "a", "name": "Xna" }, "Xna");
+        let nested = utf8_breaking(doc! { "_id": "b", "extra": { "k": ["Xx"] } }, "Xx");
+        let unread = utf8_breaking(doc! { "_id": "c", "other": "Xo" }, "Xo");
+        let mut builder = DocBatchBuilder::new(&fields);
+        for bytes in [&in_name, &nested, &unread] {
+            builder
+                .push(RawDocument::from_bytes(bytes).unwrap())
+                .unwrap();
+        }
+        let batch = builder.finish();
+        let reasons = batch
+            .column_by_name(fields::DOCUMENT_ERROR)
+            .unwrap()
+            .as_string::<i32>();
+        assert!(
+            reasons.value(0).contains("field `name`"),
+            "{}",
+            reasons.value(0)
+        );
+        assert!(reasons.value(0).contains("utf-8"), "{}", reasons.value(0));
+        assert!(
+            reasons.value(1).contains("field `extra`"),
+            "{}",
+            reasons.value(1)
+        );
+        assert!(
+            reasons.is_null(2),
+            "a field the config does not read is not looked at"
+        );
+        assert_eq!(batch.column(0).as_string::<i32>().value(1), "b");
+    }
+
+    /// `{"a": {"a": ... {}}}` with `levels` documents below the top one, built as bytes
+    /// (building it with the bson crate would itself recurse).
+    fn nested_bytes(key: &str, levels: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Per level: length, element type, key and its NUL, and the terminating NUL.
+        let per_level = 4 + 1 + key.len() + 1 + 1;
+        for level in 0..=levels {
+            let inner = levels - level;
+            let len = 5 + inner * per_level;
+            out.extend(i32::try_from(len).unwrap().to_le_bytes());
+            if inner > 0 {
+                out.push(0x03);
+                out.extend(key.as_bytes());
+                out.push(0);
+            }
+        }
+        out.extend(std::iter::repeat_n(0, levels + 1));
+        out
+    }
+
+    /// Issue 9.9: nesting of about 5000 levels overflowed the stack (a crash, not an error).
+    #[test]
+    fn nesting_deeper_than_mongodb_allows_refuses_the_document() {
+        let fields = vec![field("_id", FieldKind::Text), field("a", FieldKind::Json)];
+        let mut builder = DocBatchBuilder::new(&fields);
+        for levels in [5_000, 100, 99] {
+            let bytes = nested_bytes("a", levels);
+            builder
+                .push(RawDocument::from_bytes(&bytes).unwrap())
+                .unwrap();
+        }
+        // A value into a text column goes to the raw column as JSON: bounded the same way.
+        let text = vec![field("a", FieldKind::Text)];
+        let mut text_builder = DocBatchBuilder::new(&text);
+        let bytes = nested_bytes("a", 5_000);
+        text_builder
+            .push(RawDocument::from_bytes(&bytes).unwrap())
+            .unwrap();
+        for batch in [builder.finish(), text_builder.finish()] {
+            let reasons = batch
+                .column_by_name(fields::DOCUMENT_ERROR)
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            assert_eq!(
+                reasons.value(0),
+                "field `a` nests deeper than 100 levels (MongoDB's limit)"
+            );
+            if batch.num_rows() == 3 {
+                // The top document plus 100 levels is 101: refused; 100 is MongoDB's limit.
+                assert!(reasons.is_valid(1), "101 levels");
+                assert!(reasons.is_null(2), "100 levels");
+                assert!(batch
+                    .column(1)
+                    .as_string::<i32>()
+                    .value(2)
+                    .starts_with(r#"{"a":{"a":"#));
+            }
+        }
+    }
+
+    /// Issue 9.10: text batches had no byte cap, and Arrow panics once a batch's text passes
+    /// its 32-bit offsets (2 GiB). The builder says when it is full, and refuses (without
+    /// appending) a document that would pass the limit, instead of panicking.
+    #[test]
+    fn batches_are_capped_by_bytes() {
+        let fields = vec![field("_id", FieldKind::Text), field("s", FieldKind::Text)];
+        let big = "x".repeat(1000);
+        let mut builder = DocBatchBuilder::new(&fields).with_byte_limit(4_000);
+        for i in 0..3 {
+            builder
+                .push(&raw(doc! { "_id": format!("d{i}"), "s": big.as_str() }))
+                .unwrap();
+        }
+        assert!(builder.is_full(), "{} bytes", builder.bytes());
+        let err = builder
+            .push(&raw(doc! { "_id": "d3", "s": big.as_str() }))
+            .unwrap_err();
+        assert!(matches!(err, ConvertError::BatchFull { .. }), "{err}");
+        assert!(err.to_string().contains("d3"), "{err}");
+        assert_eq!(builder.len(), 3, "nothing appended");
+        assert_eq!(builder.finish().num_rows(), 3);
+        assert_eq!(builder.bytes(), 0);
+        assert!(!builder.is_full());
+        builder
+            .push(&raw(doc! { "_id": "d3", "s": big.as_str() }))
+            .unwrap();
         assert_eq!(builder.finish().num_rows(), 1);
+
+        let mut normal = DocBatchBuilder::new(&fields);
+        normal
+            .push(&raw(doc! { "_id": "a", "s": big.as_str() }))
+            .unwrap();
+        assert!(!normal.is_full());
+        assert!(normal.bytes() >= 1001);
     }
 
     #[test]

@@ -38,6 +38,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinaryProtocol, Column, Conn, OptsBuilder, Params, QueryResult, Row, Value};
 
 use crate::config::{ColumnSource, Source, TableSpec, Watermark};
+use crate::decimal::{Accumulator, Decimal, Rounding};
 use crate::settings::MatomoSettings;
 use crate::staging::fields::RAW_SUFFIX;
 
@@ -880,14 +881,14 @@ impl ColumnBuilder {
             ColumnBuilder::Decimal128(b, scale) => match value {
                 Value::NULL => b.append_null(),
                 Value::Bytes(text) => b.append_value(
-                    parse_decimal128(text, *scale).ok_or_else(|| out_of_range(value))?,
+                    exact_decimal::<i128>(text, *scale).ok_or_else(|| out_of_range(value))?,
                 ),
                 other => return Err(unexpected(other)),
             },
             ColumnBuilder::Decimal256(b, scale) => match value {
                 Value::NULL => b.append_null(),
                 Value::Bytes(text) => b.append_value(
-                    parse_decimal256(text, *scale).ok_or_else(|| out_of_range(value))?,
+                    exact_decimal::<i256>(text, *scale).ok_or_else(|| out_of_range(value))?,
                 ),
                 other => return Err(unexpected(other)),
             },
@@ -1038,54 +1039,14 @@ fn date_value(t: &NaiveDateTime) -> Value {
     )
 }
 
-/// Splits MariaDB's decimal text (`-12.345600`) into sign, integer digits and fraction digits,
-/// the fraction padded to `scale`; `None` when it is not a decimal or has more fraction digits.
-fn decimal_digits(text: &[u8], scale: u8) -> Option<(bool, &[u8], &[u8], usize)> {
-    let (negative, rest) = match text.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        Some((b'+', rest)) => (false, rest),
-        _ => (false, text),
-    };
-    let (int, frac) = match rest.iter().position(|&c| c == b'.') {
-        Some(dot) => (&rest[..dot], &rest[dot + 1..]),
-        None => (rest, &rest[rest.len()..]),
-    };
-    let scale = usize::from(scale);
-    if (int.is_empty() && frac.is_empty())
-        || frac.len() > scale
-        || !int.iter().chain(frac).all(u8::is_ascii_digit)
-    {
-        return None;
-    }
-    Some((negative, int, frac, scale - frac.len()))
-}
-
-/// `-12.345600` at scale 6 -> -12345600.
-fn parse_decimal128(text: &[u8], scale: u8) -> Option<i128> {
-    let (negative, int, frac, pad) = decimal_digits(text, scale)?;
-    let mut n: i128 = 0;
-    for &c in int.iter().chain(frac) {
-        n = n.checked_mul(10)?.checked_add(i128::from(c - b'0'))?;
-    }
-    for _ in 0..pad {
-        n = n.checked_mul(10)?;
-    }
-    Some(if negative { -n } else { n })
-}
-
-fn parse_decimal256(text: &[u8], scale: u8) -> Option<i256> {
-    let (negative, int, frac, pad) = decimal_digits(text, scale)?;
-    let ten = i256::from_i128(10);
-    let mut n = i256::ZERO;
-    for &c in int.iter().chain(frac) {
-        n = n
-            .checked_mul(ten)?
-            .checked_add(i256::from_i128(i128::from(c - b'0')))?;
-    }
-    for _ in 0..pad {
-        n = n.checked_mul(ten)?;
-    }
-    Some(if negative { n.checked_neg()? } else { n })
+/// A DECIMAL as MariaDB sends it (`-12.345600`), scaled to the column's scale exactly (the
+/// column's declared scale always holds it: anything else is out of range).
+fn exact_decimal<T: Accumulator>(text: &[u8], scale: u8) -> Option<T> {
+    Decimal::parse(text)
+        .ok()?
+        .to_scaled::<T>(u32::from(scale), Rounding::Exact)
+        .ok()
+        .map(|s| s.value)
 }
 
 #[cfg(test)]
@@ -1456,19 +1417,22 @@ mod tests {
 
     #[test]
     fn decimals_parse_exactly() {
-        assert_eq!(parse_decimal128(b"-12.345600", 6), Some(-12_345_600));
-        assert_eq!(parse_decimal128(b"48.856613", 6), Some(48_856_613));
-        assert_eq!(parse_decimal128(b"7.5", 3), Some(7_500));
+        assert_eq!(exact_decimal::<i128>(b"-12.345600", 6), Some(-12_345_600));
+        assert_eq!(exact_decimal::<i128>(b"48.856613", 6), Some(48_856_613));
+        assert_eq!(exact_decimal::<i128>(b"7.5", 3), Some(7_500));
         assert_eq!(
-            parse_decimal128(b"18446744073709551615", 0),
+            exact_decimal::<i128>(b"18446744073709551615", 0),
             Some(18_446_744_073_709_551_615)
         );
-        assert_eq!(parse_decimal128(b"1.2345", 2), None);
-        assert_eq!(parse_decimal128(b"1e5", 0), None);
-        assert_eq!(parse_decimal128(b"", 0), None);
+        // More decimals than the scale is out of range, never a rounding.
+        assert_eq!(exact_decimal::<i128>(b"1.2345", 2), None);
+        // The crate's one decimal parser reads exponents (MariaDB never sends them).
+        assert_eq!(exact_decimal::<i128>(b"1e5", 0), Some(100_000));
+        assert_eq!(exact_decimal::<i128>(b"", 0), None);
+        assert_eq!(exact_decimal::<i128>(b"12a", 0), None);
         let big = format!("-{}.{}", "9".repeat(35), "1".repeat(30));
         let expected = i256::from_string(&format!("-{}{}", "9".repeat(35), "1".repeat(30)));
-        assert_eq!(parse_decimal256(big.as_bytes(), 30), expected);
+        assert_eq!(exact_decimal::<i256>(big.as_bytes(), 30), expected);
     }
 
     #[test]

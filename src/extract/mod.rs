@@ -364,6 +364,8 @@ pub struct ParallelConverter<'a> {
     fields: &'a [fields::StagedField],
     since: Option<DateTime<Utc>>,
     pending: Vec<bson::RawDocumentBuf>,
+    /// Bytes of the pending documents: big documents are converted before many gather.
+    pending_bytes: usize,
     stats: CollectionStats,
 }
 
@@ -376,6 +378,7 @@ impl<'a> ParallelConverter<'a> {
             fields,
             since,
             pending: Vec::new(),
+            pending_bytes: 0,
             stats: CollectionStats::default(),
         }
     }
@@ -388,8 +391,12 @@ impl<'a> ParallelConverter<'a> {
         bar: &indicatif::ProgressBar,
     ) -> Result<(), ExtractError> {
         self.stats.scanned += 1;
+        self.pending_bytes += doc.as_bytes().len();
         self.pending.push(doc.to_raw_document_buf());
-        if self.pending.len() >= BATCH_ROWS * rayon::current_num_threads().max(1) {
+        let threads = rayon::current_num_threads().max(1);
+        if self.pending.len() >= BATCH_ROWS * threads
+            || self.pending_bytes >= bson_arrow::MAX_BATCH_BYTES * threads
+        {
             self.flush(writer, bar)?;
         }
         Ok(())
@@ -411,6 +418,7 @@ impl<'a> ParallelConverter<'a> {
     ) -> Result<(), ExtractError> {
         use rayon::prelude::*;
         let docs = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         let (fields, since) = (self.fields, self.since);
         let chunks: Vec<Result<ConvertedChunk, bson_arrow::ConvertError>> = docs
             .par_chunks(BATCH_ROWS)
@@ -421,33 +429,44 @@ impl<'a> ParallelConverter<'a> {
             self.stats.rows += chunk.rows;
             self.stats.max_timestamp = self.stats.max_timestamp.max(chunk.max_timestamp);
             bar.inc(chunk.rows);
-            writer.write(&chunk.batch)?;
+            for batch in &chunk.batches {
+                writer.write(batch)?;
+            }
         }
         Ok(())
     }
 }
 
 struct ConvertedChunk {
-    batch: arrow::record_batch::RecordBatch,
+    /// Several when the documents' text passes a batch's byte cap.
+    batches: Vec<arrow::record_batch::RecordBatch>,
     rows: u64,
     max_timestamp: Option<DateTime<Utc>>,
 }
 
-/// The documents of `docs` inside the window, as one staged batch.
+/// The documents of `docs` inside the window, as staged batches (a new batch each time one
+/// reaches its byte cap, so no Arrow array passes its 2 GiB offsets).
 fn convert_chunk(
     fields: &[fields::StagedField],
     since: Option<DateTime<Utc>>,
     docs: &[bson::RawDocumentBuf],
 ) -> Result<ConvertedChunk, bson_arrow::ConvertError> {
     let mut builder = DocBatchBuilder::new(fields);
+    let mut batches = Vec::new();
+    let mut rows = 0;
     let mut max_timestamp = None;
     for doc in docs.iter().filter(|d| bson_arrow::in_window(d, since)) {
+        if builder.is_full() {
+            rows += builder.len() as u64;
+            batches.push(builder.finish());
+        }
         builder.push(doc)?;
         max_timestamp = max_timestamp.max(document_timestamp(doc));
     }
-    let rows = builder.len() as u64;
+    rows += builder.len() as u64;
+    batches.push(builder.finish());
     Ok(ConvertedChunk {
-        batch: builder.finish(),
+        batches,
         rows,
         max_timestamp,
     })

@@ -31,23 +31,27 @@ const READ_BUFFER: usize = 1 << 20;
 pub enum DumpError {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
-    #[error("{}: read error at byte {offset}{}: {source}", path.display(), stream_note(*gzip))]
+    #[error("{}{}: read error at byte {offset}{}: {source}", path.display(), collection_note(collection), stream_note(*gzip))]
     Read {
         path: PathBuf,
+        /// `db.collection` being read, when known.
+        collection: String,
         offset: u64,
         gzip: bool,
         source: io::Error,
     },
-    #[error("{}: truncated document at byte {offset}{}: {message}", path.display(), stream_note(*gzip))]
+    #[error("{}{}: truncated document at byte {offset}{}: {message}", path.display(), collection_note(collection), stream_note(*gzip))]
     Truncated {
         path: PathBuf,
+        collection: String,
         offset: u64,
         gzip: bool,
         message: String,
     },
-    #[error("{}: malformed document at byte {offset}{}: {message}", path.display(), stream_note(*gzip))]
+    #[error("{}{}: malformed document at byte {offset}{}: {message}", path.display(), collection_note(collection), stream_note(*gzip))]
     Malformed {
         path: PathBuf,
+        collection: String,
         offset: u64,
         gzip: bool,
         message: String,
@@ -61,13 +65,22 @@ pub enum DumpError {
     )]
     Ambiguous { name: String, dbs: Vec<String> },
     /// The callback failed on a document; the document's place in the dump comes first.
-    #[error("{}: document at byte {offset}{}: {source}", path.display(), stream_note(*gzip))]
+    #[error("{}{}: document at byte {offset}{}: {source}", path.display(), collection_note(collection), stream_note(*gzip))]
     Document {
         path: PathBuf,
+        collection: String,
         offset: u64,
         gzip: bool,
         source: Box<dyn StdError + Send + Sync>,
     },
+}
+
+fn collection_note(collection: &str) -> String {
+    if collection.is_empty() {
+        String::new()
+    } else {
+        format!(" (collection `{collection}`)")
+    }
 }
 
 fn stream_note(gzip: bool) -> &'static str {
@@ -152,6 +165,7 @@ where
     match &collection.source {
         DumpSource::File { path, gzip } => {
             let mut reader = DocReader::open(path, *gzip)?;
+            reader.collection = format!("{}.{}", collection.db, collection.name);
             let mut count = 0;
             while reader.next_item(false)? == Item::Document {
                 reader.visit(&mut f)?;
@@ -276,6 +290,7 @@ where
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
     let mut reader = DocReader::open(path, gzip)?;
+    reader.collection = format!("{db}.{name}");
     reader.expect_archive_magic()?;
     loop {
         match reader.next_item(true)? {
@@ -359,6 +374,8 @@ enum Item {
 /// byte offset of each for error messages.
 struct DocReader {
     inner: Box<dyn Read>,
+    /// `db.collection` being read, for errors (empty while listing an archive).
+    collection: String,
     path: PathBuf,
     gzip: bool,
     /// Bytes consumed so far.
@@ -384,6 +401,7 @@ impl DocReader {
         };
         Ok(DocReader {
             inner,
+            collection: String::new(),
             path: path.into(),
             gzip,
             offset: 0,
@@ -398,6 +416,7 @@ impl DocReader {
         let got = read_full(&mut self.inner, &mut self.buf[start..]).map_err(|source| {
             DumpError::Read {
                 path: self.path.clone(),
+                collection: self.collection.clone(),
                 offset: self.offset,
                 gzip: self.gzip,
                 source,
@@ -468,6 +487,7 @@ impl DocReader {
     {
         f(self.document()?).map_err(|e| DumpError::Document {
             path: self.path.clone(),
+            collection: self.collection.clone(),
             offset: self.item_offset,
             gzip: self.gzip,
             source: e.into(),
@@ -486,6 +506,7 @@ impl DocReader {
     fn truncated(&self, message: &str) -> DumpError {
         DumpError::Truncated {
             path: self.path.clone(),
+            collection: self.collection.clone(),
             offset: self.item_offset,
             gzip: self.gzip,
             message: message.to_string(),
@@ -495,6 +516,7 @@ impl DocReader {
     fn malformed(&self, message: &str) -> DumpError {
         DumpError::Malformed {
             path: self.path.clone(),
+            collection: self.collection.clone(),
             offset: self.item_offset,
             gzip: self.gzip,
             message: message.to_string(),
@@ -640,6 +662,7 @@ mod tests {
             message.contains("users.bson") && message.contains(&format!("byte {first_len}")),
             "{message}"
         );
+        assert!(message.contains("(collection `app.users`)"), "{message}");
     }
 
     #[test]
@@ -764,6 +787,10 @@ mod tests {
         let err = for_each_document(orders, |_| Ok::<_, io::Error>(())).unwrap_err();
         assert!(matches!(err, DumpError::Truncated { .. }), "{err}");
         assert!(err.to_string().contains("app.archive"), "{err}");
+        assert!(
+            err.to_string().contains("(collection `app.orders`)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -103,25 +103,9 @@ pub async fn compare(
     expected: Expected<'_>,
     opts: &CompareOptions,
 ) -> Result<Vec<TableVerdict>, LoadError> {
-    let mut client = target
-        .connect()
-        .await
-        .map_err(|message| LoadError::Connect {
-            target: target.to_string(),
-            message,
-        })?;
+    let mut client = super::postgres::connect(target).await?;
     let other = match expected {
-        Expected::Database(settings) => {
-            Some(
-                settings
-                    .connect()
-                    .await
-                    .map_err(|message| LoadError::Connect {
-                        target: settings.to_string(),
-                        message,
-                    })?,
-            )
-        }
+        Expected::Database(settings) => Some(super::postgres::connect(settings).await?),
         Expected::Staged { .. } => None,
     };
     let tx = client

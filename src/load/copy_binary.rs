@@ -15,6 +15,7 @@ use arrow::datatypes::{
 use arrow::record_batch::RecordBatch;
 
 use crate::config::SqlType;
+use crate::decimal::Numeric;
 
 /// `PGCOPY\n\377\r\n\0`, no flags, no header extension.
 pub(crate) const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -65,7 +66,7 @@ fn encode_value(
             let text = column.as_string::<i32>().value(row);
             match ty {
                 SqlType::Jsonb => field(out, &[&[1u8][..], text.as_bytes()]),
-                SqlType::Numeric(_) => numeric_text(text, out)?,
+                SqlType::Numeric(_) => numeric_any(text, out)?,
                 _ => field(out, &[text.as_bytes()]),
             }
         }
@@ -133,7 +134,25 @@ fn field(out: &mut Vec<u8>, parts: &[&[u8]]) {
     }
 }
 
-/// A decimal text as transform writes it (`-12.50`, `7`) as `numeric`.
+/// Any text PostgreSQL's `numeric` input reads (`1e3`, `NaN`, `-Infinity`, ` 12.50 `): an
+/// unconstrained `NUMERIC` column carries it as text.
+fn numeric_any(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let special = |sign: u16, out: &mut Vec<u8>| {
+        out.extend_from_slice(&8i32.to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(&sign.to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+    };
+    match Numeric::parse_pg(text).map_err(|e| format!("`{text}` is not a numeric: {e:?}"))? {
+        Numeric::Finite(d) => numeric_text(&d.to_pg_text(), out)?,
+        Numeric::NaN => special(0xC000, out),
+        Numeric::Infinity => special(0xD000, out),
+        Numeric::NegInfinity => special(0xF000, out),
+    }
+    Ok(())
+}
+
+/// A plain decimal text (`-12.50`, `7`) as `numeric`.
 fn numeric_text(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
     let invalid = || format!("`{text}` is not a plain decimal number");
     let (negative, digits) = match text.strip_prefix('-') {
@@ -245,6 +264,19 @@ mod tests {
         assert_eq!(enc("0.12345"), (2, -1, 0, 5, vec![1234, 5000]));
         assert!(numeric_text("1e5", &mut Vec::new()).is_err());
         assert!(numeric_text("", &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn any_numeric_input_text_encodes() {
+        let mut out = Vec::new();
+        numeric_any("1e3", &mut out).unwrap();
+        assert_eq!(decode(&out), (1, 0, 0, 0, vec![1000]));
+        for (text, sign) in [("NaN", 0xC000), ("Infinity", 0xD000), ("-inf", 0xF000)] {
+            let mut out = Vec::new();
+            numeric_any(text, &mut out).unwrap();
+            assert_eq!(decode(&out), (0, 0, sign, 0, vec![]), "{text}");
+        }
+        assert!(numeric_any("twelve", &mut Vec::new()).is_err());
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub(crate) fn encode_files(
     Ok(())
 }
 
+use crate::pg_time;
+
 /// Appends every row of `batch` to `out`. Fails only on an Arrow type transform never writes.
 pub fn encode_batch(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), String> {
     let columns = batch.columns();
@@ -146,25 +148,15 @@ fn encode_value(column: &ArrayRef, row: usize, out: &mut Vec<u8>, scratch: &mut 
             let v = column.as_primitive::<Decimal128Type>().value(row);
             write_decimal(scratch, v, *scale);
         }
+        // PostgreSQL's own spelling: five-digit years, `BC` for years before 1 AD (chrono
+        // would write `+20240-...` or `-0100-...`, which COPY refuses).
         DataType::Timestamp(_, tz) => {
             let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
-            match chrono::DateTime::from_timestamp_micros(micros) {
-                Some(t) => {
-                    let _ = write!(scratch, "{}", t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f"));
-                    if tz.is_some() {
-                        scratch.push_str("+00");
-                    }
-                }
-                None => scratch.push_str("\\N"),
-            }
+            pg_time::write_timestamp(scratch, micros, tz.is_some());
         }
         DataType::Date32 => {
-            match Date32Type::to_naive_date_opt(column.as_primitive::<Date32Type>().value(row)) {
-                Some(d) => {
-                    let _ = write!(scratch, "{}", d.format("%Y-%m-%d"));
-                }
-                None => scratch.push_str("\\N"),
-            }
+            let days = column.as_primitive::<Date32Type>().value(row);
+            pg_time::write_date(scratch, i64::from(days));
         }
         DataType::Time64(_) => {
             let micros = column.as_primitive::<Time64MicrosecondType>().value(row);
@@ -289,6 +281,42 @@ mod tests {
         assert_eq!(
             encode(vec![d, f, b, t]),
             "-0.005\t0.1\t\\\\x00ff\t2024-03-06 08:00:00.000001\n123.456\t-Infinity\t\\\\x\t1970-01-01 00:00:00.000000\n"
+        );
+    }
+
+    /// Issue 9.2: chrono wrote `+20240-06-15 ...` and `-0100-...`, which COPY refuses.
+    #[test]
+    fn years_past_9999_and_before_1_ad_are_written_the_postgresql_way() {
+        use arrow::array::Date32Array;
+        let day = |y, m, d| pg_time::days_from_civil(y, m, d);
+        let micros = |days: i64| days * pg_time::MICROS_PER_DAY + 36_000_000_000;
+        let dates: ArrayRef = Arc::new(Date32Array::from(vec![
+            i32::try_from(day(20_240, 6, 15)).unwrap(),
+            i32::try_from(day(-100, 6, 15)).unwrap(),
+            i32::try_from(day(0, 12, 31)).unwrap(),
+            i32::try_from(pg_time::LAST_DATE).unwrap(),
+        ]));
+        let stamps: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![
+            micros(day(20_240, 6, 15)),
+            micros(day(-100, 6, 15)),
+            micros(day(0, 12, 31)),
+            pg_time::FIRST_TIMESTAMP_MICROS,
+        ]));
+        let zoned: ArrayRef = Arc::new(
+            TimestampMicrosecondArray::from(vec![
+                micros(day(20_240, 6, 15)),
+                micros(day(-100, 6, 15)),
+                micros(day(0, 12, 31)),
+                i64::MAX,
+            ])
+            .with_timezone("UTC"),
+        );
+        assert_eq!(
+            encode(vec![dates, stamps, zoned]),
+            "20240-06-15\t20240-06-15 10:00:00.000000\t20240-06-15 10:00:00.000000+00\n\
+             0101-06-15 BC\t0101-06-15 10:00:00.000000 BC\t0101-06-15 10:00:00.000000+00 BC\n\
+             0001-12-31 BC\t0001-12-31 10:00:00.000000 BC\t0001-12-31 10:00:00.000000+00 BC\n\
+             5874897-12-31\t4714-11-24 00:00:00.000000 BC\t294247-01-10 04:00:54.775807+00\n"
         );
     }
 }

@@ -167,13 +167,7 @@ pub async fn run(
     let transform_dir = run.stage_dir(Stage::Transform);
     let (loads, written_to) = match sink {
         Sink::Postgres(settings) => {
-            let mut client = settings
-                .connect()
-                .await
-                .map_err(|message| LoadError::Connect {
-                    target: settings.to_string(),
-                    message,
-                })?;
+            let mut client = postgres::connect(settings).await?;
             let loads =
                 postgres::load(&mut client, &plan, &transform_dir, opts.binary_copy).await?;
             (loads, PathBuf::from(settings.to_string()))

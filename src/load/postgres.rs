@@ -15,7 +15,24 @@ use tokio_postgres::{Client, Transaction};
 use super::copy_text::{self, CopyFormat};
 use super::plan::{LoadPlan, Step, TablePlan, WriteCounts};
 use super::{LoadError, OrphanReject, TableLoad};
+use crate::settings::PostgresSettings;
 use crate::staging::FileEntry;
+
+/// A connection to the target, named `etl` in `pg_stat_activity` and in the ledger's `via`.
+pub(crate) async fn connect(settings: &PostgresSettings) -> Result<Client, LoadError> {
+    let client = settings
+        .connect()
+        .await
+        .map_err(|message| LoadError::Connect {
+            target: settings.to_string(),
+            message,
+        })?;
+    client
+        .batch_execute("SET application_name = 'etl'")
+        .await
+        .map_err(|e| sql_error("", "SET application_name", e))?;
+    Ok(client)
+}
 
 /// Runs `plan` in one transaction; returns what happened to each table.
 pub(crate) async fn load(
@@ -24,11 +41,6 @@ pub(crate) async fn load(
     transform_dir: &Path,
     binary: bool,
 ) -> Result<Vec<TableLoad>, LoadError> {
-    // The ledger records which client ran a load (`etl`, or `psql` for a bundle).
-    client
-        .batch_execute("SET application_name = 'etl'")
-        .await
-        .map_err(|e| sql_error("", "SET application_name", e))?;
     let tx = client
         .transaction()
         .await

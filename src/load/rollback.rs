@@ -96,13 +96,7 @@ pub async fn rollback(
     settings: &PostgresSettings,
     opts: &RollbackOptions,
 ) -> Result<RollbackReport, LoadError> {
-    let mut client = settings
-        .connect()
-        .await
-        .map_err(|message| LoadError::Connect {
-            target: settings.to_string(),
-            message,
-        })?;
+    let mut client = super::postgres::connect(settings).await?;
     run(&mut client, config, opts).await
 }
 
@@ -111,7 +105,6 @@ async fn run(
     config: &Config,
     opts: &RollbackOptions,
 ) -> Result<RollbackReport, LoadError> {
-    exec(client, "", "SET application_name = 'etl'").await?;
     let tx = client
         .transaction()
         .await
@@ -471,13 +464,7 @@ fn sql_error(table: &str, sql: &str, source: tokio_postgres::Error) -> LoadError
 
 /// The ledger's loads, newest first, as text cells for `etl status`.
 pub async fn ledger_rows(settings: &PostgresSettings) -> Result<Vec<Vec<String>>, LoadError> {
-    let client = settings
-        .connect()
-        .await
-        .map_err(|message| LoadError::Connect {
-            target: settings.to_string(),
-            message,
-        })?;
+    let client = super::postgres::connect(settings).await?;
     let sql = "SELECT seq::text, run_id, via, coalesce(source, ''), \
                to_char(loaded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), status, \
                coalesce(to_char(rolled_back_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), ''), \

@@ -527,13 +527,7 @@ async fn ledger_state(
     settings: &crate::settings::PostgresSettings,
     manifest: &BundleManifest,
 ) -> Result<LedgerState, LoadError> {
-    let client = settings
-        .connect()
-        .await
-        .map_err(|message| LoadError::Connect {
-            target: settings.to_string(),
-            message,
-        })?;
+    let client = super::postgres::connect(settings).await?;
     let loaded = "SELECT EXISTS (SELECT 1 FROM etl.runs WHERE run_id = $1 AND status = 'loaded')";
     let is_loaded = |run: String| {
         let client = &client;

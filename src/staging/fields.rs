@@ -13,16 +13,24 @@ use crate::config::{ColumnSource, Config, Source, SqlType};
 
 /// Suffix of the column that keeps values that do not fit the typed column.
 pub const RAW_SUFFIX: &str = "__raw";
-/// The documents' `_id`: ObjectId as 24-char hex, a string as is, anything else as extended JSON.
+/// The documents' `_id`: ObjectId as 24-char hex, a string as is, an integer as decimal
+/// text, a UUID (binary subtype 4 or 3) as 8-4-4-4-12 text (references to documents are
+/// staged the same way), anything else as extended JSON.
 pub const ID_FIELD: &str = "_id";
 /// Window fields, always staged.
 pub const CREATION_DATE: &str = "creation_date";
 pub const UPDATE_DATE: &str = "update_date";
+/// Last two columns of every staged collection: set (the reason, and the document's BSON
+/// bytes) on the row of a document extract could not read (invalid UTF-8, malformed BSON,
+/// nesting too deep). Its field columns are then NULL, its `_id` kept when readable;
+/// transform rejects it in every table of the collection, so the counts add up per table.
+pub const DOCUMENT_ERROR: &str = "__document_error";
+pub const DOCUMENT_BSON: &str = "__document_bson";
 
 /// How a staged field is typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldKind {
-    /// Utf8: strings as is, ObjectId as 24-char hex.
+    /// Utf8: strings as is, ObjectId as 24-char hex, UUID as 8-4-4-4-12 text.
     Text,
     /// Int64: int32, int64, and doubles with an integral value.
     Int,
@@ -39,8 +47,9 @@ pub enum FieldKind {
     /// Utf8: any value as relaxed extended JSON.
     Json,
     /// List<Struct{id: Utf8, raw: Utf8}>: an array of ids or embedded documents with `_id`;
-    /// `id` is the element's id when it has one, `raw` the element's extended JSON otherwise;
-    /// a null element is a null struct.
+    /// `id` is the element's id when it has one (ObjectId, string, integer or UUID, as text
+    /// like `_id`), `raw` the element's extended JSON otherwise; a null element is a null
+    /// struct.
     IdList,
 }
 
@@ -144,9 +153,9 @@ pub fn fields_for_collection(config: &Config, collection: &str) -> Vec<StagedFie
 }
 
 /// The Arrow schema of a staged collection: per field, the typed column then its `__raw`
-/// column (not for `_id`, which is always text).
+/// column (not for `_id`, which is always text); then the document error columns.
 pub fn staged_schema(fields: &[StagedField]) -> Schema {
-    let mut columns = Vec::with_capacity(fields.len() * 2);
+    let mut columns = Vec::with_capacity(fields.len() * 2 + 2);
     for f in fields {
         columns.push(Field::new(&f.path, f.kind.data_type(), true));
         if f.path != ID_FIELD {
@@ -157,6 +166,8 @@ pub fn staged_schema(fields: &[StagedField]) -> Schema {
             ));
         }
     }
+    columns.push(Field::new(DOCUMENT_ERROR, DataType::Utf8, true));
+    columns.push(Field::new(DOCUMENT_BSON, DataType::Binary, true));
     Schema::new(columns)
 }
 
@@ -189,5 +200,10 @@ mod tests {
         let schema = staged_schema(&fields);
         assert!(schema.field_with_name("firstname__raw").is_ok());
         assert!(schema.field_with_name("_id__raw").is_err());
+        let last: Vec<&str> = schema.fields()[schema.fields().len() - 2..]
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(last, [DOCUMENT_ERROR, DOCUMENT_BSON]);
     }
 }

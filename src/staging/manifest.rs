@@ -109,6 +109,13 @@ pub struct ManifestEntry {
     /// Load: every statement the live load ran for the table, in order (COPY data left out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statements: Vec<String>,
+    /// Transform, per column: values loaded through a coercion of PostgreSQL's input rules
+    /// (a number into a text column, a numeric or boolean string, a date string).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub coerced: BTreeMap<String, u64>,
+    /// Transform, per column: values rounded to fit (a `NUMERIC(p,s)`'s scale).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rounded: BTreeMap<String, u64>,
     /// Extract (Matomo API): per site, its time zone, the days read and what they held.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_sites: Vec<ApiSite>,
@@ -218,6 +225,9 @@ pub struct Counts {
     /// Load: rows left out because a foreign key pointed nowhere.
     #[serde(default)]
     pub orphans: u64,
+    /// Of `filtered`: losing copies of a repeated `_id` (transform keeps one per key).
+    #[serde(default)]
+    pub duplicates: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

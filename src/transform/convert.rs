@@ -4,8 +4,10 @@
 //! Vectorised: arrow's `cast` does the conversion (a value it cannot represent comes back
 //! NULL, which is how out-of-range values are found), then the checks PostgreSQL would fail
 //! on run over the result (length, NUL bytes, NOT NULL). Values staged in a `__raw` column
-//! (they did not fit the staged type) get one more chance where the target can parse text
-//! (dates), and are rejected with their raw value otherwise.
+//! (they did not fit the staged type) get one more chance: strings parsed as dates, and the
+//! coercions of PostgreSQL's input rules ([`super::coerce`]); they are counted, and rejected
+//! with their raw value when nothing fits. Decimals are rounded to a `NUMERIC(p,s)`'s scale
+//! half away from zero, as PostgreSQL's cast does, and counted.
 
 use std::sync::Arc;
 
@@ -13,11 +15,14 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Date32Builder, Decimal128Builder, StringArray,
     TimestampMicrosecondBuilder,
 };
-use arrow::compute::{cast_with_options, CastOptions};
+use arrow::compute::{cast_with_options, interleave, CastOptions};
 use arrow::datatypes::{DataType, Date32Type, TimeUnit, TimestampMillisecondType};
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
 
+use super::coerce::{coerce, coerced_array};
 use crate::config::{ColumnSpec, SqlType};
+use crate::decimal::{fits_precision, Decimal, DecimalError, Rounding};
+use crate::pg_time;
 
 /// Why one value of a column was refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,15 +59,28 @@ fn decimal_type(p: u32, s: u32) -> DataType {
     DataType::Decimal128(u8::try_from(p).unwrap_or(38), i8::try_from(s).unwrap_or(0))
 }
 
-/// Converts `values` (with its optional `__raw` companion) to `col`'s type. Returns the
-/// converted array and the refused cells (their slots are NULL in the array).
+/// A converted column.
+#[derive(Debug)]
+pub struct Converted {
+    pub array: ArrayRef,
+    /// The refused cells (their slots are NULL in `array`), in row order.
+    pub errors: Vec<CellError>,
+    /// Values loaded through a coercion of PostgreSQL's input rules (a number into a text
+    /// column, a numeric or boolean string, a date string).
+    pub coerced: u64,
+    /// Values rounded to fit (a `NUMERIC(p,s)`'s scale, a large integer into a double).
+    pub rounded: u64,
+}
+
+/// Converts `values` (with its optional `__raw` companion) to `col`'s type.
 pub fn convert_column(
     col: &ColumnSpec,
     values: &ArrayRef,
     raw: Option<&StringArray>,
     tz: chrono_tz::Tz,
-) -> (ArrayRef, Vec<CellError>) {
+) -> Converted {
     let mut errors = Vec::new();
+    let (mut coerced, mut rounded) = (0_u64, 0_u64);
     let error = |row: usize, reason: String, raw: Option<String>| CellError {
         row,
         column: col.name.clone(),
@@ -75,7 +93,8 @@ pub fn convert_column(
             values.as_primitive::<TimestampMillisecondType>().iter(),
             raw,
             tz,
-            |row, r| errors.push(error(row, "unparseable date".into(), Some(r.to_string()))),
+            &mut coerced,
+            |row, reason, r| errors.push(error(row, reason, Some(r))),
         ),
         (
             SqlType::Timestamp | SqlType::TimestampTz,
@@ -85,15 +104,19 @@ pub fn convert_column(
             timestamps(
                 values.as_primitive::<TimestampMillisecondType>().iter(),
                 raw,
+                col.sql_type,
                 target_tz,
-                |row, r| errors.push(error(row, "unparseable date".into(), Some(r.to_string()))),
+                &mut coerced,
+                |row, reason, r| errors.push(error(row, reason, Some(r))),
             )
         }
-        (SqlType::Numeric(Some((p, s))), DataType::Utf8) if p <= 38 => {
-            decimals_from_text(values.as_string::<i32>(), p, s, |row, reason, r| {
-                errors.push(error(row, reason, Some(r.to_string())))
-            })
-        }
+        (SqlType::Numeric(Some((p, s))), DataType::Utf8) if p <= 38 => decimals_from_text(
+            values.as_string::<i32>(),
+            p,
+            s,
+            &mut rounded,
+            |row, reason, r| errors.push(error(row, reason, Some(r.to_string()))),
+        ),
         _ => {
             let options = CastOptions {
                 safe: true,
@@ -128,20 +151,44 @@ pub fn convert_column(
         }
     };
 
-    // Values that did not fit the staged type and were not rescued above.
-    if let Some(raw) = raw {
-        let rescued_dates = matches!(
+    // Values that did not fit the staged type: dates were parsed above; the others get
+    // PostgreSQL's input rules, or are refused with their raw value.
+    let mut converted = converted;
+    if let Some(raw) = raw.filter(|r| r.null_count() < r.len()) {
+        let dates = matches!(
             col.sql_type,
             SqlType::Date | SqlType::Timestamp | SqlType::TimestampTz
         );
         let failed = rows_with_errors(&errors, raw.len());
-        for (row, _) in failed.iter().enumerate().filter(|(_, f)| !**f) {
-            if raw.is_valid(row) && !(rescued_dates && converted.is_valid(row)) {
-                errors.push(error(
-                    row,
-                    format!("wrong type for {}", col.sql_type),
-                    Some(raw.value(row).to_string()),
-                ));
+        let mut rescued = Vec::new();
+        for row in (0..raw.len()).filter(|r| !failed[*r] && raw.is_valid(*r)) {
+            if dates {
+                if converted.is_null(row) {
+                    let reason = format!("wrong type for {}", col.sql_type);
+                    errors.push(error(row, reason, Some(raw.value(row).to_string())));
+                }
+                continue;
+            }
+            match coerce(col.sql_type, raw.value(row)) {
+                Ok(c) => {
+                    rounded += u64::from(c.rounded);
+                    rescued.push((row, c.value));
+                }
+                Err(reason) => errors.push(error(row, reason, Some(raw.value(row).to_string()))),
+            }
+        }
+        if !rescued.is_empty() {
+            match merge(&converted, &target, rescued) {
+                Ok((array, n)) => {
+                    converted = array;
+                    coerced += n;
+                }
+                Err(rows) => {
+                    for (row, shown) in rows {
+                        let reason = format!("cannot convert to {}", col.sql_type);
+                        errors.push(error(row, reason, Some(shown)));
+                    }
+                }
             }
         }
     }
@@ -179,7 +226,44 @@ pub fn convert_column(
         }
     }
     errors.sort_by_key(|e| e.row);
-    (converted, errors)
+    Converted {
+        array: converted,
+        errors,
+        coerced,
+        rounded,
+    }
+}
+
+/// `converted` with the coerced values put in their rows; the number put. On a type
+/// mismatch (a bug, not data), the rows and their values for rejects.
+fn merge(
+    converted: &ArrayRef,
+    target: &DataType,
+    rescued: Vec<(usize, super::coerce::Coerced)>,
+) -> Result<(ArrayRef, u64), Vec<(usize, String)>> {
+    let rows: Vec<usize> = rescued.iter().map(|(row, _)| *row).collect();
+    let shown = |rescued: &[(usize, super::coerce::Coerced)]| {
+        rescued
+            .iter()
+            .map(|(row, v)| (*row, format!("{v:?}")))
+            .collect::<Vec<_>>()
+    };
+    let debug = shown(&rescued);
+    let values: Vec<_> = rescued.into_iter().map(|(_, v)| v).collect();
+    let Some(patch) = coerced_array(target, values) else {
+        return Err(debug);
+    };
+    // (0, row) keeps the converted value, (1, k) takes the k-th coerced one.
+    let mut indices: Vec<(usize, usize)> = (0..converted.len()).map(|r| (0, r)).collect();
+    for (k, row) in rows.iter().enumerate() {
+        if let Some(slot) = indices.get_mut(*row) {
+            *slot = (1, k);
+        }
+    }
+    match interleave(&[converted.as_ref(), patch.as_ref()], &indices) {
+        Ok(array) => Ok((array, rows.len() as u64)),
+        Err(_) => Err(debug),
+    }
 }
 
 /// Which rows already have an error (a lookup per row, not a scan of the errors: a column
@@ -194,23 +278,42 @@ fn rows_with_errors(errors: &[CellError], rows: usize) -> Vec<bool> {
     failed
 }
 
-/// Timestamps (ms since epoch, UTC) -> microseconds; raw strings parsed as dates.
+/// Timestamps (ms since epoch, UTC) -> microseconds; raw strings parsed as dates. A value
+/// outside what PostgreSQL (and the staged µs) can hold is refused with its reason.
 fn timestamps(
     values: impl Iterator<Item = Option<i64>>,
     raw: Option<&StringArray>,
+    ty: SqlType,
     tz: Option<String>,
-    mut bad: impl FnMut(usize, &str),
+    coerced: &mut u64,
+    mut bad: impl FnMut(usize, String, String),
 ) -> ArrayRef {
     let mut out = TimestampMicrosecondBuilder::new().with_timezone_opt(tz);
     for (row, ms) in values.enumerate() {
         let parsed = match (ms, raw_at(raw, row)) {
-            (Some(ms), _) => ms.checked_mul(1000),
+            (Some(ms), _) => match timestamp_micros(ms, ty) {
+                Ok(micros) => Some(micros),
+                Err(reason) => {
+                    bad(row, reason, bson_date_json(ms));
+                    None
+                }
+            },
             (None, Some(r)) => {
                 let t = parse_date_text(r).map(|t| t.timestamp_micros());
-                if t.is_none() {
-                    bad(row, r);
+                match t.map(|t| check_timestamp(t, ty)) {
+                    Some(Ok(micros)) => {
+                        *coerced += 1;
+                        Some(micros)
+                    }
+                    Some(Err(reason)) => {
+                        bad(row, reason, r.to_string());
+                        None
+                    }
+                    None => {
+                        bad(row, "unparseable date".into(), r.to_string());
+                        None
+                    }
                 }
-                t
             }
             (None, None) => None,
         };
@@ -219,34 +322,118 @@ fn timestamps(
     Arc::new(out.finish())
 }
 
+/// A BSON date (ms since 1970) as staged microseconds, if PostgreSQL's `TIMESTAMP` holds it.
+fn timestamp_micros(ms: i64, ty: SqlType) -> Result<i64, String> {
+    match ms.checked_mul(1000) {
+        Some(micros) => check_timestamp(micros, ty),
+        None => Err(timestamp_range_error(ms.div_euclid(MILLIS_PER_DAY), ty)),
+    }
+}
+
+fn check_timestamp(micros: i64, ty: SqlType) -> Result<i64, String> {
+    if micros < pg_time::FIRST_TIMESTAMP_MICROS {
+        return Err(timestamp_range_error(
+            micros.div_euclid(pg_time::MICROS_PER_DAY),
+            ty,
+        ));
+    }
+    Ok(micros)
+}
+
+fn timestamp_range_error(days: i64, ty: SqlType) -> String {
+    // PostgreSQL's TIMESTAMP ends in 294276; Arrow's µs since 1970 end on 294247-01-10.
+    format!(
+        "date out of range for {ty}: year {}, outside 4714-11-24 BC .. 294247-01-10",
+        pg_time::year_text(days)
+    )
+}
+
+fn date_range_error(days: i64) -> String {
+    format!(
+        "date out of range for DATE: year {}, outside 4714-11-24 BC .. 5874897-12-31",
+        pg_time::year_text(days)
+    )
+}
+
+/// A day (since 1970) as `Date32`, if PostgreSQL's `DATE` holds it.
+fn check_date(days: i64) -> Result<i32, String> {
+    if (pg_time::FIRST_DAY..=pg_time::LAST_DATE).contains(&days) {
+        i32::try_from(days).map_err(|_| date_range_error(days))
+    } else {
+        Err(date_range_error(days))
+    }
+}
+
+const MILLIS_PER_DAY: i64 = 86_400_000;
+
+/// A BSON date as relaxed extended JSON, the way the raw column would show it.
+fn bson_date_json(ms: i64) -> String {
+    format!("{{\"$date\":{{\"$numberLong\":\"{ms}\"}}}}")
+}
+
+/// The calendar day (since 1970) an instant falls on in `tz`. Integer arithmetic, so every
+/// BSON date has a day; beyond chrono's ±262143 years the zone's offset at the nearest
+/// instant chrono knows is used.
+fn local_day(ms: i64, tz: chrono_tz::Tz) -> i64 {
+    let secs = ms.div_euclid(1000);
+    let offset = if tz == chrono_tz::UTC {
+        0
+    } else {
+        let known = secs.clamp(
+            DateTime::<Utc>::MIN_UTC.timestamp(),
+            DateTime::<Utc>::MAX_UTC.timestamp(),
+        );
+        DateTime::from_timestamp(known, 0).map_or(0, |t| {
+            i64::from(
+                tz.offset_from_utc_datetime(&t.naive_utc())
+                    .fix()
+                    .local_minus_utc(),
+            )
+        })
+    };
+    // |secs| <= 9.3e15 and |offset| < 1 day: no overflow.
+    (secs + offset).div_euclid(86_400)
+}
+
 /// Timestamps -> the calendar date they fall on in `tz`; raw strings parsed as dates.
 fn dates_in_zone(
     values: impl Iterator<Item = Option<i64>>,
     raw: Option<&StringArray>,
     tz: chrono_tz::Tz,
-    mut bad: impl FnMut(usize, &str),
+    coerced: &mut u64,
+    mut bad: impl FnMut(usize, String, String),
 ) -> ArrayRef {
     let mut out = Date32Builder::new();
     for (row, ms) in values.enumerate() {
-        let instant = match (ms, raw_at(raw, row)) {
-            (Some(ms), _) => DateTime::<Utc>::from_timestamp_millis(ms),
+        let day = match (ms, raw_at(raw, row)) {
+            (Some(ms), _) => {
+                Some(check_date(local_day(ms, tz)).map_err(|e| (e, bson_date_json(ms))))
+            }
             (None, Some(r)) => {
                 // A bare `YYYY-MM-DD` is already a date: no zone applies.
-                if let Ok(d) = NaiveDate::parse_from_str(unquote(r), "%Y-%m-%d") {
-                    out.append_value(Date32Type::from_naive_date(d));
-                    continue;
+                let day = match NaiveDate::parse_from_str(unquote(r), "%Y-%m-%d") {
+                    Ok(d) => Some(i64::from(Date32Type::from_naive_date(d))),
+                    Err(_) => parse_date_text(r).map(|t| local_day(t.timestamp_millis(), tz)),
+                };
+                match day {
+                    Some(day) => {
+                        let day = check_date(day).map_err(|e| (e, r.to_string()));
+                        *coerced += u64::from(day.is_ok());
+                        Some(day)
+                    }
+                    None => Some(Err(("unparseable date".to_string(), r.to_string()))),
                 }
-                let t = parse_date_text(r);
-                if t.is_none() {
-                    bad(row, r);
-                }
-                t
             }
             (None, None) => None,
         };
-        out.append_option(instant.map(|t| {
-            Date32Type::from_naive_date(tz.from_utc_datetime(&t.naive_utc()).date_naive())
-        }));
+        match day {
+            Some(Ok(day)) => out.append_value(day),
+            Some(Err((reason, raw))) => {
+                bad(row, reason, raw);
+                out.append_null();
+            }
+            None => out.append_null(),
+        }
     }
     Arc::new(out.finish())
 }
@@ -279,22 +466,29 @@ pub fn parse_date_text(raw: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-/// Exact decimal text -> Decimal128(p, s); more digits than the type holds is a reject,
-/// never a rounding.
+/// Decimal text -> Decimal128(p, s), rounded half away from zero to the scale like
+/// PostgreSQL's cast (counted in `rounded`); more integer digits than the type holds is a
+/// reject.
 fn decimals_from_text(
     values: &StringArray,
     p: u32,
     s: u32,
+    rounded: &mut u64,
     mut bad: impl FnMut(usize, String, &str),
 ) -> ArrayRef {
-    let mut out = Decimal128Builder::new();
+    let mut out = Decimal128Builder::with_capacity(values.len());
     for (row, value) in values.iter().enumerate() {
-        let parsed = value.map(|v| (v, parse_decimal(v, p, s)));
-        match parsed {
-            None => out.append_null(),
-            Some((_, Ok(n))) => out.append_value(n),
-            Some((v, Err(reason))) => {
-                bad(row, reason, v);
+        let Some(text) = value else {
+            out.append_null();
+            continue;
+        };
+        match parse_decimal(text, p, s) {
+            Ok((n, was_rounded)) => {
+                *rounded += u64::from(was_rounded);
+                out.append_value(n);
+            }
+            Err(reason) => {
+                bad(row, reason, text);
                 out.append_null();
             }
         }
@@ -308,59 +502,21 @@ fn decimals_from_text(
     }
 }
 
-/// `-12.50` with (p=10, s=2) -> 1250 * sign. Exponents (`1.5E+3`) are accepted.
-fn parse_decimal(text: &str, p: u32, s: u32) -> Result<i128, String> {
-    let invalid = || format!("`{text}` is not a decimal number");
-    let (mantissa, exponent) = match text.find(['e', 'E']) {
-        Some(i) => (
-            &text[..i],
-            text[i + 1..].parse::<i32>().map_err(|_| invalid())?,
-        ),
-        None => (text, 0),
-    };
-    let (negative, digits) = match mantissa.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, mantissa.strip_prefix('+').unwrap_or(mantissa)),
-    };
-    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
-    if int_part.is_empty() && frac_part.is_empty()
-        || !int_part
-            .chars()
-            .chain(frac_part.chars())
-            .all(|c| c.is_ascii_digit())
-    {
-        return Err(invalid());
-    }
-    let all: String = format!("{int_part}{frac_part}");
-    // value = all * 10^(exponent - frac_len); we want value * 10^s as an integer.
-    let shift = exponent - frac_part.len() as i32 + s as i32;
-    let trimmed = all.trim_start_matches('0');
-    let mut n: i128 = 0;
+/// `-12.50` with (p=10, s=2) -> (-1250, false); `37.123456` -> (3712, true). Exponents
+/// (`1.5E+3`) are accepted.
+fn parse_decimal(text: &str, p: u32, s: u32) -> Result<(i128, bool), String> {
     let too_big = || format!("`{text}` does not fit NUMERIC({p},{s})");
-    for c in trimmed.chars() {
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add(i128::from(c as u8 - b'0')))
-            .ok_or_else(too_big)?;
-    }
-    if shift >= 0 {
-        for _ in 0..shift {
-            n = n.checked_mul(10).ok_or_else(too_big)?;
-        }
-    } else {
-        for _ in 0..(-shift) {
-            if n % 10 != 0 {
-                return Err(format!(
-                    "`{text}` has more than {s} decimal places for NUMERIC({p},{s})"
-                ));
-            }
-            n /= 10;
-        }
-    }
-    if n >= 10i128.pow(p) {
+    let scaled = Decimal::parse(text.as_bytes())
+        .map_err(|_| format!("`{text}` is not a decimal number"))?
+        .to_scaled::<i128>(s, Rounding::HalfAwayFromZero)
+        .map_err(|e| match e {
+            DecimalError::Syntax => format!("`{text}` is not a decimal number"),
+            _ => too_big(),
+        })?;
+    if !fits_precision(scaled.value, p) {
         return Err(too_big());
     }
-    Ok(if negative { -n } else { n })
+    Ok((scaled.value, scaled.rounded))
 }
 
 /// A cell as text, for reject files.
@@ -377,6 +533,17 @@ mod tests {
     use crate::config::ColumnSource;
     use arrow::array::{Int64Array, TimestampMillisecondArray, UInt64Array};
 
+    /// (array, errors) of `convert_column`.
+    fn conv(
+        col: &ColumnSpec,
+        values: &ArrayRef,
+        raw: Option<&StringArray>,
+        tz: chrono_tz::Tz,
+    ) -> (ArrayRef, Vec<CellError>) {
+        let c = convert_column(col, values, raw, tz);
+        (c.array, c.errors)
+    }
+
     fn col(name: &str, ty: &str, nullable: bool) -> ColumnSpec {
         ColumnSpec {
             name: name.into(),
@@ -390,8 +557,7 @@ mod tests {
     #[test]
     fn out_of_range_integers_are_refused_not_wrapped() {
         let values: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), Some(40_000), None]));
-        let (out, errors) =
-            convert_column(&col("n", "SMALLINT", true), &values, None, chrono_tz::UTC);
+        let (out, errors) = conv(&col("n", "SMALLINT", true), &values, None, chrono_tz::UTC);
         assert_eq!(
             out.as_primitive::<arrow::datatypes::Int16Type>().value(0),
             1
@@ -407,7 +573,7 @@ mod tests {
     #[test]
     fn unsigned_bigint_fits_numeric_20() {
         let values: ArrayRef = Arc::new(UInt64Array::from(vec![u64::MAX]));
-        let (out, errors) = convert_column(
+        let (out, errors) = conv(
             &col("id", "NUMERIC(20,0)", false),
             &values,
             None,
@@ -425,7 +591,7 @@ mod tests {
             Some("a\0b"),
             None,
         ]));
-        let (_, errors) = convert_column(
+        let (_, errors) = conv(
             &col("s", "VARCHAR(3)", false),
             &values,
             None,
@@ -449,10 +615,11 @@ mod tests {
         let values: ArrayRef = Arc::new(StringArray::from(vec![None::<&str>; n]));
         let raw = StringArray::from(
             (0..n)
-                .map(|i| (i % 2 == 0).then_some("42"))
+                // A boolean: a number would now be coerced to text (issue 9.7).
+                .map(|i| (i % 2 == 0).then_some("true"))
                 .collect::<Vec<_>>(),
         );
-        let (_, errors) = convert_column(
+        let (_, errors) = conv(
             &col("s", "TEXT", false),
             &values,
             Some(&raw),
@@ -473,10 +640,83 @@ mod tests {
         let values: ArrayRef =
             Arc::new(TimestampMillisecondArray::from(vec![ms]).with_timezone("UTC"));
         let paris: chrono_tz::Tz = "Europe/Paris".parse().unwrap();
-        let (utc, _) = convert_column(&col("day", "DATE", false), &values, None, chrono_tz::UTC);
-        let (local, _) = convert_column(&col("day", "DATE", false), &values, None, paris);
+        let (utc, _) = conv(&col("day", "DATE", false), &values, None, chrono_tz::UTC);
+        let (local, _) = conv(&col("day", "DATE", false), &values, None, paris);
         assert_eq!(display_value(&utc, 0), "2024-03-06");
         assert_eq!(display_value(&local, 0), "2024-03-07");
+    }
+
+    /// Issue 9.1: these came out NULL with no reject (nullable) or as "NULL in NOT NULL
+    /// column" without the value (NOT NULL).
+    #[test]
+    fn out_of_range_bson_dates_are_refused_with_reason_and_value() {
+        // 300000-01-01T00:00:00Z.
+        let year_300000 = 9_404_918_380_800_000_i64;
+        let values: ArrayRef = Arc::new(
+            TimestampMillisecondArray::from(vec![Some(year_300000), Some(i64::MAX), Some(0)])
+                .with_timezone("UTC"),
+        );
+        for nullable in [true, false] {
+            for ty in ["TIMESTAMP", "TIMESTAMPTZ"] {
+                let (out, errors) = conv(&col("t", ty, nullable), &values, None, chrono_tz::UTC);
+                let got: Vec<(usize, &str, Option<&str>)> = errors
+                    .iter()
+                    .map(|e| (e.row, e.reason.as_str(), e.raw.as_deref()))
+                    .collect();
+                assert_eq!(got.len(), 2, "{ty}: {got:?}");
+                assert_eq!(got[0].0, 0);
+                assert!(
+                    got[0]
+                        .1
+                        .starts_with(&format!("date out of range for {ty}: year 300000")),
+                    "{got:?}"
+                );
+                assert_eq!(
+                    got[0].2,
+                    Some(r#"{"$date":{"$numberLong":"9404918380800000"}}"#)
+                );
+                assert_eq!(got[1].0, 1);
+                assert!(got[1].1.contains("out of range"), "{got:?}");
+                assert_eq!(
+                    got[1].2,
+                    Some(r#"{"$date":{"$numberLong":"9223372036854775807"}}"#)
+                );
+                assert!(out.is_valid(2), "1970 still converts");
+            }
+            // PostgreSQL's DATE reaches 5874897: year 300000 is a date, i64::MAX ms is not.
+            let (out, errors) = conv(&col("d", "DATE", nullable), &values, None, chrono_tz::UTC);
+            assert_eq!(
+                i64::from(out.as_primitive::<Date32Type>().value(0)),
+                pg_time::days_from_civil(300_000, 1, 1)
+            );
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].row, 1);
+            assert!(
+                errors[0]
+                    .reason
+                    .starts_with("date out of range for DATE: year 292278994"),
+                "{errors:?}"
+            );
+            assert_eq!(
+                errors[0].raw.as_deref(),
+                Some(r#"{"$date":{"$numberLong":"9223372036854775807"}}"#)
+            );
+        }
+    }
+
+    /// Before PostgreSQL's first day (4714-11-24 BC) is refused; that day itself loads.
+    #[test]
+    fn dates_before_julian_day_zero_are_refused() {
+        let first = pg_time::FIRST_DAY * MILLIS_PER_DAY;
+        let values: ArrayRef =
+            Arc::new(TimestampMillisecondArray::from(vec![first, first - 1]).with_timezone("UTC"));
+        for ty in ["TIMESTAMP", "DATE"] {
+            let (out, errors) = conv(&col("t", ty, true), &values, None, chrono_tz::UTC);
+            assert!(out.is_valid(0), "{ty}");
+            assert_eq!(errors.len(), 1, "{ty}: {errors:?}");
+            assert_eq!(errors[0].row, 1);
+            assert!(errors[0].reason.contains("year 4714 BC"), "{errors:?}");
+        }
     }
 
     #[test]
@@ -488,7 +728,7 @@ mod tests {
             Some("\"yesterday\""),
             Some("42"),
         ]);
-        let (out, errors) = convert_column(
+        let (out, errors) = conv(
             &col("t", "TIMESTAMP", true),
             &values,
             Some(&raw),
@@ -507,7 +747,7 @@ mod tests {
     fn wrong_types_keep_their_raw_value() {
         let values: ArrayRef = Arc::new(StringArray::from(vec![None::<&str>]));
         let raw = StringArray::from(vec![Some("{\"$numberLong\":\"7\"}")]);
-        let (_, errors) = convert_column(
+        let (_, errors) = conv(
             &col("name", "TEXT", true),
             &values,
             Some(&raw),
@@ -518,16 +758,121 @@ mod tests {
     }
 
     #[test]
-    fn decimals_are_exact_or_refused() {
-        assert_eq!(parse_decimal("12.5", 10, 2), Ok(1250));
-        assert_eq!(parse_decimal("-0.01", 10, 2), Ok(-1));
-        assert_eq!(parse_decimal("1.5E+3", 10, 2), Ok(150000));
-        assert!(parse_decimal("1.005", 10, 2)
-            .unwrap_err()
-            .contains("decimal places"));
+    fn decimals_are_rounded_to_the_scale_or_refused() {
+        assert_eq!(parse_decimal("12.5", 10, 2), Ok((1250, false)));
+        assert_eq!(parse_decimal("-0.01", 10, 2), Ok((-1, false)));
+        assert_eq!(parse_decimal("1.5E+3", 10, 2), Ok((150_000, false)));
+        // Issue 9.7: PostgreSQL rounds half away from zero to the scale.
+        assert_eq!(parse_decimal("1.005", 10, 2), Ok((101, true)));
+        assert_eq!(parse_decimal("37.123456", 10, 2), Ok((3712, true)));
         assert!(parse_decimal("123456789", 5, 0)
             .unwrap_err()
             .contains("does not fit"));
+        assert!(parse_decimal("99999.995", 7, 2)
+            .unwrap_err()
+            .contains("does not fit"));
         assert!(parse_decimal("abc", 5, 0).is_err());
+        // Issue 9.10: the exponent sum overflowed (a panic in debug builds).
+        assert!(parse_decimal("1e2147483647", 10, 2)
+            .unwrap_err()
+            .contains("does not fit"));
+        assert_eq!(parse_decimal("1e-2147483648", 10, 2), Ok((0, true)));
+    }
+
+    /// Issue 9.7: the reference tool loaded these through PostgreSQL's input rules; etl
+    /// rejected them (and a rejected parent orphaned its whole subtree).
+    #[test]
+    fn raw_values_get_postgresql_s_coercions_and_are_counted() {
+        let nulls = |n: usize| -> ArrayRef { Arc::new(StringArray::from(vec![None::<&str>; n])) };
+        let raw = StringArray::from(vec![Some("42"), None, Some("1e20"), Some("true")]);
+        let text: ArrayRef = Arc::new(StringArray::from(vec![None, Some("kept"), None, None]));
+        let c = convert_column(
+            &col("code", "VARCHAR(50)", true),
+            &text,
+            Some(&raw),
+            chrono_tz::UTC,
+        );
+        assert_eq!(
+            (0..4)
+                .map(|r| display_value(&c.array, r))
+                .collect::<Vec<_>>(),
+            ["42", "kept", "1e+20", "null"]
+        );
+        assert_eq!((c.coerced, c.rounded), (2, 0));
+        assert_eq!(c.errors.len(), 1);
+        assert_eq!(
+            (
+                c.errors[0].row,
+                c.errors[0].reason.as_str(),
+                c.errors[0].raw.as_deref()
+            ),
+            (3, "wrong type for VARCHAR(50)", Some("true"))
+        );
+
+        let raw = StringArray::from(vec![Some("\" 120 \""), Some("\"12a\""), Some("\"70000\"")]);
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![None::<i64>; 3]));
+        let c = convert_column(
+            &col("n", "SMALLINT", true),
+            &ints,
+            Some(&raw),
+            chrono_tz::UTC,
+        );
+        assert_eq!(display_value(&c.array, 0), "120");
+        let reasons: Vec<&str> = c.errors.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "invalid input syntax for SMALLINT",
+                "out of range for SMALLINT"
+            ]
+        );
+        assert_eq!(c.coerced, 1);
+
+        let raw = StringArray::from(vec![Some("\"yes\""), Some("0")]);
+        let c = convert_column(
+            &col("b", "BOOLEAN", false),
+            &nulls(2),
+            Some(&raw),
+            chrono_tz::UTC,
+        );
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        assert_eq!(
+            (display_value(&c.array, 0), display_value(&c.array, 1)),
+            ("true".into(), "false".into())
+        );
+
+        // A double staged as decimal text rounds to the scale; a numeric string too.
+        let decimals: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("37.123456"),
+            None,
+            Some("12.5"),
+        ]));
+        let raw = StringArray::from(vec![None, Some("\"1.005\""), None]);
+        let c = convert_column(
+            &col("price", "NUMERIC(10,2)", true),
+            &decimals,
+            Some(&raw),
+            chrono_tz::UTC,
+        );
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        assert_eq!(
+            (0..3)
+                .map(|r| display_value(&c.array, r))
+                .collect::<Vec<_>>(),
+            ["37.12", "1.01", "12.50"]
+        );
+        assert_eq!((c.coerced, c.rounded), (1, 2));
+    }
+
+    #[test]
+    fn raw_date_strings_are_counted_as_coerced() {
+        let values: ArrayRef =
+            Arc::new(TimestampMillisecondArray::from(vec![None, Some(0)]).with_timezone("UTC"));
+        let raw = StringArray::from(vec![Some("\"2024-03-06\""), None]);
+        for ty in ["TIMESTAMP", "DATE"] {
+            let c = convert_column(&col("t", ty, true), &values, Some(&raw), chrono_tz::UTC);
+            assert!(c.errors.is_empty());
+            assert_eq!(c.coerced, 1, "{ty}");
+        }
     }
 }

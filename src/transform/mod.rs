@@ -4,13 +4,25 @@
 //!
 //! Batches are processed in parallel in bounded chunks and written in input order, so the
 //! output is deterministic and memory stays flat whatever the input size (except for dedupe
-//! tables, which hold their rows until every file is read).
+//! tables, which hold their rows until every file is read). Before its tables, a MongoDB
+//! collection's `_id`s are scanned once for repeats (8 bytes per document while scanning, see
+//! `duplicates`): only the latest copy of a repeated `_id` is transformed.
+//!
+//! A document extract could not read (malformed BSON, invalid UTF-8, nesting too deep) is
+//! staged as a row of its collection with the reason and its BSON bytes
+//! (`fields::DOCUMENT_ERROR`, `DOCUMENT_BSON`): it was extracted, so each table of the
+//! collection counts it and rejects it (once, in link tables too, whose elements it cannot
+//! tell), with the bytes in hex as its raw value. Per table, extracted = transformed +
+//! rejected + filtered holds with extract-stage rejects included.
 
+mod coerce;
 mod convert;
 mod dedupe;
+mod duplicates;
+mod pg_input;
 mod rows;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,14 +34,25 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 
 pub use convert::{parse_date_text, target_type, CellError};
-pub use rows::{output_schema, transform_batch, BatchOutput, Reject};
+pub use rows::{output_schema, transform_batch, Adjusted, BatchOutput, Reject};
 
-use crate::config::{Config, TableSpec};
+use crate::config::{Config, Source, TableSpec};
 use crate::staging::{
     self, Counts, Manifest, ManifestEntry, PartWriter, RejectRow, RunDir, Stage, StagingError,
 };
+use duplicates::Duplicates;
 
 const READ_BATCH_ROWS: usize = 32 * 1024;
+/// Fewer rows per read batch when a row group's values are large (long texts), so that one
+/// batch's text stays far below Arrow's 2 GiB offsets (and memory stays bounded).
+const READ_BATCH_BYTES: u64 = 256 << 20;
+
+/// Rows per read batch for a row group of `rows` rows and `bytes` uncompressed bytes.
+fn read_batch_rows(rows: u64, bytes: u64) -> usize {
+    let per_row = bytes.div_ceil(rows.max(1)).max(1);
+    let fit = usize::try_from(READ_BATCH_BYTES / per_row).unwrap_or(usize::MAX);
+    fit.clamp(1, READ_BATCH_ROWS)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
@@ -64,6 +87,9 @@ pub struct TableReport {
     pub seconds: f64,
     /// Set when the run holds nothing for this table's source.
     pub skipped: Option<String>,
+    /// Values loaded through a coercion, and rounded, in all columns.
+    pub coerced: u64,
+    pub rounded: u64,
 }
 
 /// Transforms a staged run (the latest with a finished extract when `run` is None).
@@ -95,10 +121,49 @@ pub fn run(
         .par_iter()
         .try_for_each(|f| staging::verify_file(&extract_dir, f))?;
 
+    // Repeated `_id`s, once per collection whatever the number of tables reading it.
+    let mut pieces_of: HashMap<&str, Vec<duplicates::Piece>> = HashMap::new();
+    let mut duplicates_of: HashMap<&str, Duplicates> = HashMap::new();
+    for table in &selected {
+        let name = table.source.name();
+        let Some(entry) = extract.entry(name) else {
+            continue;
+        };
+        if pieces_of.contains_key(name) {
+            continue;
+        }
+        let pieces = pieces(&extract_dir, entry)?;
+        if matches!(table.source, Source::Mongo { .. }) {
+            let found = Duplicates::find(&pieces)?;
+            if !found.is_empty() {
+                tracing::warn!(
+                    collection = name,
+                    ids = found.repeated_ids(),
+                    "the same _id in several documents: {}",
+                    duplicates::RULE
+                );
+            }
+            duplicates_of.insert(name, found);
+        }
+        pieces_of.insert(name, pieces);
+    }
+    let no_duplicates = Duplicates::default();
+
     let results: Vec<Result<(ManifestEntry, TableReport), TransformError>> = selected
         .par_iter()
         .map(|table| match extract.entry(table.source.name()) {
-            Some(entry) => transform_table(table, &extract_dir, entry, &out_dir, &rejects_dir),
+            Some(entry) => transform_table(
+                table,
+                entry,
+                pieces_of
+                    .get(table.source.name())
+                    .map_or(&[][..], Vec::as_slice),
+                duplicates_of
+                    .get(table.source.name())
+                    .unwrap_or(&no_duplicates),
+                &out_dir,
+                &rejects_dir,
+            ),
             None => Ok((
                 ManifestEntry {
                     name: table.name.clone(),
@@ -114,6 +179,8 @@ pub fn run(
                         table.source.name(),
                         run.id
                     )),
+                    coerced: 0,
+                    rounded: 0,
                 },
             )),
         })
@@ -141,21 +208,17 @@ struct Piece {
     rejects: Vec<Reject>,
     /// Rows of dedupe tables, merged once every piece is done.
     held: Vec<RecordBatch>,
+    adjusted: BTreeMap<String, Adjusted>,
 }
 
-/// Transforms every staged file of one table's source: one task per row group, in
-/// parallel, each writing its own part files (named in input order, so the output is the
-/// same whatever the number of threads).
-fn transform_table(
-    table: &TableSpec,
+/// The row groups of a source's staged files, in input order, each with the input-order
+/// number of its first row.
+fn pieces(
     extract_dir: &Path,
     entry: &ManifestEntry,
-    out_dir: &Path,
-    rejects_dir: &Path,
-) -> Result<(ManifestEntry, TableReport), TransformError> {
-    let started = Instant::now();
-    let schema = output_schema(table);
-    let mut tasks = Vec::new();
+) -> Result<Vec<duplicates::Piece>, TransformError> {
+    let mut pieces = Vec::new();
+    let mut first_row = 0u64;
     for file in &entry.files {
         let path = extract_dir.join(&file.path);
         let reader = std::fs::File::open(&path).map_err(StagingError::io(&path))?;
@@ -165,12 +228,35 @@ fn transform_table(
                 source,
             }
         })?;
-        tasks.extend((0..builder.metadata().num_row_groups()).map(|rg| (path.clone(), rg)));
+        for (row_group, meta) in builder.metadata().row_groups().iter().enumerate() {
+            pieces.push(duplicates::Piece {
+                path: path.clone(),
+                row_group,
+                first_row,
+            });
+            first_row += u64::try_from(meta.num_rows()).unwrap_or(0);
+        }
     }
+    Ok(pieces)
+}
+
+/// Transforms every staged file of one table's source: one task per row group, in
+/// parallel, each writing its own part files (named in input order, so the output is the
+/// same whatever the number of threads).
+fn transform_table(
+    table: &TableSpec,
+    entry: &ManifestEntry,
+    tasks: &[duplicates::Piece],
+    duplicates: &Duplicates,
+    out_dir: &Path,
+    rejects_dir: &Path,
+) -> Result<(ManifestEntry, TableReport), TransformError> {
+    let started = Instant::now();
+    let schema = output_schema(table);
     let pieces: Vec<Piece> = tasks
         .par_iter()
         .enumerate()
-        .map(|(i, (path, rg))| transform_piece(table, &schema, path, *rg, out_dir, i))
+        .map(|(i, piece)| transform_piece(table, &schema, piece, duplicates, out_dir, i))
         .collect::<Result<_, _>>()?;
 
     let mut counts = Counts::default();
@@ -179,11 +265,13 @@ fn transform_table(
     let mut parent_files = Vec::new();
     let mut rejects = Vec::new();
     let mut held = Vec::new();
+    let mut adjusted = BTreeMap::new();
     for piece in pieces {
         counts.extracted += piece.counts.extracted;
         counts.transformed += piece.counts.transformed;
         counts.rejected += piece.counts.rejected;
         counts.filtered += piece.counts.filtered;
+        counts.duplicates += piece.counts.duplicates;
         for (rule, n) in piece.filtered_by_rule {
             *filtered_by_rule.entry(rule).or_default() += n;
         }
@@ -191,6 +279,7 @@ fn transform_table(
         parent_files.extend(piece.parent_files);
         rejects.extend(piece.rejects);
         held.extend(piece.held);
+        add_adjusted(&mut adjusted, piece.adjusted);
     }
     let table_dir = out_dir.join(&table.name);
     if let Some(spec) = &table.dedupe {
@@ -228,6 +317,8 @@ fn transform_table(
         counts,
         seconds,
         filtered_by_rule: filtered_by_rule.clone(),
+        coerced: per_column(&adjusted, |a| a.coerced),
+        rounded: per_column(&adjusted, |a| a.rounded),
         ..Default::default()
     };
     Ok((
@@ -238,28 +329,62 @@ fn transform_table(
             filtered_by_rule,
             seconds,
             skipped: None,
+            coerced: adjusted.values().map(|a| a.coerced).sum(),
+            rounded: adjusted.values().map(|a| a.rounded).sum(),
         },
     ))
+}
+
+fn add_adjusted(total: &mut BTreeMap<String, Adjusted>, more: BTreeMap<String, Adjusted>) {
+    for (column, a) in more {
+        let t = total.entry(column).or_default();
+        t.coerced += a.coerced;
+        t.rounded += a.rounded;
+    }
+}
+
+/// One count per column, the columns where it is zero left out.
+fn per_column(
+    adjusted: &BTreeMap<String, Adjusted>,
+    count: impl Fn(&Adjusted) -> u64,
+) -> BTreeMap<String, u64> {
+    adjusted
+        .iter()
+        .filter(|(_, a)| count(a) > 0)
+        .map(|(c, a)| (c.clone(), count(a)))
+        .collect()
 }
 
 /// One row group of one staged file -> the table's rows, in part files of its own.
 fn transform_piece(
     table: &TableSpec,
     schema: &arrow::datatypes::SchemaRef,
-    path: &Path,
-    row_group: usize,
+    piece_spec: &duplicates::Piece,
+    duplicates: &Duplicates,
     out_dir: &Path,
     index: usize,
 ) -> Result<Piece, TransformError> {
+    let (path, row_group) = (piece_spec.path.as_path(), piece_spec.row_group);
+    let mut first_row = piece_spec.first_row;
     let to_err = |source| StagingError::Parquet {
         path: path.to_path_buf(),
         source,
     };
     let reader = std::fs::File::open(path).map_err(StagingError::io(path))?;
-    let batches = ParquetRecordBatchReaderBuilder::try_new(reader)
-        .map_err(to_err)?
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(to_err)?;
+    let batch_rows = builder
+        .metadata()
+        .row_groups()
+        .get(row_group)
+        .map_or(READ_BATCH_ROWS, |rg| {
+            read_batch_rows(
+                u64::try_from(rg.num_rows()).unwrap_or(0),
+                u64::try_from(rg.total_byte_size()).unwrap_or(0),
+            )
+        });
+    let batches = builder
         .with_row_groups(vec![row_group])
-        .with_batch_size(READ_BATCH_ROWS)
+        .with_batch_size(batch_rows)
         .build()
         .map_err(to_err)?;
     let prefix = format!("part-{index:05}");
@@ -281,14 +406,18 @@ fn transform_piece(
             table: table.name.clone(),
             source: e,
         })?;
-        let out = transform_batch(table, &batch)?;
+        let losers = duplicates.losers(&batch, first_row);
+        first_row += batch.num_rows() as u64;
+        let out = transform_batch(table, &batch, losers.as_ref())?;
         piece.counts.extracted += out.extracted;
+        piece.counts.duplicates += out.duplicates;
         piece.counts.rejected += out.rejects.len() as u64;
         for (rule, n) in out.filtered {
             piece.counts.filtered += n;
             *piece.filtered_by_rule.entry(rule).or_default() += n;
         }
         piece.rejects.extend(out.rejects);
+        add_adjusted(&mut piece.adjusted, out.adjusted);
         if let (Some(writer), Some(ids)) = (parents.as_mut(), &out.parents) {
             writer.write(&parent_batch(ids)?)?;
         }
@@ -359,4 +488,22 @@ fn write_rejects(dir: &Path, table: &str, rejects: &[Reject]) -> Result<(), Stag
         })
         .collect();
     staging::write_rejects(&dir.join(format!("{table}.parquet")), table, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9.10: 32k rows of 100 kB texts are 3.2 GB, past Arrow's 2 GiB text offsets.
+    #[test]
+    fn read_batches_shrink_for_large_rows() {
+        assert_eq!(read_batch_rows(128 * 1024, 50 << 20), READ_BATCH_ROWS);
+        assert_eq!(read_batch_rows(32 * 1024, 32 * 1024 * 100_000), 2_684);
+        assert_eq!(
+            read_batch_rows(10, 10 << 30),
+            1,
+            "a 1 GiB row is read alone"
+        );
+        assert_eq!(read_batch_rows(0, 0), READ_BATCH_ROWS);
+    }
 }

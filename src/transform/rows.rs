@@ -17,7 +17,7 @@ use arrow::record_batch::RecordBatch;
 use super::convert::{convert_column, display_value, target_type, CellError};
 use super::TransformError;
 use crate::config::{ColumnSource, Source, TableSpec};
-use crate::staging::fields::{ID_FIELD, RAW_SUFFIX};
+use crate::staging::fields::{DOCUMENT_BSON, DOCUMENT_ERROR, ID_FIELD, RAW_SUFFIX};
 
 /// A source row that did not make it, with every reason.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +37,18 @@ pub struct BatchOutput {
     pub filtered: BTreeMap<String, u64>,
     /// For replace-per-parent tables: every parent seen (its `_id`), whatever its arrays hold.
     pub parents: Option<ArrayRef>,
+    /// Of `filtered`: rows of losing copies of a repeated `_id`.
+    pub duplicates: u64,
+    /// Per column, values loaded through a coercion or rounded (only columns with some).
+    pub adjusted: BTreeMap<String, Adjusted>,
+}
+
+/// Values of one column that PostgreSQL's input rules converted (`coerced`: a number into a
+/// text column, a numeric or boolean string, a date string) or that were rounded to fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Adjusted {
+    pub coerced: u64,
+    pub rounded: u64,
 }
 
 /// The Arrow schema of a table's transform output: its loaded columns, PostgreSQL-ready types.
@@ -49,22 +61,53 @@ pub fn output_schema(table: &TableSpec) -> SchemaRef {
     ))
 }
 
-/// Maps one staged batch to `table`'s rows.
+/// Maps one staged batch to `table`'s rows. `duplicates` marks the rows that are losing
+/// copies of a repeated `_id` (see [`super::duplicates`]): they are counted as filtered
+/// duplicates, in the table's units (documents, or array elements for link tables), and give
+/// no row, no reject and no parent.
 pub fn transform_batch(
+    table: &TableSpec,
+    batch: &RecordBatch,
+    duplicates: Option<&BooleanArray>,
+) -> Result<BatchOutput, TransformError> {
+    let Some(losers) = duplicates else {
+        return transform_documents(table, batch);
+    };
+    let kept = arrow::compute::not(losers).map_err(|e| arrow_error(table, e))?;
+    let mut output = transform_documents(
+        table,
+        &filter_record_batch(batch, &kept).map_err(|e| arrow_error(table, e))?,
+    )?;
+    let lost = transform_documents(
+        table,
+        &filter_record_batch(batch, losers).map_err(|e| arrow_error(table, e))?,
+    )?
+    .extracted;
+    output.extracted += lost;
+    output.duplicates += lost;
+    *output
+        .filtered
+        .entry(super::duplicates::RULE.to_string())
+        .or_default() += lost;
+    Ok(output)
+}
+
+fn transform_documents(
     table: &TableSpec,
     batch: &RecordBatch,
 ) -> Result<BatchOutput, TransformError> {
     let mut filtered = BTreeMap::new();
     let kept = apply_filter(table, batch, &mut filtered)?;
     let ids = DocIds::new(table, &kept)?;
+    let doc_errors = document_errors(table, &kept)?;
     let mut output = match &table.explode {
         None => {
-            let mut out = direct_rows(table, &kept, &ids)?;
+            let mut out = direct_rows(table, &kept, &ids, &doc_errors)?;
             // Filtered documents were extracted too.
             out.extracted = batch.num_rows() as u64;
             out
         }
-        Some(_) => explode_rows(table, &kept, &ids)?,
+        Some(_) => explode_rows(table, &kept, &ids, &doc_errors)?,
     };
     for (rule, n) in filtered {
         *output.filtered.entry(rule).or_default() += n;
@@ -82,12 +125,14 @@ fn apply_filter(
         return Ok(batch.clone());
     }
     let mut keep = vec![true; batch.num_rows()];
+    // A document refused as a whole is rejected with its reason, not filtered.
+    let refused = document_errors(table, batch)?;
     for path in &table.filter_exists {
         let (values, raw) = staged_column(table, batch, path)?;
         let mut dropped = 0;
         for (row, k) in keep.iter_mut().enumerate() {
             let present = values.is_valid(row) || raw.is_some_and(|r| r.is_valid(row));
-            if *k && !present {
+            if *k && !present && !refused.contains_key(&row) {
                 *k = false;
                 dropped += 1;
             }
@@ -117,6 +162,60 @@ fn staged_column<'a>(
         .and_then(|a| a.as_string_opt::<i32>());
     Ok((values, raw))
 }
+
+/// Why a whole document is refused, by row: a document extract could not read (its reason,
+/// its BSON bytes in hex), or a MongoDB document without `_id` (missing or null: no key to
+/// load it under, no parent for its link rows). Such a row's column errors are replaced by
+/// this one reason.
+fn document_errors(
+    table: &TableSpec,
+    batch: &RecordBatch,
+) -> Result<BTreeMap<usize, CellError>, TransformError> {
+    let mut errors = BTreeMap::new();
+    if !matches!(table.source, Source::Mongo { .. }) {
+        return Ok(errors);
+    }
+    // Runs staged before these columns existed have none.
+    let refused = batch
+        .column_by_name(DOCUMENT_ERROR)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .filter(|c| c.null_count() < c.len());
+    if let Some(refused) = refused {
+        let bytes = batch
+            .column_by_name(DOCUMENT_BSON)
+            .and_then(|c| c.as_binary_opt::<i32>());
+        for row in (0..batch.num_rows()).filter(|r| refused.is_valid(*r)) {
+            let raw = bytes
+                .filter(|b| b.is_valid(row))
+                .map(|b| format!("BSON hex: {}", hex::encode(b.value(row))));
+            errors.insert(
+                row,
+                CellError {
+                    row,
+                    column: DOCUMENT_COLUMN.into(),
+                    reason: refused.value(row).to_string(),
+                    raw,
+                },
+            );
+        }
+    }
+    let (ids, _) = staged_column(table, batch, ID_FIELD)?;
+    if ids.null_count() == 0 {
+        return Ok(errors);
+    }
+    for row in (0..batch.num_rows()).filter(|r| ids.is_null(*r)) {
+        errors.entry(row).or_insert_with(|| CellError {
+            row,
+            column: ID_FIELD.into(),
+            reason: "document without `_id` (missing or null)".into(),
+            raw: None,
+        });
+    }
+    Ok(errors)
+}
+
+/// What a reject of a whole document names as its column.
+const DOCUMENT_COLUMN: &str = "(document)";
 
 /// The id a reject names for a row (`_id`, or the Matomo primary key), formatted only for
 /// the rows that need it.
@@ -154,33 +253,57 @@ impl DocIds {
     }
 }
 
-/// Converted columns by name, and the refused cells grouped by row.
-type Converted = (BTreeMap<String, ArrayRef>, BTreeMap<usize, Vec<CellError>>);
+/// Converted columns by name, the refused cells grouped by row, and the columns' coerced and
+/// rounded counts.
+type Fields = (
+    BTreeMap<String, ArrayRef>,
+    BTreeMap<usize, Vec<CellError>>,
+    BTreeMap<String, Adjusted>,
+);
 
-/// Converts every `Field` column of the table on `batch`.
-fn convert_fields(table: &TableSpec, batch: &RecordBatch) -> Result<Converted, TransformError> {
+/// Converts every `Field` column of the table on `batch`; a row refused as a whole keeps only
+/// its document error.
+fn convert_fields(
+    table: &TableSpec,
+    batch: &RecordBatch,
+    doc_errors: &BTreeMap<usize, CellError>,
+) -> Result<Fields, TransformError> {
     let mut arrays = BTreeMap::new();
     let mut errors: BTreeMap<usize, Vec<CellError>> = BTreeMap::new();
+    let mut adjusted = BTreeMap::new();
     for col in table.loaded_columns() {
         let ColumnSource::Field(path) = &col.source else {
             continue;
         };
         let (values, raw) = staged_column(table, batch, path)?;
-        let (array, cell_errors) = convert_column(col, values, raw, table.time_zone);
-        for e in cell_errors {
+        let converted = convert_column(col, values, raw, table.time_zone);
+        for e in converted.errors {
             errors.entry(e.row).or_default().push(e);
         }
-        arrays.insert(col.name.clone(), array);
+        if converted.coerced + converted.rounded > 0 {
+            adjusted.insert(
+                col.name.clone(),
+                Adjusted {
+                    coerced: converted.coerced,
+                    rounded: converted.rounded,
+                },
+            );
+        }
+        arrays.insert(col.name.clone(), converted.array);
     }
-    Ok((arrays, errors))
+    for (row, e) in doc_errors {
+        errors.insert(*row, vec![e.clone()]);
+    }
+    Ok((arrays, errors, adjusted))
 }
 
 fn direct_rows(
     table: &TableSpec,
     batch: &RecordBatch,
     ids: &DocIds,
+    doc_errors: &BTreeMap<usize, CellError>,
 ) -> Result<BatchOutput, TransformError> {
-    let (arrays, errors) = convert_fields(table, batch)?;
+    let (arrays, errors, adjusted) = convert_fields(table, batch, doc_errors)?;
     let keep = BooleanArray::from(
         (0..batch.num_rows())
             .map(|r| !errors.contains_key(&r))
@@ -205,6 +328,8 @@ fn direct_rows(
         extracted: batch.num_rows() as u64,
         filtered: BTreeMap::new(),
         parents: None,
+        duplicates: 0,
+        adjusted,
     })
 }
 
@@ -212,6 +337,7 @@ fn explode_rows(
     table: &TableSpec,
     batch: &RecordBatch,
     ids: &DocIds,
+    doc_errors: &BTreeMap<usize, CellError>,
 ) -> Result<BatchOutput, TransformError> {
     let explode = table
         .explode
@@ -222,7 +348,7 @@ fn explode_rows(
         .iter()
         .find(|c| c.source == ColumnSource::Element)
         .expect("validated");
-    let (parent_arrays, parent_errors) = convert_fields(table, batch)?;
+    let (parent_arrays, parent_errors, adjusted) = convert_fields(table, batch, doc_errors)?;
 
     let mut parent_index: Vec<u32> = Vec::new();
     let mut elements = StringBuilder::new();
@@ -247,6 +373,15 @@ fn explode_rows(
         lists.push((array, list, raw));
     }
     for row in 0..batch.num_rows() {
+        // A document extract could not read has no known elements: it counts once, rejected.
+        if let Some(e) = doc_errors.get(&row).filter(|e| e.column == DOCUMENT_COLUMN) {
+            extracted += 1;
+            rejects.push(Reject {
+                document_id: ids.get(row),
+                errors: vec![e.clone()],
+            });
+            continue;
+        }
         let mut seen: HashSet<(&str, Option<&str>)> = HashSet::new();
         for (array, list, raw) in &lists {
             let type_value = array.type_value.as_deref();
@@ -332,11 +467,11 @@ fn explode_rows(
                 } else {
                     &type_values
                 };
-                let (array, errors) = convert_column(col, values, None, table.time_zone);
-                for e in errors {
+                let converted = convert_column(col, values, None, table.time_zone);
+                for e in converted.errors {
                     late_errors.entry(e.row).or_default().push(e);
                 }
-                array
+                converted.array
             }
             ColumnSource::Generated => continue,
         };
@@ -359,14 +494,28 @@ fn explode_rows(
             });
         }
     }
-    // Every parent of the batch: its `_id` column as is.
-    let parents = Some(staged_column(table, batch, ID_FIELD)?.0.clone());
+    // Every parent of the batch (its `_id`), whatever its arrays hold; not the documents
+    // refused as a whole.
+    let all_ids = staged_column(table, batch, ID_FIELD)?.0;
+    let parents = if doc_errors.is_empty() {
+        all_ids.clone()
+    } else {
+        let keep = BooleanArray::from(
+            (0..batch.num_rows())
+                .map(|r| !doc_errors.contains_key(&r))
+                .collect::<Vec<_>>(),
+        );
+        arrow::compute::filter(all_ids, &keep).map_err(|e| arrow_error(table, e))?
+    };
+    let parents = Some(parents);
     Ok(BatchOutput {
         rows,
         rejects,
         extracted,
         filtered,
         parents,
+        duplicates: 0,
+        adjusted,
     })
 }
 
