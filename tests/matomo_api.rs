@@ -312,3 +312,495 @@ async fn a_wrong_token_says_so_without_showing_either_token() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------- etl run, end to end
+
+/// A work dir with only `config/matomo_api.yaml` (optionally edited), a fresh database and
+/// the API server with sites 1 (Paris) and 2 (UTC+5.5).
+struct Case {
+    work: util::Workdir,
+    url: String,
+    server: MatomoApiServer,
+}
+
+fn site2_visit() -> Value {
+    let d = day(1);
+    let t = chrono::FixedOffset::east_opt(19_800)
+        .unwrap()
+        .from_local_datetime(&d.and_hms_opt(0, 30, 0).unwrap())
+        .earliest()
+        .unwrap()
+        .timestamp();
+    json!({"idSite": 2, "idVisit": 201, "visitorId": "2222222222222222", "actions": 2,
+    "firstActionTimestamp": t, "dimension3": "",
+    "actionDetails": [
+        {"type": "download", "url": "https://files.example/a.pdf", "timestamp": t, "timeSpent": 0, "dimension3": ""},
+        {"type": "outlink", "url": "https://elsewhere.example/", "timestamp": t + 10, "timeSpent": "3"}
+    ]})
+}
+
+/// The open visit of today: `n` actions, the second one's time spent `spent`.
+fn open_visit(n: usize, spent: &str) -> Value {
+    let t = at(day(0), 0, 5);
+    let actions: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"type": "action", "url": format!("https://ex.org/open/{i}"),
+                   "timestamp": t + i64::try_from(i).unwrap() * 60,
+                   "timeSpent": if i == 1 { spent.to_string() } else { "10".to_string() }})
+        })
+        .collect();
+    json!({"idSite": "1", "idVisit": "106", "visitorId": "6666666666666666", "actions": n.to_string(),
+           "firstActionTimestamp": t, "actionDetails": actions})
+}
+
+impl Case {
+    fn new(name: &str, edit: impl Fn(String) -> String) -> Case {
+        let work = util::Workdir::new();
+        for file in ["schemas.yaml", "matomo_schemas.yaml"] {
+            std::fs::remove_file(work.path().join("config").join(file)).unwrap();
+        }
+        let yaml = std::fs::read_to_string(util::repo().join("config/matomo_api.yaml")).unwrap();
+        work.write("config/matomo_api.yaml", &edit(yaml));
+        let server = MatomoApiServer::start(TOKEN);
+        serve_site1(&server);
+        server.with(|s| {
+            s.sites.insert(2, "UTC+5.5".into());
+            s.visits
+                .insert((2, day(1).to_string()), vec![site2_visit()]);
+            s.visits
+                .insert((1, day(0).to_string()), vec![open_visit(2, "0")]);
+        });
+        Case {
+            work,
+            url: util::fresh_database(name),
+            server,
+        }
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("MATOMO_URL".into(), self.server.url()),
+            ("MATOMO_KEY".into(), TOKEN.into()),
+            ("MATOMO_SITE".into(), "1,2".into()),
+            ("MATOMO_API_PAGE_SIZE".into(), "2".into()),
+            ("STARTDATE".into(), day(2).to_string()),
+            ("DATABASE_URL".into(), self.url.clone()),
+        ]
+    }
+
+    /// `etl ARGS`, required to succeed; stdout and stderr.
+    fn etl(&self, args: &[&str], extra: &[(&str, &str)]) -> String {
+        let mut env = self.env();
+        for (k, v) in extra {
+            env.retain(|(name, _)| name != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let out = self.work.etl(args, &env);
+        let text = format!("{}\n{}", util::stdout(&out), util::stderr(&out));
+        assert!(out.status.success(), "etl {args:?}:\n{text}");
+        assert!(
+            !text.contains("xyzzy"),
+            "the token in the output of {args:?}:\n{text}"
+        );
+        text
+    }
+
+    fn rows(&self, sql_where: &str) -> Vec<Value> {
+        util::psql(
+            &self.url,
+            &format!(
+                "SET TimeZone = 'UTC'; SELECT row_to_json(m) FROM matomo m WHERE {sql_where} ORDER BY action_id"
+            ),
+        )
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+    }
+
+    /// The `Live.getLastVisitsDetails` dates requested since request number `from`.
+    fn days_asked(&self, from: usize) -> std::collections::BTreeSet<String> {
+        self.server.requests()[from..]
+            .iter()
+            .filter(|r| {
+                r.form.get("method").map(String::as_str) == Some("Live.getLastVisitsDetails")
+            })
+            .filter_map(|r| r.form.get("date").cloned())
+            .collect()
+    }
+
+    /// No file of the work dir (config, staging, rejects) holds any piece of the token.
+    fn assert_token_nowhere(&self) {
+        for entry in walk(self.work.path()) {
+            let bytes = std::fs::read(&entry).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("xyzzy"),
+                "the token in {}",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn utc(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S+00:00")
+        .to_string()
+}
+
+fn utc_day(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .unwrap()
+        .date_naive()
+        .to_string()
+}
+
+/// Every column of a row, the ones not given NULL.
+fn row(given: Value) -> Value {
+    let mut row = serde_json::Map::new();
+    for column in [
+        "action_id",
+        "action_timestamp",
+        "idsite",
+        "idvisit",
+        "actions",
+        "country",
+        "region",
+        "city",
+        "operatingsystemname",
+        "devicemodel",
+        "devicebrand",
+        "visitduration",
+        "dayssincefirstvisit",
+        "visitortype",
+        "sitename",
+        "userid",
+        "serverdateprettyfirstaction",
+        "action_type",
+        "action_eventcategory",
+        "action_eventaction",
+        "action_eventname",
+        "action_eventvalue",
+        "action_timespent",
+        "usercustomproperties",
+        "usercustomdimensions",
+        "dimension1",
+        "dimension2",
+        "dimension3",
+        "dimension4",
+        "dimension5",
+        "dimension6",
+        "dimension7",
+        "dimension8",
+        "dimension9",
+        "dimension10",
+        "action_url",
+        "sitesearchkeyword",
+        "action_title",
+        "visitorid",
+        "referrertype",
+        "referrername",
+        "resolution",
+        "experiments",
+    ] {
+        row.insert(
+            column.into(),
+            given.get(column).cloned().unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(row)
+}
+
+#[test]
+fn etl_run_loads_every_action_then_rereads_the_open_days_and_reruns_change_nothing() {
+    util::require_services(util::POSTGRES_VARS);
+    let case = Case::new("api_e2e", |yaml| yaml);
+    let first = case.etl(&["run", "--source", "matomo-api"], &[]);
+    assert!(first.contains("2 visit(s) truncated by Matomo"), "{first}");
+
+    let d1 = day(2);
+    let t1 = at(d1, 10, 0);
+    let visit101 = json!({"idsite": "1", "idvisit": "101", "actions": "3", "country": "France",
+        "region": "Île-de-France", "city": "Paris", "operatingsystemname": "Windows",
+        "devicemodel": "", "devicebrand": "Unknown", "visitduration": "245",
+        "dayssincefirstvisit": "0", "visitortype": "new", "sitename": "Exemple — Site",
+        "serverdateprettyfirstaction": utc_day(t1), "visitorid": "a1b2c3d4e5f60718",
+        "referrertype": "search", "referrername": "Google", "resolution": "1920x1080",
+        "dimension1": "pro",
+        "experiments": [{"idexperiment": "3", "name": "Hero", "variation": {"idvariation": "7", "name": "B"}}]});
+    let with = |base: &Value, more: Value| {
+        let mut v = base.clone();
+        for (k, x) in more.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        row(v)
+    };
+    let expected = vec![
+        with(
+            &visit101,
+            json!({"action_id": "101_0", "action_timestamp": utc(t1), "action_type": "action",
+            "action_timespent": "40", "action_url": "https://ex.org/?q=é", "action_title": "Accueil 🎉",
+            "usercustomproperties": {"plan": "pro", "lang": "fr"}, "dimension2": "hero-b",
+            "usercustomdimensions": {"dimension1": "pro", "dimension2": "hero-b"}}),
+        ),
+        with(
+            &visit101,
+            json!({"action_id": "101_1", "action_timestamp": utc(t1 + 40), "action_type": "event",
+            "action_eventcategory": "video", "action_eventaction": "play", "action_eventname": "intro",
+            "action_eventvalue": 12.5, "action_timespent": "5", "dimension2": "visit-level",
+            "usercustomdimensions": {"dimension1": "pro", "dimension2": "visit-level"}}),
+        ),
+        with(
+            &visit101,
+            json!({"action_id": "101_2", "action_timestamp": utc(t1 + 45), "action_type": "search",
+            "action_timespent": "0", "action_url": "https://ex.org/search?q=r%C3%A9gime",
+            "sitesearchkeyword": "régime \"sans\" sel\t\\", "dimension2": "visit-level",
+            "usercustomdimensions": {"dimension1": "pro", "dimension2": "visit-level"}}),
+        ),
+    ];
+    assert_eq!(case.rows("idvisit = '101'"), expected);
+    let t2 = at(d1, 23, 30);
+    assert_eq!(
+        case.rows("idvisit = '102'"),
+        vec![row(
+            json!({"action_id": "102_0", "action_timestamp": utc(t2), "idsite": "1", "idvisit": "102",
+            "actions": "1", "country": "日本", "visitduration": "0", "dayssincefirstvisit": "12",
+            "visitortype": "returning", "sitename": "Exemple — Site", "userid": "user@example.org",
+            "serverdateprettyfirstaction": utc_day(t2), "action_type": "goal",
+            "visitorid": "ffffffffffffffff", "usercustomdimensions": {}})
+        )]
+    );
+    // The misfit event value is rejected with its reason; its visit's other action loads.
+    assert_eq!(case.rows("idvisit = '105'").len(), 1);
+    let rejects = rejects_text(&case);
+    assert!(
+        rejects.contains("105 (element 0 of `actionDetails`)")
+            && rejects.contains("action_eventvalue")
+            && rejects.contains("n/a"),
+        "{rejects}"
+    );
+    // Site 2, in UTC+5.5: its day is its own; empty dimensions are no value.
+    let site2 = case.rows("idsite = '2'");
+    assert_eq!(site2.len(), 2);
+    assert_eq!(site2[0]["dimension3"], Value::Null);
+    assert_eq!(site2[0]["usercustomdimensions"], json!({}));
+    assert_eq!(site2[1]["action_timespent"], "3");
+    // The two 500-action visits: every action Matomo sent, in order.
+    for visit in ["103", "104"] {
+        let n = util::count(
+            &case.url,
+            &format!("SELECT count(*) FROM matomo WHERE idvisit = '{visit}'"),
+        );
+        assert_eq!(n, 500, "{visit}");
+        let last = util::count(&case.url, &format!("SELECT count(*) FROM matomo WHERE action_id = '{visit}_499' AND action_url = 'https://ex.org/p/499'"));
+        assert_eq!(last, 1, "{visit}");
+    }
+    let total = util::count(&case.url, "SELECT count(*) FROM matomo");
+    assert_eq!(total, 3 + 1 + 500 + 500 + 1 + 2 + 2);
+
+    // Second run: the open visit of today gained an action and changed one.
+    let asked_before = case.server.requests().len();
+    case.server.with(|s| {
+        s.visits
+            .insert((1, day(0).to_string()), vec![open_visit(3, "30")]);
+    });
+    let second = case.etl(&["run", "--source", "matomo-api"], &[]);
+    let open = case.rows("idvisit = '106'");
+    assert_eq!(open.len(), 3, "{second}");
+    assert_eq!(open[1]["action_timespent"], "30");
+    // The window: the last loaded action (today 00:07 in Paris) minus 2 days.
+    let last = at(day(0), 0, 6);
+    let first_day = chrono::DateTime::from_timestamp(last - 2 * 86_400, 0)
+        .unwrap()
+        .with_timezone(&PARIS)
+        .date_naive();
+    let asked = case.days_asked(asked_before);
+    assert_eq!(
+        asked.first().map(String::as_str),
+        Some(first_day.to_string().as_str()),
+        "{asked:?}"
+    );
+    assert!(asked.contains(&day(0).to_string()), "{asked:?}");
+
+    // Third run, nothing changed at the source: nothing changes in the target.
+    let digest = util::table_digest(&case.url, "matomo");
+    let third = case.etl(&["run", "--source", "matomo-api"], &[]);
+    assert_eq!(util::table_digest(&case.url, "matomo"), digest, "{third}");
+    case.assert_token_nowhere();
+}
+
+fn rejects_text(case: &Case) -> String {
+    let staging = case.work.path().join("staging");
+    let run = std::fs::read_dir(&staging)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .max()
+        .unwrap();
+    let (_, batches) = etl::staging::read_batches(&run.join("rejects/matomo.parquet")).unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn weekly_partitions_are_created_by_the_load_and_the_bundle_alike() {
+    util::require_services(util::POSTGRES_VARS);
+    let partitioned = |yaml: String| {
+        yaml.replace("  primary_key: [action_id]\n", "")
+            .replace("  # partition: {", "  partition: {")
+            .replace(
+                "  # primary_key: [action_id, action_timestamp]",
+                "  primary_key: [action_id, action_timestamp]",
+            )
+    };
+    let case = Case::new("api_partitions", partitioned);
+    let dry = case.etl(&["run", "--source", "matomo-api", "--dry-run"], &[]);
+    assert!(dry.contains("PARTITION OF"), "{dry}");
+    case.etl(&["load"], &[]);
+    let parts = util::psql(
+        &case.url,
+        "SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'matomo'::regclass",
+    );
+    // One partition per ISO week (in UTC) holding an action, named as the existing sync names them.
+    let weeks: std::collections::BTreeSet<String> = util::psql(
+        &case.url,
+        "SELECT DISTINCT 'matomo_' || to_char(date_trunc('week', action_timestamp AT TIME ZONE 'UTC'), 'IYYY\"w\"IW') FROM matomo",
+    )
+    .lines()
+    .map(|l| l.trim().to_string())
+    .filter(|l| !l.is_empty())
+    .collect();
+    let parts: std::collections::BTreeSet<String> =
+        parts.trim().split(',').map(str::to_string).collect();
+    assert_eq!(parts, weeks);
+    let total = util::count(&case.url, "SELECT count(*) FROM matomo");
+    assert_eq!(total, 3 + 1 + 500 + 500 + 1 + 2 + 2);
+    // The same run as a bundle, applied by psql to another database: the same rows.
+    let other = util::fresh_database("api_partitions_bundle");
+    case.etl(&["load", "--to", "sql", "--out", "bundle"], &[]);
+    let run = std::fs::read_dir(case.work.path().join("bundle"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let out = std::process::Command::new("psql")
+        .current_dir(&run)
+        .args([
+            other.as_str(),
+            "-X",
+            "-q",
+            "-1",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            "load.sql",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    assert_eq!(
+        util::table_digest(&other, "matomo"),
+        util::table_digest(&case.url, "matomo")
+    );
+    // A rerun writes nothing and creates no partition.
+    let digest = util::table_digest(&case.url, "matomo");
+    case.etl(&["run", "--source", "matomo-api"], &[]);
+    assert_eq!(util::table_digest(&case.url, "matomo"), digest);
+    case.assert_token_nowhere();
+}
+
+#[test]
+fn force_startdate_and_since_choose_the_first_day() {
+    util::require_services(util::POSTGRES_VARS);
+    let case = Case::new("api_window", |yaml| yaml);
+    case.etl(&["run", "--source", "matomo-api"], &[]);
+    // The watermark would start at today minus 2 days; FORCE_STARTDATE takes STARTDATE.
+    let before = case.server.requests().len();
+    case.etl(
+        &["extract", "--source", "matomo-api"],
+        &[
+            ("FORCE_STARTDATE", "true"),
+            ("STARTDATE", &day(5).to_string()),
+        ],
+    );
+    assert_eq!(case.days_asked(before).first(), Some(&day(5).to_string()));
+    // --since is the first day, as given.
+    let before = case.server.requests().len();
+    case.etl(
+        &[
+            "extract",
+            "--source",
+            "matomo-api",
+            "--since",
+            &day(0).to_string(),
+        ],
+        &[],
+    );
+    let asked = case.days_asked(before);
+    assert_eq!(
+        asked.iter().collect::<Vec<_>>(),
+        [&day(0).to_string()],
+        "{asked:?}"
+    );
+}
+
+#[test]
+fn a_mapping_added_after_the_extract_is_replayed_offline_from_the_visit_json() {
+    util::require_services(util::POSTGRES_VARS);
+    let case = Case::new("api_replay", |yaml| yaml);
+    case.etl(&["extract", "--source", "matomo-api"], &[]);
+    // A key no column read at extract time, and an action key.
+    let yaml = std::fs::read_to_string(case.work.path().join("config/matomo_api.yaml")).unwrap();
+    let yaml = yaml.replace(
+        "    - { name: experiments, sql_type: JSONB }\n",
+        "    - { name: experiments, sql_type: JSONB }\n    - { name: pretty_first, sql_type: TEXT, source: serverDatePrettyFirstAction }\n    - { name: goal_name, sql_type: TEXT, source: element.goalName }\n",
+    );
+    case.work.write("config/matomo_api.yaml", &yaml);
+    // No API from here on.
+    let offline = [
+        ("MATOMO_URL", "http://127.0.0.1:9"),
+        ("MATOMO_KEY", "unused"),
+    ];
+    case.etl(&["transform"], &offline);
+    case.etl(&["load"], &offline);
+    let shown = util::psql(
+        &case.url,
+        "SELECT action_id || '=' || coalesce(pretty_first, '-') || '/' || coalesce(goal_name, '-') FROM matomo WHERE idvisit IN ('101', '102') ORDER BY 1",
+    );
+    assert_eq!(
+        shown.split_whitespace().collect::<Vec<_>>(),
+        [
+            "101_0=lundi",
+            "4",
+            "mars",
+            "2024/-",
+            "101_1=lundi",
+            "4",
+            "mars",
+            "2024/-",
+            "101_2=lundi",
+            "4",
+            "mars",
+            "2024/-",
+            "102_0=-/signup"
+        ]
+    );
+}

@@ -28,7 +28,12 @@ use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
 use super::fields::{FieldKind, RAW_SUFFIX};
+use crate::config::{ColumnSource, Operand, Source, TableSpec};
 
+/// The API method whose visits are staged, naming the extract folder and manifest entry.
+pub const VISITS_METHOD: &str = "Live.getLastVisitsDetails";
+/// The key that identifies a visit (rejects name it).
+pub const VISIT_ID: &str = "idVisit";
 /// The array of a visit whose elements are its actions.
 pub const ACTIONS_FIELD: &str = "actionDetails";
 /// The whole visit as JSON text.
@@ -207,6 +212,84 @@ fn typed_and_raw(fields: &[ApiField]) -> Vec<Field> {
             ]
         })
         .collect()
+}
+
+/// The keys staged for the API tables among `tables`: the documented ones, plus every visit
+/// and action key their columns read, typed by the column's `sql_type` (text for the
+/// sources of computed columns).
+pub fn fields_for_tables<'a>(tables: impl IntoIterator<Item = &'a TableSpec>) -> ApiFields {
+    let mut visit = Vec::new();
+    let mut actions = Vec::new();
+    let mut add = |operand: &Operand, kind: FieldKind| match operand {
+        Operand::Field(path) => visit.push((path.clone(), kind)),
+        Operand::ElementField(key) => actions.push((key.clone(), kind)),
+        Operand::ElementIndex => {}
+    };
+    let api = tables
+        .into_iter()
+        .filter(|t| matches!(t.source, Source::MatomoApi { .. }));
+    for t in api {
+        for c in &t.columns {
+            let kind = FieldKind::for_sql_type(c.sql_type);
+            match &c.source {
+                ColumnSource::Field(path) => add(&Operand::Field(path.clone()), kind),
+                ColumnSource::ElementField(key) => add(&Operand::ElementField(key.clone()), kind),
+                ColumnSource::Computed(computed) => {
+                    for operand in computed.operands() {
+                        add(operand, FieldKind::Text);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    ApiFields::new(visit, actions)
+}
+
+impl ApiFields {
+    /// Whether `batch` (staged visits) holds every key these fields name.
+    pub fn staged_in(&self, batch: &RecordBatch) -> bool {
+        let schema = batch.schema();
+        let visit = self
+            .visit
+            .iter()
+            .all(|f| schema.field_with_name(&f.path).is_ok());
+        let items = match schema.field_with_name(ACTIONS_FIELD).map(|f| f.data_type()) {
+            Ok(DataType::List(item)) => match item.data_type() {
+                DataType::Struct(fields) => Some(fields.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        visit
+            && items.is_some_and(|items| {
+                self.actions
+                    .iter()
+                    .all(|f| items.iter().any(|i| i.name() == &f.path))
+            })
+    }
+
+    /// The visits of `batch` staged again from their `visit_json`, with these fields: how a
+    /// mapping added after the extract is replayed offline. A row without readable JSON is
+    /// staged as a non-visit (transform rejects it with its text).
+    pub fn restage(&self, batch: &RecordBatch) -> Result<RecordBatch, StageError> {
+        use arrow::array::{Array, AsArray};
+        let json = batch
+            .column_by_name(VISIT_JSON)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| StageError(format!("the staged visits have no `{VISIT_JSON}`")))?;
+        let mut builder = VisitBatchBuilder::new(self);
+        for row in 0..json.len() {
+            let visit = if json.is_valid(row) {
+                serde_json::from_str(json.value(row))
+                    .unwrap_or_else(|_| Value::String(json.value(row).to_string()))
+            } else {
+                Value::Null
+            };
+            builder.push(&visit)?;
+        }
+        builder.finish()
+    }
 }
 
 /// The value at a dotted path (object keys; a number indexes an array).

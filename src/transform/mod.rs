@@ -19,6 +19,7 @@ mod coerce;
 mod convert;
 mod dedupe;
 mod duplicates;
+mod elements;
 mod pg_input;
 mod rows;
 
@@ -319,6 +320,8 @@ fn transform_table(
         filtered_by_rule: filtered_by_rule.clone(),
         coerced: per_column(&adjusted, |a| a.coerced),
         rounded: per_column(&adjusted, |a| a.rounded),
+        truncated_visits: entry.truncated_visits,
+        truncated_actions: entry.truncated_actions,
         ..Default::default()
     };
     Ok((
