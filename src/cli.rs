@@ -31,6 +31,9 @@ pub struct Cli {
     /// No progress bars, only warnings and errors on stderr (results still go to stdout).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// INFO log lines too (default: warnings and errors only; `ETL_LOG=<filter>` overrides).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,6 +54,12 @@ pub enum Command {
     Verify,
     /// Print the PostgreSQL DDL the config implies, in foreign-key order.
     Schema,
+    /// Write the sample data: a SmartDiet mongodump and Matomo rows (matomo.sql).
+    Sample(crate::sample::SampleArgs),
+    /// Write a starter config/ and .env.example into the current folder.
+    Init(crate::init::InitArgs),
+    /// Print shell completions: etl completions bash|zsh|fish.
+    Completions(crate::init::CompletionsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,7 +169,7 @@ impl CliError {
 
 /// Runs the parsed command line and prints the outcome; the binary's whole body.
 pub fn main(cli: Cli) -> ExitCode {
-    init_logging(cli.quiet);
+    init_logging(cli.quiet, cli.verbose);
     crate::settings::load_dotenv(std::path::Path::new(".env"));
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -174,12 +183,13 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn init_logging(quiet: bool) {
-    let default = if quiet { "warn" } else { "info" };
+fn init_logging(quiet: bool, verbose: bool) {
+    let default = if verbose && !quiet { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ETL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(progress::stderr_colours())
         .with_writer(|| progress::LogWriter)
         .with_target(false)
         .try_init();
@@ -195,6 +205,24 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
 }
 
 fn run(cli: &Cli) -> Result<(), CliError> {
+    // These work without a config folder: on a fresh machine, outside a project.
+    match &cli.command {
+        Command::Sample(args) => return Ok(crate::sample::run(args).context("sample")?),
+        Command::Init(args) => {
+            return crate::init::run(args, &cli.config).map_err(|e| {
+                if e.is_refusal() {
+                    CliError::Usage(e.to_string())
+                } else {
+                    CliError::Failed(e.into())
+                }
+            });
+        }
+        Command::Completions(args) => {
+            crate::init::completions(args);
+            return Ok(());
+        }
+        _ => {}
+    }
     let config = load_config(cli)?;
     match &cli.command {
         Command::Schema => {
@@ -220,6 +248,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }),
         Command::Status => status(cli),
         Command::Verify => Err(CliError::NotBuilt("verify")),
+        Command::Sample(_) | Command::Init(_) | Command::Completions(_) => Ok(()), // above
     }
 }
 

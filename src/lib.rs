@@ -12,8 +12,10 @@
 pub mod cli;
 pub mod config;
 pub mod extract;
+pub mod init;
 pub mod load;
 pub mod progress;
+pub mod sample;
 pub mod settings;
 pub mod staging;
 pub mod tls;
