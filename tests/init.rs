@@ -192,7 +192,7 @@ fn colours_on_a_terminal_and_none_with_no_color() {
         .status
         .success());
     let etl = env!("CARGO_BIN_EXE_etl");
-    let line = format!("{etl} -v extract --source dump --dump sample/smartdiet");
+    let line = format!("'{etl}' -v extract --source dump --dump sample/smartdiet");
     let on_tty = |no_color: Option<&str>| -> String {
         let mut cmd = Command::new("script");
         cmd.current_dir(dir.path())
