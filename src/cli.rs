@@ -218,8 +218,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             });
         }
         Command::Completions(args) => {
-            crate::init::completions(args);
-            return Ok(());
+            return crate::init::completions(args).map_err(|e| CliError::Failed(e.into()))
         }
         _ => {}
     }

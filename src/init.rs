@@ -111,9 +111,18 @@ pub struct CompletionsArgs {
 }
 
 /// `etl completions SHELL`: the completion script on stdout, e.g.
-/// `etl completions bash > ~/.local/share/bash-completion/completions/etl`.
-pub fn completions(args: &CompletionsArgs) {
+/// `etl completions bash > ~/.local/share/bash-completion/completions/etl`. A reader that
+/// stops early (`| head`) is not an error.
+pub fn completions(args: &CompletionsArgs) -> std::io::Result<()> {
     use clap::CommandFactory;
+    use std::io::Write;
     let mut command = crate::cli::Cli::command();
-    clap_complete::generate(args.shell, &mut command, "etl", &mut std::io::stdout());
+    // clap_complete panics when its writer fails: generate into memory, write ourselves.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "etl", &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }

@@ -152,6 +152,21 @@ fn completions_are_scripts_the_shells_accept() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
+/// `etl completions zsh | head -2` panicked: clap_complete's own writer expects success.
+#[test]
+fn completions_into_a_closed_pipe_end_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_etl"))
+        .args(["completions", "zsh"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
+
 #[test]
 fn by_default_only_warnings_and_with_v_info_lines_without_colour_codes() {
     let dir = empty_dir();
