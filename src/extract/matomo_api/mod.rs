@@ -153,6 +153,7 @@ impl ApiExtract<'_> {
                 ..Default::default()
             };
             for day in days::days(first, today) {
+                bar.set_prefix(format!("matomo-api site {site} {day}"));
                 let read = self
                     .read_day(&api, site, day, &mut seen, &mut stager, &mut out.watermarks)
                     .await?;
