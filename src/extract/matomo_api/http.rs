@@ -292,11 +292,33 @@ pub(crate) fn encode_form(form: &[(&str, &str)]) -> String {
         .join("&")
 }
 
+/// Longest status, header or chunk-size line, and most header lines, accepted: a server
+/// cannot make the client hold an unbounded head.
+const MAX_LINE: u64 = 64 * 1024;
+const MAX_HEADERS: usize = 256;
+
+/// One line of the answer's head (with its line end); empty at the end of the connection.
+async fn read_head_line(connection: &mut Connection) -> Result<String, HttpError> {
+    let mut line = String::new();
+    let n = (&mut *connection)
+        .take(MAX_LINE)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| HttpError::Broken(e.to_string()))?;
+    if u64::try_from(n).unwrap_or(u64::MAX) >= MAX_LINE && !line.ends_with('\n') {
+        return Err(HttpError::Protocol(format!(
+            "a line of the answer's head is longer than {} KiB",
+            MAX_LINE / 1024
+        )));
+    }
+    Ok(line)
+}
+
 /// Reads one answer; also says whether the connection may be reused.
 async fn read_response(connection: &mut Connection) -> Result<(HttpResponse, bool), HttpError> {
     let broken = |e: std::io::Error| HttpError::Broken(e.to_string());
-    let mut line = String::new();
-    if connection.read_line(&mut line).await.map_err(broken)? == 0 {
+    let line = read_head_line(connection).await?;
+    if line.is_empty() {
         return Err(HttpError::Broken("closed before answering".into()));
     }
     let mut parts = line.split_whitespace();
@@ -309,9 +331,14 @@ async fn read_response(connection: &mut Connection) -> Result<(HttpResponse, boo
     let mut length: Option<usize> = None;
     let (mut chunked, mut gzip, mut keep) = (false, false, version == "HTTP/1.1");
     let mut location = None;
-    loop {
-        let mut header = String::new();
-        if connection.read_line(&mut header).await.map_err(broken)? == 0 {
+    for count in 0.. {
+        if count > MAX_HEADERS {
+            return Err(HttpError::Protocol(format!(
+                "more than {MAX_HEADERS} header lines"
+            )));
+        }
+        let header = read_head_line(connection).await?;
+        if header.is_empty() {
             return Err(HttpError::Broken("closed inside the headers".into()));
         }
         let header = header.trim_end();
@@ -350,17 +377,15 @@ async fn read_response(connection: &mut Connection) -> Result<(HttpResponse, boo
     let mut body = Vec::new();
     if chunked {
         loop {
-            let mut size = String::new();
-            connection.read_line(&mut size).await.map_err(broken)?;
+            let size = read_head_line(connection).await?;
             let size = size.trim().split(';').next().unwrap_or_default();
             let size = usize::from_str_radix(size, 16)
                 .map_err(|_| HttpError::Protocol("an invalid chunk size".into()))?;
             if size == 0 {
                 // Trailers, up to the empty line.
-                loop {
-                    let mut trailer = String::new();
-                    let n = connection.read_line(&mut trailer).await.map_err(broken)?;
-                    if n == 0 || trailer.trim().is_empty() {
+                for _ in 0..=MAX_HEADERS {
+                    let trailer = read_head_line(connection).await?;
+                    if trailer.trim().is_empty() {
                         break;
                     }
                 }
@@ -439,6 +464,62 @@ mod tests {
         assert_eq!(
             encode_form(&[("token_auth", "a b&c=d/é"), ("date", "2024-03-01")]),
             "token_auth=a+b%26c%3Dd%2F%C3%A9&date=2024-03-01"
+        );
+    }
+
+    /// A loopback server that answers each connection's first request with `answer`.
+    async fn serve_once(answer: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket.write_all(&answer).await;
+                });
+            }
+        });
+        format!("http://127.0.0.1:{port}/index.php")
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_are_read_and_hostile_heads_refused() {
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\n[1,2\r\n2;ext=1\r\n,3\r\n1\r\n]\r\n0\r\nX-Trailer: y\r\n\r\n";
+        let client =
+            HttpClient::new(&serve_once(chunked.to_vec()).await, Duration::from_secs(5)).unwrap();
+        let answer = client.post_form(&[("a", "b")]).await.unwrap();
+        assert_eq!(
+            (answer.status, answer.body.as_slice()),
+            (200, b"[1,2,3]".as_slice())
+        );
+
+        let mut endless = b"HTTP/1.1 200 OK\r\nX-Long: ".to_vec();
+        endless.extend(std::iter::repeat_n(b'a', 1 << 20));
+        let client = HttpClient::new(&serve_once(endless).await, Duration::from_secs(5)).unwrap();
+        let err = client.post_form(&[("a", "b")]).await.unwrap_err();
+        assert!(
+            matches!(&err, HttpError::Protocol(m) if m.contains("longer than 64 KiB")),
+            "{err}"
+        );
+
+        let huge_chunk =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffff\r\n".to_vec();
+        let client =
+            HttpClient::new(&serve_once(huge_chunk).await, Duration::from_secs(5)).unwrap();
+        let err = client.post_form(&[("a", "b")]).await.unwrap_err();
+        assert!(
+            err.to_string().contains("lower MATOMO_API_PAGE_SIZE"),
+            "{err}"
+        );
+
+        let not_http = b"SSH-2.0-OpenSSH\r\n".to_vec();
+        let client = HttpClient::new(&serve_once(not_http).await, Duration::from_secs(5)).unwrap();
+        let err = client.post_form(&[("a", "b")]).await.unwrap_err();
+        assert!(
+            err.to_string().contains("did not answer in HTTP/1.x"),
+            "{err}"
         );
     }
 }
