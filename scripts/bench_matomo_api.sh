@@ -144,10 +144,12 @@ gen=$(pg_value "SELECT 'SELECT ''INSERT INTO bench_insert (' || string_agg(quote
 psql -X -q -t -A -v ON_ERROR_STOP=1 "$url" -c "$gen" | awk -v dir="$work" '{ print > (dir "/insert_" (NR % 10) ".sql") }'
 progress "one INSERT per action, 10 sessions in flight ($rows rows)"
 t0=$(date +%s.%N)
+inserts=()
 for f in "$work"/insert_*.sql; do
     psql -X -q -v ON_ERROR_STOP=1 "$url" -f "$f" >/dev/null 2>>"$logs/matomo_api.insert.err" &
+    inserts+=($!)
 done
-wait
+for pid in "${inserts[@]}"; do wait "$pid" || die "an INSERT session failed: $(tail -n 5 "$logs/matomo_api.insert.err")"; done
 t1=$(date +%s.%N)
 insert_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
 [[ $(pg_value "SELECT count(*) FROM bench_insert") == "$rows" ]] || die "the INSERT way did not load $rows rows"
