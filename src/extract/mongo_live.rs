@@ -13,7 +13,7 @@ use crate::staging::BackgroundWriter;
 /// Documents per server round trip.
 const CURSOR_BATCH: u32 = 5_000;
 
-pub async fn extract_collection(
+pub(super) async fn extract_collection(
     settings: &MongoSettings,
     collection: &str,
     fields: &[StagedField],
@@ -75,7 +75,7 @@ fn cursor_failure(read: u64, e: &mongodb::error::Error) -> String {
 }
 
 /// `{$or: [{creation_date: {$gte: d}}, {update_date: {$gte: d}}]}`, or everything.
-pub fn window_filter(since: Option<DateTime<Utc>>) -> Document {
+pub(super) fn window_filter(since: Option<DateTime<Utc>>) -> Document {
     match since {
         None => doc! {},
         Some(d) => {
@@ -86,7 +86,7 @@ pub fn window_filter(since: Option<DateTime<Utc>>) -> Document {
 }
 
 /// Only the top-level fields the config reads.
-pub fn projection(fields: &[StagedField]) -> Document {
+pub(super) fn projection(fields: &[StagedField]) -> Document {
     let mut p = Document::new();
     for f in fields {
         let top = f.path.split('.').next().unwrap_or(&f.path);

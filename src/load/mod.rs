@@ -13,12 +13,9 @@ mod sql_files;
 
 use std::path::{Path, PathBuf};
 
-pub use compare::{compare, CompareOptions, Diff, Expected, RowDiff, TableVerdict};
-pub use copy_text::{encode_batch, escape_text};
-pub use rollback::{ledger_rows, rollback, RollbackOptions, RollbackReport, TableUndo};
-pub use sql_files::{
-    check_bundle, BundleCheck, BundleFile, BundleManifest, BundleTable, LedgerState, BUNDLE_FORMAT,
-};
+pub(crate) use compare::{compare, CompareOptions, Expected, TableVerdict};
+pub(crate) use rollback::{ledger_rows, rollback, RollbackOptions};
+pub(crate) use sql_files::{check_bundle, LedgerState};
 
 use crate::config::{Config, TableSpec};
 use crate::settings::PostgresSettings;
@@ -27,7 +24,7 @@ use crate::staging::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     #[error(transparent)]
     Staging(#[from] StagingError),
     #[error("cannot connect to {target}: {message}")]
@@ -60,7 +57,7 @@ pub enum LoadError {
 
 /// What happened to one table.
 #[derive(Debug, Clone, Default)]
-pub struct TableLoad {
+pub(crate) struct TableLoad {
     pub table: String,
     /// Rows in the transform output.
     pub rows: u64,
@@ -77,7 +74,7 @@ pub struct TableLoad {
 
 /// A row whose foreign key points nowhere, left out of the load.
 #[derive(Debug, Clone)]
-pub struct OrphanReject {
+pub(crate) struct OrphanReject {
     /// The row's conflict key values, comma-separated.
     pub key: String,
     pub column: String,
@@ -87,7 +84,7 @@ pub struct OrphanReject {
 
 /// Where `etl load` writes.
 #[derive(Debug, Clone)]
-pub enum Sink {
+pub(crate) enum Sink {
     Postgres(PostgresSettings),
     /// A bundle of SQL and data files under this folder.
     SqlFiles {
@@ -124,7 +121,7 @@ fn planned<'a>(
 }
 
 /// `etl load --dry-run`: the plan as the psql script a bundle holds, touching nothing.
-pub fn dry_run(
+pub(crate) fn dry_run(
     config: &Config,
     staging_dir: &Path,
     run: Option<&str>,
@@ -148,7 +145,7 @@ pub fn dry_run(
 
 /// Loads a transformed run into `sink`; returns the run and per-table results, and writes the
 /// run's load manifest (the JSON report) and orphan rejects.
-pub async fn run(
+pub(crate) async fn run(
     config: &Config,
     staging_dir: &Path,
     run: Option<&str>,
@@ -231,7 +228,7 @@ fn previous_loaded_run(staging_dir: &Path, run_id: &str) -> Option<String> {
 
 /// How a load runs, beyond what to load and where.
 #[derive(Debug, Clone)]
-pub struct LoadOptions {
+pub(crate) struct LoadOptions {
     /// Loaded runs whose history `etl rollback` can use (`ETL_HISTORY_RUNS`; 0 keeps none).
     pub keep_history: u32,
     /// The live COPY in PostgreSQL's binary format (`ETL_COPY_FORMAT=binary`, the default);
@@ -249,7 +246,7 @@ impl Default for LoadOptions {
 }
 
 /// How many loaded runs keep the history `etl rollback` needs (`ETL_HISTORY_RUNS`).
-pub const DEFAULT_HISTORY_RUNS: u32 = ledger::DEFAULT_HISTORY_RUNS;
+pub(crate) const DEFAULT_HISTORY_RUNS: u32 = ledger::DEFAULT_HISTORY_RUNS;
 
 fn plan_options<'a>(
     run_id: &'a str,
