@@ -137,7 +137,6 @@ async fn extract(
     dir: &std::path::Path,
 ) -> Result<etl::extract::matomo_api::ApiExtracted, String> {
     let fields = ApiFields::new([], []);
-    let progress = etl::progress::Progress::new(true);
     let run = ApiExtract {
         settings,
         fields: &fields,
@@ -154,7 +153,7 @@ async fn extract(
         }],
         dir,
         rel: "matomo-api/visits".into(),
-        progress: &progress,
+        bar: indicatif::ProgressBar::hidden(),
     };
     run.run().await.map_err(|e| e.to_string())
 }

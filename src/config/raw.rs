@@ -72,7 +72,7 @@ pub(super) struct RawTable {
 /// How a table is partitioned.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPartition {
+pub(super) struct RawPartition {
     /// The NOT NULL `TIMESTAMPTZ`, `TIMESTAMP` or `DATE` column whose value picks a partition.
     pub column: String,
     /// `day`, `week` (ISO weeks, from Monday; the default) or `month`; ranges of
@@ -165,7 +165,7 @@ pub(super) mod indexmap_lite {
 
     /// Key -> one source or a list of sources, in file order.
     #[derive(Debug, Default)]
-    pub struct OrderedSources(pub Vec<(String, Vec<String>)>);
+    pub(crate) struct OrderedSources(pub Vec<(String, Vec<String>)>);
 
     #[derive(serde::Deserialize)]
     #[serde(untagged)]

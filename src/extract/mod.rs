@@ -365,7 +365,7 @@ async fn extract_api(
         watermarks,
         dir: &stage_dir.join(&rel),
         rel,
-        progress,
+        bar: progress.rows("matomo-api visits"),
     }
     .run()
     .await?;

@@ -32,7 +32,6 @@ use days::SiteZone;
 pub use days::StartRule;
 use http::{HttpClient, HttpError};
 
-use crate::progress::Progress;
 use crate::settings::MatomoApiSettings;
 use crate::staging::matomo_api::{self as staged, ApiFields, VisitBatchBuilder};
 use crate::staging::{
@@ -86,7 +85,8 @@ pub struct ApiExtract<'a> {
     /// The folder of the staged files and its name relative to the stage folder.
     pub dir: &'a Path,
     pub rel: String,
-    pub progress: &'a Progress,
+    /// The progress bar of the extract (a hidden one shows nothing).
+    pub bar: indicatif::ProgressBar,
 }
 
 /// What an API extract staged.
@@ -128,7 +128,7 @@ impl ApiExtract<'_> {
             pending_bytes: 0,
             converting: None,
         };
-        let bar = self.progress.rows("matomo-api visits");
+        let bar = &self.bar;
         let mut out = ApiExtracted {
             schema: schema_pairs(&schema),
             ..Default::default()
