@@ -215,9 +215,33 @@ pub fn postgres_url() -> String {
 
 static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+static CLEANED: std::sync::Once = std::sync::Once::new();
+
+/// Test databases are named `<prefix>_<pid>_<n>`: those of test processes that have ended
+/// are dropped once per process, so repeated runs do not fill the disk.
+fn drop_databases_of_ended_processes(base: &str) {
+    let names = psql(
+        base,
+        "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname ~ '_[0-9]+_[0-9]+$'",
+    );
+    for name in names.lines() {
+        let mut parts = name.rsplit('_');
+        let (Some(_), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            // Another process may be dropping it too: ignore the outcome.
+            let _ = psql_stdin(base, &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+        }
+    }
+}
+
 /// A new empty database on the test server; returns its URL.
 pub fn fresh_database(prefix: &str) -> String {
     let base = postgres_url();
+    CLEANED.call_once(|| drop_databases_of_ended_processes(&base));
     let name = format!(
         "{prefix}_{}_{}",
         std::process::id(),
