@@ -100,6 +100,9 @@ pub struct ExtractArgs {
     /// Start the window no later than this date (the earlier of this and the watermark wins).
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub since: Option<chrono::NaiveDate>,
+    /// Stage every MongoDB document whole (relaxed Extended JSON), as `keep_source` does.
+    #[arg(long)]
+    pub keep_documents: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -396,6 +399,7 @@ fn extract_options(cli: &Cli, args: &ExtractArgs) -> Result<extract::ExtractOpti
             std::env::var("GLOBAL_DATE_THRESHOLD").ok().as_deref(),
         ),
         quiet: cli.quiet,
+        keep_documents: args.keep_documents,
     })
 }
 
@@ -584,6 +588,7 @@ async fn verify(cli: &Cli, config: &Config, args: &VerifyArgs) -> Result<(), Cli
                 tables: args.tables.clone(),
                 full: true,
                 since: None,
+                keep_documents: false,
             };
             crate::verify::VerifySource::Source(Box::new(extract_options(cli, &extract_args)?))
         }

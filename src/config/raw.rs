@@ -57,6 +57,11 @@ pub struct RawTable {
     pub watermark: Option<String>,
     /// IANA time zone in which `DATE` columns are computed from timestamps (default `UTC`).
     pub time_zone: Option<String>,
+    /// Adds a `source_data JSONB` column holding the whole source document as relaxed
+    /// Extended JSON (`{"$oid": ...}`, `{"$date": ...}`), so fields no column maps are kept.
+    /// MongoDB tables with one row per document (no `explode`, no `dedupe`).
+    #[serde(default)]
+    pub keep_source: bool,
 }
 
 /// One column of a table.

@@ -9,6 +9,7 @@
 pub use crate::staging::fields;
 
 pub mod bson_arrow;
+mod extjson;
 pub mod matomo;
 mod mongo_live;
 pub mod mongodump;
@@ -57,6 +58,9 @@ pub struct ExtractOptions {
     /// `GLOBAL_DATE_THRESHOLD`, already validated.
     pub threshold: Option<chrono::NaiveDate>,
     pub quiet: bool,
+    /// `--keep-documents`: stage every MongoDB document whole (relaxed Extended JSON in a
+    /// column of its own), as `keep_source` does for its tables' collections.
+    pub keep_documents: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +128,7 @@ pub async fn run(
             input,
             stage_dir: &stage_dir,
             progress: &progress,
+            keep_documents: opts.keep_documents,
         };
         manifest
             .entries
@@ -161,6 +166,7 @@ struct MongoRun<'a> {
     input: &'a MongoInput,
     stage_dir: &'a Path,
     progress: &'a Progress,
+    keep_documents: bool,
 }
 
 impl MongoRun<'_> {
@@ -199,7 +205,7 @@ impl MongoRun<'_> {
         window: &Window,
         dump: Option<&[mongodump::DumpCollection]>,
     ) -> Result<ManifestEntry, ExtractError> {
-        let fields = fields::fields_for_collection(self.config, collection);
+        let fields = fields::fields_for_collection(self.config, collection, self.keep_documents);
         let source = match self.input {
             MongoInput::Dump(_) => SourceKind::Dump,
             MongoInput::Live(_) => SourceKind::Mongo,

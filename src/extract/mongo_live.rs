@@ -4,8 +4,9 @@
 use bson::{doc, Document, RawDocumentBuf};
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
+use mongodb::action::Action;
 
-use super::fields::{StagedField, CREATION_DATE, UPDATE_DATE};
+use super::fields::{FieldKind, StagedField, CREATION_DATE, UPDATE_DATE};
 use super::{CollectionStats, ExtractError, ParallelConverter};
 use crate::settings::MongoSettings;
 use crate::staging::BackgroundWriter;
@@ -39,7 +40,7 @@ pub async fn extract_collection(
         .collection::<RawDocumentBuf>(collection);
     let mut cursor = coll
         .find(window_filter(since))
-        .projection(projection(fields))
+        .optional(projection(fields), |find, p| find.projection(p))
         .batch_size(CURSOR_BATCH)
         .await
         .map_err(|e| err(e.kind.to_string()))?;
@@ -85,20 +86,22 @@ pub fn window_filter(since: Option<DateTime<Utc>>) -> Document {
     }
 }
 
-/// Only the top-level fields the config reads.
-pub fn projection(fields: &[StagedField]) -> Document {
+/// Only the top-level fields the config reads; none when the whole document is kept.
+pub fn projection(fields: &[StagedField]) -> Option<Document> {
+    if fields.iter().any(|f| f.kind == FieldKind::Document) {
+        return None;
+    }
     let mut p = Document::new();
     for f in fields {
         let top = f.path.split('.').next().unwrap_or(&f.path);
         p.insert(top, 1);
     }
-    p
+    Some(p)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::staging::fields::FieldKind;
 
     #[test]
     fn filter_is_inclusive_on_both_dates() {
@@ -129,6 +132,14 @@ mod tests {
                 kind: FieldKind::Text,
             },
         ];
-        assert_eq!(projection(&fields), doc! { "_id": 1, "address": 1 });
+        assert_eq!(projection(&fields), Some(doc! { "_id": 1, "address": 1 }));
+        let whole = [
+            fields[0].clone(),
+            StagedField {
+                path: crate::staging::fields::KEPT_DOCUMENT.into(),
+                kind: FieldKind::Document,
+            },
+        ];
+        assert_eq!(projection(&whole), None, "the whole document is read");
     }
 }
