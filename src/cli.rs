@@ -135,6 +135,21 @@ pub struct LoadArgs {
     /// With --to sql: gzip the bundle's data files (psql reads them through `gzip -dc`).
     #[arg(long)]
     pub compress: bool,
+    #[command(flatten)]
+    pub prune: PruneArgs,
+}
+
+/// `--prune` and `--force`, on `load` and `run`.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct PruneArgs {
+    /// After a run that extracted the whole source (--full, or no window), delete the target
+    /// rows whose key is no longer in the source; refused above ETL_PRUNE_MAX_SHARE (default
+    /// 10%) of any table.
+    #[arg(long)]
+    pub prune: bool,
+    /// With --prune: prune whatever share of a table it deletes.
+    #[arg(long, requires = "prune")]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -153,6 +168,8 @@ pub struct RunArgs {
     /// With --to sql: gzip the bundle's data files.
     #[arg(long)]
     pub compress: bool,
+    #[command(flatten)]
+    pub prune: PruneArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -312,6 +329,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 tables: args.extract.tables.clone(),
                 dry_run: args.dry_run,
                 compress: args.compress,
+                prune: args.prune,
             };
             load(cli, &config, &load_args).await
         }),
@@ -521,6 +539,7 @@ fn transform(
 }
 
 async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliError> {
+    let opts = load_options(args.prune)?;
     if args.dry_run {
         print!(
             "{}",
@@ -529,10 +548,13 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
                 &cli.staging,
                 args.run.as_deref(),
                 args.tables.as_deref(),
-                &load_options()?
+                &opts
             )
             .context("load")?
         );
+        if opts.prune.is_some() {
+            print!("{}", prune_preview(cli, config, args, &opts).await?);
+        }
         return Ok(());
     }
     let sink = match args.to {
@@ -551,7 +573,7 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
         args.run.as_deref(),
         args.tables.as_deref(),
         &sink,
-        &load_options()?,
+        &opts,
     )
     .await
     .context("load")?;
@@ -562,6 +584,9 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
         started.elapsed().as_secs_f64()
     );
     print!("{}", load_summary(&loads));
+    if opts.prune.is_some() && matches!(args.to, SinkArg::Postgres) {
+        print!("{}", pruned_summary(&loads));
+    }
     let rejected: u64 = loads.iter().map(|l| l.rejected).sum();
     let orphans: usize = loads.iter().map(|l| l.orphans.len()).sum();
     if rejected + orphans as u64 > 0 {
@@ -571,6 +596,82 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
         );
     }
     Ok(())
+}
+
+/// What `--prune` did, per table that lost rows or kept some still referenced.
+fn pruned_summary(loads: &[load::TableLoad]) -> String {
+    use std::fmt::Write as _;
+    let touched: Vec<&load::TableLoad> = loads
+        .iter()
+        .filter(|l| l.pruned + l.prune_kept > 0)
+        .collect();
+    if touched.is_empty() {
+        return "prune: every target row's key is still in the source: nothing deleted\n".into();
+    }
+    let mut out = String::from("prune: rows whose key is no longer in the source\n");
+    for l in touched {
+        let _ = write!(out, "  {}: {} deleted", l.table, l.pruned);
+        if l.prune_kept > 0 {
+            let _ = write!(
+                out,
+                ", {} kept (still referenced by rows that stay)",
+                l.prune_kept
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `etl load --dry-run --prune`: per table, what the prune would delete in the configured
+/// target now, as comments after the script (nothing is changed).
+async fn prune_preview(
+    cli: &Cli,
+    config: &Config,
+    args: &LoadArgs,
+    opts: &load::LoadOptions,
+) -> Result<String, CliError> {
+    use std::fmt::Write as _;
+    let Some(target) = configured_target() else {
+        return Ok(
+            "\n-- prune preview: no target configured (DATABASE_URL or POSTGRES_*): \
+                   the counts need it\n"
+                .into(),
+        );
+    };
+    let previews = load::prune_preview(
+        config,
+        &cli.staging,
+        args.run.as_deref(),
+        args.tables.as_deref(),
+        &target,
+        opts,
+    )
+    .await
+    .context("load --dry-run --prune")?;
+    let limit = opts.prune.filter(|p| !p.force).map(|p| p.max_share_bp);
+    let mut out = format!("\n-- prune preview against {target} (nothing was changed):\n");
+    for p in &previews {
+        let over = limit
+            .is_some_and(|bp| u128::from(p.doomed) * 10_000 > u128::from(p.total) * u128::from(bp));
+        let _ = write!(
+            out,
+            "--   {}: {} of {} rows would be deleted{}",
+            p.table,
+            p.doomed,
+            p.total,
+            if over {
+                " (over the allowed share: the load would be refused)"
+            } else {
+                ""
+            }
+        );
+        if !p.samples.is_empty() {
+            let _ = write!(out, ", e.g. {}", p.samples.join(" "));
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// `etl verify`: compare, print the summary, write the JSON report, exit 1 on a mismatch.
@@ -797,9 +898,23 @@ async fn rollback(config: &Config, args: &RollbackArgs) -> Result<(), CliError> 
     Ok(())
 }
 
-/// `ETL_HISTORY_RUNS` (how many loaded runs keep what `etl rollback` needs) and
-/// `ETL_COPY_FORMAT` (`binary`, the default, or `text`).
-fn load_options() -> Result<load::LoadOptions, CliError> {
+/// `ETL_HISTORY_RUNS` (how many loaded runs keep what `etl rollback` needs),
+/// `ETL_COPY_FORMAT` (`binary`, the default, or `text`), and with `--prune`
+/// `ETL_PRUNE_MAX_SHARE` (the largest share of a table one load may prune, default 10%).
+fn load_options(prune: PruneArgs) -> Result<load::LoadOptions, CliError> {
+    let prune = if prune.prune {
+        let max_share_bp = match std::env::var("ETL_PRUNE_MAX_SHARE") {
+            Err(_) => load::DEFAULT_PRUNE_MAX_SHARE_BP,
+            Ok(v) => load::parse_share(&v)
+                .map_err(|e| CliError::Usage(format!("ETL_PRUNE_MAX_SHARE: {e}")))?,
+        };
+        Some(load::PruneOptions {
+            max_share_bp,
+            force: prune.force,
+        })
+    } else {
+        None
+    };
     let keep_history = match std::env::var("ETL_HISTORY_RUNS") {
         Err(_) => load::DEFAULT_HISTORY_RUNS,
         Ok(v) => v.trim().parse().map_err(|_| {
@@ -820,6 +935,7 @@ fn load_options() -> Result<load::LoadOptions, CliError> {
     Ok(load::LoadOptions {
         keep_history,
         binary_copy,
+        prune,
     })
 }
 

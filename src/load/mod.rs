@@ -68,7 +68,13 @@ pub struct TableLoad {
     pub rejected: u64,
     pub inserted: u64,
     pub updated: u64,
+    /// Rows deleted: children of replaced parents that are gone, and pruned rows.
     pub deleted: u64,
+    /// Of `deleted`: rows `--prune` deleted because their key is gone from the source.
+    pub pruned: u64,
+    /// Rows whose key is gone from the source that `--prune` kept because a row that stays
+    /// still references them.
+    pub prune_kept: u64,
     pub orphans: Vec<OrphanReject>,
     pub seconds: f64,
     /// Every statement the live load ran for the table, in order (COPY data left out).
@@ -83,6 +89,18 @@ pub struct OrphanReject {
     pub column: String,
     pub value: String,
     pub references: String,
+}
+
+/// What `etl load --dry-run --prune` found in the target for one table.
+#[derive(Debug, Clone)]
+pub struct PrunePreview {
+    pub table: String,
+    /// Rows whose key is no longer in the source.
+    pub doomed: u64,
+    /// Rows in the table now.
+    pub total: u64,
+    /// The first of their keys.
+    pub samples: Vec<String>,
 }
 
 /// Where `etl load` writes.
@@ -123,6 +141,62 @@ fn planned<'a>(
     Ok(planned)
 }
 
+/// `--prune` on tables whose source keys are not all known: why, per table (empty when it
+/// can go on). Decided before anything connects.
+fn prune_refusals(planned: &[(&TableSpec, &ManifestEntry)]) -> Vec<String> {
+    planned
+        .iter()
+        .filter_map(|(t, entry)| {
+            let why = match &entry.source_keys {
+                None => Some(
+                    "the run was transformed by an etl that did not record the source's keys: \
+                     run `etl transform` again"
+                        .to_string(),
+                ),
+                Some(keys) => keys.incomplete.clone(),
+            };
+            why.map(|why| format!("table `{}`: {why}", t.name))
+        })
+        .collect()
+}
+
+/// Checks `--prune` can apply to every planned table.
+fn check_prune(
+    planned: &[(&TableSpec, &ManifestEntry)],
+    opts: &LoadOptions,
+) -> Result<(), LoadError> {
+    if opts.prune.is_none() {
+        return Ok(());
+    }
+    let refusals = prune_refusals(planned);
+    if refusals.is_empty() {
+        return Ok(());
+    }
+    Err(LoadError::Refused(format!(
+        "--prune refused: the source's keys are not all known for {} table(s), so a missing \
+         key would not mean a deleted document; nothing was loaded (leave these tables out \
+         with --tables, or extract with --full):\n  {}",
+        refusals.len(),
+        refusals.join("\n  ")
+    )))
+}
+
+/// The plan of a run, as every executor gets it.
+fn build_plan(
+    config: &Config,
+    run: &RunDir,
+    manifest: &Manifest,
+    planned: &[(&TableSpec, &ManifestEntry)],
+    opts: &LoadOptions,
+) -> Result<plan::LoadPlan, LoadError> {
+    check_prune(planned, opts)?;
+    let mut options = plan_options(&run.id, manifest, opts.keep_history);
+    options.prune = opts.prune.map(|p| plan::PruneRule {
+        max_share_bp: (!p.force).then_some(p.max_share_bp),
+    });
+    Ok(plan::plan_load(config, &options, planned))
+}
+
 /// `etl load --dry-run`: the plan as the psql script a bundle holds, touching nothing.
 pub fn dry_run(
     config: &Config,
@@ -134,16 +208,30 @@ pub fn dry_run(
     let run = RunDir::open(staging_dir, run, Stage::Transform)?;
     let manifest = run.manifest(Stage::Transform)?;
     let planned = planned(config, &manifest, tables)?;
-    let plan = plan::plan_load(
-        config,
-        &plan_options(&run.id, &manifest, opts.keep_history),
-        &planned,
-    );
+    let plan = build_plan(config, &run, &manifest, &planned, opts)?;
     let bundle = sql_files::BundleOptions {
         compress: false,
         follows: previous_loaded_run(staging_dir, &run.id),
     };
     Ok(sql_files::dry_run(&plan, &bundle))
+}
+
+/// `etl load --dry-run --prune` with a target: per table, how many rows the prune would
+/// delete and the first of their keys, computed in a transaction that is rolled back.
+pub async fn prune_preview(
+    config: &Config,
+    staging_dir: &Path,
+    run: Option<&str>,
+    tables: Option<&[String]>,
+    settings: &PostgresSettings,
+    opts: &LoadOptions,
+) -> Result<Vec<PrunePreview>, LoadError> {
+    let run = RunDir::open(staging_dir, run, Stage::Transform)?;
+    let manifest = run.manifest(Stage::Transform)?;
+    let planned = planned(config, &manifest, tables)?;
+    let plan = build_plan(config, &run, &manifest, &planned, opts)?;
+    let mut client = postgres::connect(settings).await?;
+    postgres::preview_prune(&mut client, &plan, &run.stage_dir(Stage::Transform)).await
 }
 
 /// Loads a transformed run into `sink`; returns the run and per-table results, and writes the
@@ -159,11 +247,7 @@ pub async fn run(
     let run = RunDir::open(staging_dir, run, Stage::Transform)?;
     let manifest = run.manifest(Stage::Transform)?;
     let planned = planned(config, &manifest, tables)?;
-    let plan = plan::plan_load(
-        config,
-        &plan_options(&run.id, &manifest, opts.keep_history),
-        &planned,
-    );
+    let plan = build_plan(config, &run, &manifest, &planned, opts)?;
     let transform_dir = run.stage_dir(Stage::Transform);
     let (loads, written_to) = match sink {
         Sink::Postgres(settings) => {
@@ -205,6 +289,7 @@ pub async fn run(
                 inserted: load.inserted,
                 updated: load.updated,
                 deleted: load.deleted,
+                pruned: load.pruned,
                 orphans: load.orphans.len() as u64,
                 transformed: entry.rows,
                 ..entry.counts
@@ -237,6 +322,51 @@ pub struct LoadOptions {
     /// The live COPY in PostgreSQL's binary format (`ETL_COPY_FORMAT=binary`, the default);
     /// text otherwise. Bundles always carry text.
     pub binary_copy: bool,
+    /// `--prune`: delete the target rows whose key is no longer in the source.
+    pub prune: Option<PruneOptions>,
+}
+
+/// How `--prune` may delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneOptions {
+    /// The largest share of a table's rows one load may prune, in hundredths of a percent
+    /// (`ETL_PRUNE_MAX_SHARE`, default [`DEFAULT_PRUNE_MAX_SHARE_BP`]).
+    pub max_share_bp: u32,
+    /// `--force`: prune whatever the share.
+    pub force: bool,
+}
+
+/// 10%: above it a table's prune is refused without `--force` (an empty or partial dump must
+/// never wipe production).
+pub const DEFAULT_PRUNE_MAX_SHARE_BP: u32 = 1_000;
+
+/// A share of a table's rows as written (`10%`, `2.5%`, or a fraction `0.1`), in hundredths of
+/// a percent.
+pub fn parse_share(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let (number, scale) = match text.strip_suffix('%') {
+        Some(percent) => (percent.trim(), 100.0),
+        None => (text, 10_000.0),
+    };
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| {
+            format!("`{text}` is not a share: write a percentage (`10%`) or a fraction (`0.1`)")
+        })?;
+    let bp = (value * scale).round();
+    if bp > 10_000.0 {
+        return Err(format!("`{text}` is more than the whole table (100%)"));
+    }
+    // Rounded and within 0..=10000: the conversion is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(bp as u32)
+}
+
+/// A share in hundredths of a percent as people write it (`10%`, `2.5%`).
+pub fn share_text(bp: u32) -> String {
+    plan::percent(bp)
 }
 
 impl Default for LoadOptions {
@@ -244,6 +374,7 @@ impl Default for LoadOptions {
         LoadOptions {
             keep_history: DEFAULT_HISTORY_RUNS,
             binary_copy: true,
+            prune: None,
         }
     }
 }
@@ -267,6 +398,7 @@ fn plan_options<'a>(
         run_id,
         source: sources.join(","),
         keep_history,
+        prune: None,
     }
 }
 

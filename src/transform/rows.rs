@@ -147,7 +147,7 @@ fn apply_filter(
 }
 
 /// A staged column and its `__raw` companion (MongoDB sources only).
-fn staged_column<'a>(
+pub(super) fn staged_column<'a>(
     table: &TableSpec,
     batch: &'a RecordBatch,
     path: &str,
