@@ -56,6 +56,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Undo the newest load recorded in the target, in one transaction.
     Rollback(RollbackArgs),
+    /// Load what the source has and the target lacks (by key); report the reverse.
+    Reconcile(ReconcileArgs),
     /// SQL bundles written by `etl load --to sql`.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -192,6 +194,22 @@ pub struct VerifyArgs {
     /// Also write the full report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// Which source to compare (every key of it, no window).
+    #[arg(long, value_enum, default_value = "all")]
+    pub source: SourceArg,
+    /// mongodump folder or archive file, for --source dump.
+    #[arg(long, value_name = "PATH")]
+    pub dump: Option<PathBuf>,
+    /// Only these target tables (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "a,b")]
+    pub tables: Option<Vec<String>>,
+    /// Compare and report; extract and load nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -336,6 +354,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Status => status(cli),
         Command::Verify(args) => runtime()?.block_on(verify(cli, &config, args)),
         Command::Rollback(args) => runtime()?.block_on(rollback(&config, args)),
+        Command::Reconcile(args) => runtime()?.block_on(reconcile(cli, &config, args)),
         Command::Bundle(BundleCommand::Check { dir }) => runtime()?.block_on(bundle_check(dir)),
     }
 }
@@ -349,6 +368,7 @@ impl Command {
             Command::Load(a) => a.tables.as_deref(),
             Command::Run(a) => a.extract.tables.as_deref(),
             Command::Verify(a) => a.tables.as_deref(),
+            Command::Reconcile(a) => a.tables.as_deref(),
             Command::Status | Command::Schema | Command::Rollback(_) | Command::Bundle(_) => None,
         }
     }
@@ -809,6 +829,117 @@ fn verify_details(report: &crate::verify::VerifyReport) -> String {
     if let Some(scratch) = &report.scratch {
         let _ = writeln!(out, "\nexpected rows and rejects: {}", scratch.display());
     }
+    out
+}
+
+/// `etl reconcile`: compare keys, load the missing ones, print what was found and done.
+async fn reconcile(cli: &Cli, config: &Config, args: &ReconcileArgs) -> Result<(), CliError> {
+    let target = PostgresSettings::from_env().map_err(CliError::Usage)?;
+    let extract_args = ExtractArgs {
+        source: args.source,
+        dump: args.dump.clone(),
+        tables: args.tables.clone(),
+        full: true,
+        since: None,
+        keep_documents: false,
+    };
+    let opts = crate::reconcile::ReconcileOptions {
+        source: extract_options(cli, &extract_args)?,
+        tables: args.tables.clone(),
+        dry_run: args.dry_run,
+        load: load_options(PruneArgs::default())?,
+    };
+    let started = Instant::now();
+    let report = crate::reconcile::run(config, &cli.staging, &target, &opts)
+        .await
+        .context("reconcile")?;
+    print!(
+        "{}",
+        reconcile_summary(&report, started.elapsed().as_secs_f64())
+    );
+    if !report.loads.is_empty() {
+        print!("{}", load_summary(&report.loads));
+    }
+    Ok(())
+}
+
+fn reconcile_summary(report: &crate::reconcile::ReconcileReport, seconds: f64) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "reconcile: {} against the source ({seconds:.1}s)\n",
+        report.target
+    );
+    let rows: Vec<Vec<String>> = report
+        .sources
+        .iter()
+        .map(|s| {
+            let note = s.note.clone().unwrap_or_else(|| {
+                let mut parts = Vec::new();
+                if !s.with.is_empty() {
+                    parts.push(format!("with {}", s.with.join(", ")));
+                }
+                if s.unreadable > 0 {
+                    parts.push(format!("{} unreadable key(s) not compared", s.unreadable));
+                }
+                parts.join("; ")
+            });
+            vec![
+                s.table.clone(),
+                s.source.clone(),
+                s.source_keys.to_string(),
+                s.target_keys.to_string(),
+                s.missing.count.to_string(),
+                s.extra.count.to_string(),
+                note,
+            ]
+        })
+        .collect();
+    let header = [
+        "table",
+        "source",
+        "source keys",
+        "target keys",
+        "missing",
+        "only in target",
+        "note",
+    ];
+    out.push_str(&progress::table(&header, &rows));
+    for s in &report.sources {
+        for (what, keys) in [
+            ("missing in the target", &s.missing),
+            ("only in the target", &s.extra),
+        ] {
+            if keys.count > 0 {
+                let more = if keys.count > keys.keys.len() as u64 {
+                    ", ..."
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "{}: {} {what}: {}{more}",
+                    s.table,
+                    keys.count,
+                    keys.keys.join(" ")
+                );
+            }
+        }
+    }
+    let missing = report.missing();
+    let _ = match (&report.run, missing, report.dry_run) {
+        (_, 0, _) => writeln!(
+            out,
+            "nothing missing in the target: nothing extracted or loaded"
+        ),
+        (_, n, true) => writeln!(
+            out,
+            "dry run: {n} missing key(s) would be extracted and loaded"
+        ),
+        (Some(run), n, false) => {
+            writeln!(out, "{n} missing key(s) extracted and loaded by run {run}:")
+        }
+        (None, n, false) => writeln!(out, "{n} missing key(s), nothing loaded"),
+    };
     out
 }
 

@@ -17,6 +17,7 @@ pub mod load;
 mod percent;
 pub(crate) mod pg_time;
 pub mod progress;
+pub mod reconcile;
 pub mod settings;
 pub mod staging;
 pub mod tls;

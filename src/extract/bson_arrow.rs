@@ -412,7 +412,13 @@ fn malformed(path: &str, e: &bson::raw::Error) -> String {
 
 /// The document's `_id` as staged, for error messages.
 fn doc_id(doc: &RawDocument) -> Option<String> {
-    let value = doc.get(ID_FIELD).ok()??;
+    id_text(doc.get(ID_FIELD).ok()??)
+}
+
+/// An `_id` value as the staged `_id` column holds it (and the target's key column then):
+/// ObjectId hex, a string as is, an integer in decimal, a UUID as 8-4-4-4-12 text, anything
+/// else as its relaxed Extended JSON; `None` when it cannot be read.
+pub fn id_text(value: RawBsonRef<'_>) -> Option<String> {
     match id_key(value) {
         Some(IdKey::Oid(oid)) => Some(oid.to_hex()),
         Some(IdKey::Str(s)) => Some(s.to_string()),

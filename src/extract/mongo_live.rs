@@ -1,18 +1,24 @@
 //! Live MongoDB through the official driver: the window as a server-side filter, a projection
-//! of the fields the config uses, and the same converter as the mongodump path.
+//! of the fields the config uses, and the same converter as the mongodump path. For
+//! `etl reconcile`: every `_id` alone (a projection on `_id`), and documents by `_id`.
 
-use bson::{doc, Document, RawDocumentBuf};
+use bson::raw::RawBsonRef;
+use bson::{doc, Bson, Document, RawDocumentBuf};
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use mongodb::action::Action;
 
-use super::fields::{FieldKind, StagedField, CREATION_DATE, UPDATE_DATE};
+use super::fields::{FieldKind, StagedField, CREATION_DATE, ID_FIELD, UPDATE_DATE};
 use super::{CollectionStats, ExtractError, ParallelConverter};
 use crate::settings::MongoSettings;
 use crate::staging::BackgroundWriter;
 
 /// Documents per server round trip.
 const CURSOR_BATCH: u32 = 5_000;
+/// `_id`s per round trip when only keys are read.
+const KEY_CURSOR_BATCH: u32 = 50_000;
+/// `_id`s per `$in` query when documents are read by key.
+const IDS_PER_QUERY: usize = 1_000;
 
 pub async fn extract_collection(
     settings: &MongoSettings,
@@ -22,29 +28,108 @@ pub async fn extract_collection(
     writer: &mut BackgroundWriter,
     bar: &ProgressBar,
 ) -> Result<CollectionStats, ExtractError> {
-    let err = |message: String| ExtractError::Mongo {
+    let coll = open(settings, collection).await?;
+    let mut converter = ParallelConverter::new(fields, since);
+    read_into(
+        settings,
+        &coll,
+        window_filter(since),
+        fields,
+        &mut converter,
+        writer,
+        bar,
+    )
+    .await?;
+    tokio::task::block_in_place(|| converter.finish(writer, bar))
+}
+
+/// The documents of these `_id`s (`etl reconcile`), by `$in` in chunks of [`IDS_PER_QUERY`].
+pub async fn extract_by_ids(
+    settings: &MongoSettings,
+    collection: &str,
+    fields: &[StagedField],
+    ids: &[Bson],
+    writer: &mut BackgroundWriter,
+    bar: &ProgressBar,
+) -> Result<CollectionStats, ExtractError> {
+    let coll = open(settings, collection).await?;
+    let mut converter = ParallelConverter::new(fields, None);
+    for chunk in ids.chunks(IDS_PER_QUERY) {
+        let filter = doc! { ID_FIELD: { "$in": chunk.to_vec() } };
+        read_into(settings, &coll, filter, fields, &mut converter, writer, bar).await?;
+    }
+    tokio::task::block_in_place(|| converter.finish(writer, bar))
+}
+
+/// Every document's `_id` (a projection on `_id` alone: keys, no documents), handed to
+/// `on_id` as the raw value.
+pub async fn scan_ids(
+    settings: &MongoSettings,
+    collection: &str,
+    mut on_id: impl FnMut(Option<RawBsonRef<'_>>),
+) -> Result<u64, ExtractError> {
+    let coll = open(settings, collection).await?;
+    let err = |message: String| error(settings, collection, message);
+    let mut cursor = coll
+        .find(doc! {})
+        .projection(doc! { ID_FIELD: 1 })
+        .batch_size(KEY_CURSOR_BATCH)
+        .await
+        .map_err(|e| err(e.kind.to_string()))?;
+    let mut read: u64 = 0;
+    while cursor
+        .advance()
+        .await
+        .map_err(|e| err(cursor_failure(read, &e)))?
+    {
+        read = read.saturating_add(1);
+        on_id(cursor.current().get(ID_FIELD).ok().flatten());
+    }
+    Ok(read)
+}
+
+fn error(settings: &MongoSettings, collection: &str, message: String) -> ExtractError {
+    ExtractError::Mongo {
         collection: collection.to_string(),
         message: settings.scrub(&message),
-    };
+    }
+}
+
+async fn open(
+    settings: &MongoSettings,
+    collection: &str,
+) -> Result<mongodb::Collection<RawDocumentBuf>, ExtractError> {
     let client = mongodb::Client::with_uri_str(settings.url())
         .await
         .map_err(|e| {
-            err(format!(
-                "cannot connect to {}: {}",
-                settings.redacted_url(),
-                e.kind
-            ))
+            error(
+                settings,
+                collection,
+                format!("cannot connect to {}: {}", settings.redacted_url(), e.kind),
+            )
         })?;
-    let coll = client
+    Ok(client
         .database(&settings.database)
-        .collection::<RawDocumentBuf>(collection);
+        .collection::<RawDocumentBuf>(collection))
+}
+
+/// The documents `filter` matches, through `converter` into `writer`.
+async fn read_into(
+    settings: &MongoSettings,
+    coll: &mongodb::Collection<RawDocumentBuf>,
+    filter: Document,
+    fields: &[StagedField],
+    converter: &mut ParallelConverter<'_>,
+    writer: &mut BackgroundWriter,
+    bar: &ProgressBar,
+) -> Result<(), ExtractError> {
+    let err = |message: String| error(settings, coll.name(), message);
     let mut cursor = coll
-        .find(window_filter(since))
+        .find(filter)
         .optional(projection(fields), |find, p| find.projection(p))
         .batch_size(CURSOR_BATCH)
         .await
         .map_err(|e| err(e.kind.to_string()))?;
-    let mut converter = ParallelConverter::new(fields, since);
     let mut read: u64 = 0;
     while cursor
         .advance()
@@ -56,7 +141,7 @@ pub async fn extract_collection(
         // filtered by the window; the converter checks it again, so both paths agree).
         tokio::task::block_in_place(|| converter.push(cursor.current(), writer, bar))?;
     }
-    tokio::task::block_in_place(|| converter.finish(writer, bar))
+    Ok(())
 }
 
 /// Why a cursor stopped, with how far it got: a connection lost mid-cursor (a server restart,

@@ -304,6 +304,46 @@ pub async fn run(
     Ok((run, loads, written_to))
 }
 
+/// `etl reconcile`: the key of every row of `table` in the target, as text (its key columns
+/// printed by PostgreSQL, several joined by `,`), streamed to `on_key`; a table that does
+/// not exist yet has none. Returns how many rows.
+pub async fn target_keys(
+    settings: &PostgresSettings,
+    table: &TableSpec,
+    key: &[String],
+    mut on_key: impl FnMut(String),
+) -> Result<u64, LoadError> {
+    use futures_util::TryStreamExt;
+    let client = postgres::connect(settings).await?;
+    let columns: Vec<String> = key
+        .iter()
+        .map(|k| format!("{}::text", crate::config::ddl::ident(k)))
+        .collect();
+    let sql = format!(
+        "SELECT concat_ws(',', {}) FROM {}",
+        columns.join(", "),
+        crate::config::ddl::ident(&table.name)
+    );
+    let rows = match client.query_raw(sql.as_str(), Vec::<String>::new()).await {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok(0)
+        }
+        Err(e) => return Err(postgres::sql_error(&table.name, &sql, e)),
+    };
+    futures_util::pin_mut!(rows);
+    let mut count = 0;
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(|e| postgres::sql_error(&table.name, &sql, e))?
+    {
+        on_key(row.get(0));
+        count += 1;
+    }
+    Ok(count)
+}
+
 /// The run a bundle of `run_id` follows: the newest earlier run of the staging folder that was
 /// loaded or bundled (its load stage finished).
 fn previous_loaded_run(staging_dir: &Path, run_id: &str) -> Option<String> {
