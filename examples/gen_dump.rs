@@ -1,9 +1,6 @@
 //! Writes a SmartDiet-like mongodump: `cargo run --release --example gen_dump -- DIR USERS [CHANGED]`
 //! (CHANGED: how many users were edited since, for a second, incremental run).
-//! Used by `make demo` (a small sample) and `make bench` (1M users).
-
-#[path = "../tests/util/smartdiet.rs"]
-mod smartdiet;
+//! Used by `make bench` (1M users); the same generator as `etl sample`, which `make demo` uses.
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -20,6 +17,11 @@ fn main() {
         .get(3)
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(0);
-    let db = smartdiet::write_dump_changed(std::path::Path::new(dir), users, changed);
-    println!("{}", db.display());
+    match etl::sample::smartdiet::write_dump_changed(std::path::Path::new(dir), users, changed) {
+        Ok(db) => println!("{}", db.display()),
+        Err(e) => {
+            eprintln!("gen_dump: {e}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -35,6 +35,9 @@ pub struct Cli {
     /// source, a table with nothing to transform).
     #[arg(long, global = true)]
     pub strict: bool,
+    /// INFO log lines too (default: warnings and errors only; `ETL_LOG=<filter>` overrides).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -63,6 +66,12 @@ pub enum Command {
     Bundle(BundleCommand),
     /// Print the PostgreSQL DDL the config implies, in foreign-key order.
     Schema,
+    /// Write the sample data: a SmartDiet mongodump and Matomo rows (matomo.sql).
+    Sample(crate::sample::SampleArgs),
+    /// Write a starter config/ and .env.example into the current folder.
+    Init(crate::init::InitArgs),
+    /// Print shell completions: etl completions bash|zsh|fish.
+    Completions(crate::init::CompletionsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -235,6 +244,23 @@ pub struct RollbackArgs {
     pub force: bool,
 }
 
+/// `print!` to stdout that never panics: when the reader went away (`etl status | head -1`)
+/// the results are dropped and the command still does its work.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `println!` to stdout that never panics (see [`say!`]).
+macro_rules! sayln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Failures the command line maps to exit codes.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -271,7 +297,7 @@ impl CliError {
 
 /// Runs the parsed command line and prints the outcome; the binary's whole body.
 pub fn main(cli: Cli) -> ExitCode {
-    init_logging(cli.quiet);
+    init_logging(cli.quiet, cli.verbose);
     crate::settings::load_dotenv(std::path::Path::new(".env"));
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -301,12 +327,13 @@ fn error_text(e: &CliError) -> String {
     text
 }
 
-fn init_logging(quiet: bool) {
-    let default = if quiet { "warn" } else { "info" };
+fn init_logging(quiet: bool, verbose: bool) {
+    let default = if verbose && !quiet { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ETL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(progress::stderr_colours())
         .with_writer(|| progress::LogWriter)
         .with_target(false)
         .try_init();
@@ -322,6 +349,23 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
 }
 
 fn run(cli: &Cli) -> Result<(), CliError> {
+    // These work without a config folder: on a fresh machine, outside a project.
+    match &cli.command {
+        Command::Sample(args) => return Ok(crate::sample::run(args).context("sample")?),
+        Command::Init(args) => {
+            return crate::init::run(args, &cli.config).map_err(|e| {
+                if e.is_refusal() {
+                    CliError::Usage(e.to_string())
+                } else {
+                    CliError::Failed(e.into())
+                }
+            });
+        }
+        Command::Completions(args) => {
+            return crate::init::completions(args).map_err(|e| CliError::Failed(e.into()))
+        }
+        _ => {}
+    }
     let config = load_config(cli)?;
     // Table names are checked once, before any stage or connection: a typo is a usage error.
     if let Some(tables) = cli.command.tables() {
@@ -329,7 +373,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
     }
     match &cli.command {
         Command::Schema => {
-            print!("{}", ddl::schema_sql(&config));
+            say!("{}", ddl::schema_sql(&config));
             Ok(())
         }
         Command::Extract(args) => runtime()?.block_on(extract(cli, &config, args)).map(|_| ()),
@@ -356,6 +400,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Rollback(args) => runtime()?.block_on(rollback(&config, args)),
         Command::Reconcile(args) => runtime()?.block_on(reconcile(cli, &config, args)),
         Command::Bundle(BundleCommand::Check { dir }) => runtime()?.block_on(bundle_check(dir)),
+        Command::Sample(_) | Command::Init(_) | Command::Completions(_) => Ok(()), // above
     }
 }
 
@@ -369,7 +414,13 @@ impl Command {
             Command::Run(a) => a.extract.tables.as_deref(),
             Command::Verify(a) => a.tables.as_deref(),
             Command::Reconcile(a) => a.tables.as_deref(),
-            Command::Status | Command::Schema | Command::Rollback(_) | Command::Bundle(_) => None,
+            Command::Status
+            | Command::Schema
+            | Command::Rollback(_)
+            | Command::Bundle(_)
+            | Command::Sample(_)
+            | Command::Init(_)
+            | Command::Completions(_) => None,
         }
     }
 }
@@ -386,12 +437,12 @@ async fn extract(cli: &Cli, config: &Config, args: &ExtractArgs) -> Result<Strin
     let (run, reports) = extract::run(config, &cli.staging, &opts)
         .await
         .context("extract")?;
-    println!(
+    sayln!(
         "extract: run {} ({:.1}s)",
         run.id,
         started.elapsed().as_secs_f64()
     );
-    print!("{}", extract_summary(&reports));
+    say!("{}", extract_summary(&reports));
     let missing: Vec<&str> = reports
         .iter()
         .filter(|r| r.missing)
@@ -514,12 +565,12 @@ fn transform(
             ]
         })
         .collect();
-    println!(
+    sayln!(
         "transform: run {} ({:.1}s)",
         run.id,
         started.elapsed().as_secs_f64()
     );
-    print!(
+    say!(
         "{}",
         progress::table(
             &[
@@ -539,7 +590,7 @@ fn transform(
     );
     let rejected: u64 = reports.iter().map(|r| r.counts.rejected).sum();
     if rejected > 0 {
-        println!(
+        sayln!(
             "{rejected} row(s) rejected: see {}",
             run.rejects_dir().display()
         );
@@ -561,7 +612,7 @@ fn transform(
 async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliError> {
     let opts = load_options(args.prune)?;
     if args.dry_run {
-        print!(
+        say!(
             "{}",
             load::dry_run(
                 config,
@@ -573,7 +624,7 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
             .context("load")?
         );
         if opts.prune.is_some() {
-            print!("{}", prune_preview(cli, config, args, &opts).await?);
+            say!("{}", prune_preview(cli, config, args, &opts).await?);
         }
         return Ok(());
     }
@@ -597,20 +648,20 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
     )
     .await
     .context("load")?;
-    println!(
+    sayln!(
         "load: run {} into {} ({:.1}s)",
         run.id,
         target.display(),
         started.elapsed().as_secs_f64()
     );
-    print!("{}", load_summary(&loads));
+    say!("{}", load_summary(&loads));
     if opts.prune.is_some() && matches!(args.to, SinkArg::Postgres) {
-        print!("{}", pruned_summary(&loads));
+        say!("{}", pruned_summary(&loads));
     }
     let rejected: u64 = loads.iter().map(|l| l.rejected).sum();
     let orphans: usize = loads.iter().map(|l| l.orphans.len()).sum();
     if rejected + orphans as u64 > 0 {
-        println!(
+        sayln!(
             "{rejected} row(s) rejected by transform, {orphans} orphan(s) at load: see {}",
             run.rejects_dir().display()
         );
@@ -725,14 +776,14 @@ async fn verify(cli: &Cli, config: &Config, args: &VerifyArgs) -> Result<(), Cli
     let report = crate::verify::run(config, &cli.staging, &target, &opts)
         .await
         .context("verify")?;
-    println!(
+    sayln!(
         "verify: {} against {} ({:.1}s)",
         report.target,
         report.against,
         started.elapsed().as_secs_f64()
     );
-    print!("{}", verify_summary(&report));
-    print!("{}", verify_details(&report));
+    say!("{}", verify_summary(&report));
+    say!("{}", verify_details(&report));
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&report)
             .map_err(|e| CliError::Failed(anyhow::anyhow!("verify report: {e}")))?;
@@ -745,7 +796,7 @@ async fn verify(cli: &Cli, config: &Config, args: &VerifyArgs) -> Result<(), Cli
         .map(|t| t.verdict.table.as_str())
         .collect();
     if differing.is_empty() {
-        println!("everything matches");
+        sayln!("everything matches");
         Ok(())
     } else {
         Err(CliError::Mismatch(format!(
@@ -853,12 +904,12 @@ async fn reconcile(cli: &Cli, config: &Config, args: &ReconcileArgs) -> Result<(
     let report = crate::reconcile::run(config, &cli.staging, &target, &opts)
         .await
         .context("reconcile")?;
-    print!(
+    say!(
         "{}",
         reconcile_summary(&report, started.elapsed().as_secs_f64())
     );
     if !report.loads.is_empty() {
-        print!("{}", load_summary(&report.loads));
+        say!("{}", load_summary(&report.loads));
     }
     Ok(())
 }
@@ -955,30 +1006,30 @@ async fn bundle_check(dir: &std::path::Path) -> Result<(), CliError> {
         .as_ref()
         .map_or_else(String::new, |f| format!(", follows run {f}"));
     let rows: u64 = m.tables.iter().map(|t| t.rows).sum();
-    println!(
+    sayln!(
         "bundle of run {}{follows}: {} tables, {rows} rows, {} files checked against SHA256SUMS",
         m.run_id,
         m.tables.len(),
         check.checked
     );
     for p in &check.problems {
-        println!("  {p}");
+        sayln!("  {p}");
     }
     let mut failures = Vec::new();
     if !check.problems.is_empty() {
         failures.push(format!("{} file problem(s)", check.problems.len()));
     }
     match (check.ledger, &target) {
-        (Some(load::LedgerState::Ready), Some(t)) => println!("{t}: ready to apply"),
+        (Some(load::LedgerState::Ready), Some(t)) => sayln!("{t}: ready to apply"),
         (Some(load::LedgerState::Applied), Some(t)) => {
-            println!("{t}: already applied, applying it again changes nothing")
+            sayln!("{t}: already applied, applying it again changes nothing")
         }
         (Some(load::LedgerState::OutOfOrder), Some(t)) => {
             let previous = m.follows.clone().unwrap_or_default();
-            println!("{t}: run {previous} is not applied there; apply it first");
+            sayln!("{t}: run {previous} is not applied there; apply it first");
             failures.push(format!("run {previous} must be applied first"));
         }
-        _ => println!("no target configured: the ledger order was not checked"),
+        _ => sayln!("no target configured: the ledger order was not checked"),
     }
     if failures.is_empty() {
         Ok(())
@@ -1006,7 +1057,7 @@ async fn rollback(config: &Config, args: &RollbackArgs) -> Result<(), CliError> 
     } else {
         "rolled back"
     };
-    println!("rollback: {verb} run {} in {settings}", report.run_id);
+    sayln!("rollback: {verb} run {} in {settings}", report.run_id);
     let rows: Vec<Vec<String>> = report
         .tables
         .iter()
@@ -1025,7 +1076,7 @@ async fn rollback(config: &Config, args: &RollbackArgs) -> Result<(), CliError> 
         "updated rows restored",
         "deleted rows restored",
     ];
-    print!("{}", progress::table(&header, &rows));
+    say!("{}", progress::table(&header, &rows));
     Ok(())
 }
 
@@ -1095,9 +1146,9 @@ fn load_summary(loads: &[load::TableLoad]) -> String {
 /// The loads and rollbacks the target's ledger records (a note when it cannot be read).
 async fn target_status(target: &PostgresSettings) {
     match load::ledger_rows(target).await {
-        Ok(rows) if rows.is_empty() => println!("no load recorded in {target}"),
+        Ok(rows) if rows.is_empty() => sayln!("no load recorded in {target}"),
         Ok(rows) => {
-            println!("loads recorded in {target}:");
+            sayln!("loads recorded in {target}:");
             let header = [
                 "load",
                 "run",
@@ -1108,11 +1159,11 @@ async fn target_status(target: &PostgresSettings) {
                 "rolled back at",
                 "history",
             ];
-            print!("{}", progress::table(&header, &rows));
+            say!("{}", progress::table(&header, &rows));
         }
-        Err(e) => println!("loads in {target}: not readable ({e})"),
+        Err(e) => sayln!("loads in {target}: not readable ({e})"),
     }
-    println!();
+    sayln!();
 }
 
 /// `etl status`: every run, its finished stages, rows and watermarks.
@@ -1122,7 +1173,7 @@ fn status(cli: &Cli) -> Result<(), CliError> {
         runtime()?.block_on(target_status(&target));
     }
     if runs.is_empty() {
-        println!("no staged runs in {}", cli.staging.display());
+        sayln!("no staged runs in {}", cli.staging.display());
         return Ok(());
     }
     let mut rows = Vec::new();
@@ -1146,7 +1197,7 @@ fn status(cli: &Cli) -> Result<(), CliError> {
         cells.push(latest.map(|t| t.to_string()).unwrap_or_default());
         rows.push(cells);
     }
-    print!(
+    say!(
         "{}",
         progress::table(
             &["run", "extract", "transform", "load", "latest watermark"],

@@ -62,6 +62,19 @@ impl Write for LogWriter {
     }
 }
 
+/// Whether log lines on stderr may carry ANSI colours: only on a terminal, and never when
+/// `NO_COLOR` is set to a non-empty value (no-color.org), so a log file gets plain text.
+pub fn stderr_colours() -> bool {
+    colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// A plain text table: header, rule, rows; numbers right-aligned.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -108,6 +121,22 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(super::colours(true, None));
+        assert!(
+            super::colours(true, Some(OsStr::new(""))),
+            "empty NO_COLOR is unset"
+        );
+        assert!(!super::colours(true, Some(OsStr::new("1"))));
+        assert!(
+            !super::colours(false, None),
+            "a pipe or a log file gets no escape codes"
+        );
+    }
+
     #[test]
     fn table_aligns_numbers_right() {
         let t = super::table(

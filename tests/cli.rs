@@ -228,3 +228,21 @@ fn load_summary_counts_transform_rejects_and_orphans() {
     assert_eq!(row("users")[5], "1", "{summary}");
     assert_eq!(row("users")[2], "0", "{summary}");
 }
+
+/// Regression: `println!` into a closed stdout (`etl schema | head -1`) panicked.
+#[test]
+fn results_into_a_closed_pipe_never_panic() {
+    let work = Workdir::new();
+    for args in [&["schema"][..], &["status"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_etl"))
+            .current_dir(work.path())
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "etl {args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}
