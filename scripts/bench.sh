@@ -29,7 +29,8 @@ die() {
     echo "bench.sh: error: $*" >&2
     exit 1
 }
-progress() { echo "bench.sh: [$(date +%H:%M:%S)] $*" >&2; }
+# Progress lines carry commands, and commands carry URLs: the password never shows.
+progress() { echo "bench.sh: [$(date +%H:%M:%S)] $*" | sed -E 's#(://[^:@/ ]*):[^@ ]*@#\1:***@#g' >&2; }
 
 # ------------------------------------------------------------------ settings
 

@@ -140,4 +140,4 @@ sql -t -A -F ' ' -c "SELECT 'PostgreSQL $db:', (SELECT count(*) FROM users) || '
     (SELECT count(*) FROM matomo_log_link_visit_action) || ' Matomo actions'"
 echo "SQL bundle:   $work/bundle/$first_run/ (apply from that folder: psql -1 -v ON_ERROR_STOP=1 -f load.sql)"
 echo "Staged runs:  $work/staging (Parquet; rejects under <run>/rejects)"
-echo "Look around:  psql '$DATABASE_URL'"
+echo "Look around:  psql \"\$DATABASE_URL\"   (DATABASE_URL=postgres://***@${DATABASE_URL##*@}; the password is in $ETL_SERVICES_DIR/env.sh)"

@@ -27,9 +27,12 @@ set -euo pipefail
 PG_PORT=${ETL_PG_PORT:-55432}
 MARIADB_PORT=${ETL_MARIADB_PORT:-53306}
 PG_USER=etl                   # database superuser created by initdb
+# Passwords with the characters URLs treat specially: the whole test suite runs with them, and
+# the tests check that no output, log or file ever shows them.
+PG_PASSWORD='etl-Pg/s3cret@x:y%z'
 PG_DATABASE=postgres
 MARIADB_USER=etl
-MARIADB_PASSWORD=etl
+MARIADB_PASSWORD='etl-My/s3cret@x:y%z'
 MARIADB_DATABASE=matomo
 FALLBACK_OS_USER=etl-services # used when no postgres/mysql system user exists
 WAIT_SECONDS=60
@@ -322,12 +325,37 @@ pg_tls_setup() {
         cat "$tmp" >"$hba"
         rm -f "$tmp"
     fi
+    if ! grep -q '^# etl-services password' "$hba"; then
+        local tmp
+        tmp=$(mktemp)
+        {
+            echo "# etl-services password: over TCP, etl logs in with its password (scram)"
+            echo "host    all etl 127.0.0.1/32 scram-sha-256"
+            cat "$hba"
+        } >"$tmp"
+        cat "$tmp" >"$hba"
+        rm -f "$tmp"
+    fi
 }
 
 pg_tls_role() {
     run_as "$PG_OS_USER" "$PG_BIN/psql" -X -q -h "$PG_SOCK_DIR" -p "$PG_PORT" -U "$PG_USER" -d "$PG_DATABASE" \
         -c "DO \$\$ BEGIN CREATE ROLE etl_tls LOGIN SUPERUSER; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$" \
-        >/dev/null 2>>"$PG_LOG" || die "could not create the etl_tls role"
+        -c "ALTER ROLE $PG_USER PASSWORD '$PG_PASSWORD'" \
+        >/dev/null 2>>"$PG_LOG" || die "could not create the etl_tls role or set etl's password"
+}
+
+# A URL's user-info part: every byte but unreserved ones percent-encoded.
+url_encode() {
+    local s=$1 out="" c i
+    for ((i = 0; i < ${#s}; i++)); do
+        c=${s:i:1}
+        case $c in
+            [A-Za-z0-9._~-]) out+=$c ;;
+            *) out+=$(printf '%%%02X' "'$c") ;;
+        esac
+    done
+    printf '%s' "$out"
 }
 
 pg_stop() {
@@ -572,15 +600,16 @@ write_env() {
         echo "# Written by scripts/services.sh; source this file."
         printf 'export ETL_SERVICES_DIR=%q\n' "$DIR"
         printf 'export ETL_TEST_POSTGRES_URL=%q\n' \
-            "postgres://$PG_USER@127.0.0.1:$PG_PORT/$PG_DATABASE"
+            "postgres://$PG_USER:$(url_encode "$PG_PASSWORD")@127.0.0.1:$PG_PORT/$PG_DATABASE"
         printf 'export ETL_TEST_MARIADB_URL=%q\n' \
-            "mysql://$MARIADB_USER:$MARIADB_PASSWORD@127.0.0.1:$MARIADB_PORT/$MARIADB_DATABASE"
+            "mysql://$MARIADB_USER:$(url_encode "$MARIADB_PASSWORD")@127.0.0.1:$MARIADB_PORT/$MARIADB_DATABASE"
         printf 'export ETL_TEST_MARIADB_OUTFILE_DIR=%q\n' "$DIR/outfile"
         printf 'export ETL_TEST_POSTGRES_TLS_URL=%q\n' "postgres://etl_tls@127.0.0.1:$PG_PORT/$PG_DATABASE"
         printf 'export ETL_TEST_POSTGRES_CA=%q\n' "$DIR/pg-ca.crt"
         printf 'export POSTGRES_HOST=%q\n' 127.0.0.1
         printf 'export POSTGRES_PORT=%q\n' "$PG_PORT"
         printf 'export POSTGRES_USER=%q\n' "$PG_USER"
+        printf 'export POSTGRES_PASSWORD=%q\n' "$PG_PASSWORD"
         printf 'export POSTGRES_DATABASE=%q\n' "$PG_DATABASE"
         printf 'export MATOMO_HOST=%q\n' 127.0.0.1
         printf 'export MATOMO_PORT=%q\n' "$MARIADB_PORT"

@@ -219,3 +219,29 @@ fn the_scan_finds_a_password_that_is_there() {
     let out = etl(&work, &["--help"], &[]);
     assert!(leaks(&work, &[("help".into(), out)]).len() == 1);
 }
+
+/// The whole suite runs against services whose passwords hold every character URLs treat
+/// specially, and `util` searches every output of etl and every file it leaves for them.
+#[test]
+fn the_suite_runs_with_passwords_that_urls_treat_specially() {
+    for var in ["POSTGRES_PASSWORD", "MATOMO_PASSWORD"] {
+        let value = std::env::var(var)
+            .unwrap_or_else(|_| panic!("{var} is not set: run the tests with `make test`"));
+        for c in ['/', '@', ':', '%'] {
+            assert!(value.contains(c), "{var} has no `{c}`");
+        }
+    }
+    let url = postgres_url();
+    assert!(
+        url.contains("%2F") && url.contains("%40"),
+        "the test URL carries the password"
+    );
+    // The scan finds what it looks for.
+    let found = std::panic::catch_unwind(|| {
+        assert_no_secret("a probe", format!("x {} y", secrets()[0]).as_bytes())
+    });
+    assert!(
+        found.is_err(),
+        "the secret scan found nothing in a text holding a secret"
+    );
+}

@@ -59,8 +59,100 @@ impl Workdir {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.output().expect("run etl")
+        let out = cmd.output().expect("run etl");
+        assert_no_secret(&format!("stdout of etl {args:?}"), &out.stdout);
+        assert_no_secret(&format!("stderr of etl {args:?}"), &out.stderr);
+        out
     }
+}
+
+/// Every file etl left in the folder (staged runs, manifests, rejects, reports, bundles) is
+/// searched for the services' secrets before the folder goes.
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        scan_files(self.dir.path());
+    }
+}
+
+fn scan_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => scan_files(&path),
+            Ok(t) if t.is_file() => {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    assert_no_secret(&path.display().to_string(), &bytes);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The secrets the test services and settings use (passwords holding `/`, `@`, `:` and `%`),
+/// as written and as a URL carries them.
+pub fn secrets() -> Vec<String> {
+    let mut out = Vec::new();
+    for var in [
+        "POSTGRES_PASSWORD",
+        "MATOMO_PASSWORD",
+        "MATOMO_KEY",
+        "REMOTE_SERVER_PASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            if v.len() >= 6 {
+                let encoded = url_encoded(&v);
+                out.push(encoded.to_lowercase());
+                out.push(encoded);
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+fn url_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Fails the test when `bytes` holds one of the [`secrets`].
+pub fn assert_no_secret(what: &str, bytes: &[u8]) {
+    for secret in secrets() {
+        assert!(
+            !contains(bytes, secret.as_bytes()),
+            "a secret of the test services appears in {what}"
+        );
+    }
+}
+
+/// Whether `needle` occurs in `hay` (a scan for its first byte, then a comparison).
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    let mut from = 0;
+    while let Some(at) = hay[from..].iter().position(|&b| b == first) {
+        if hay[from + at..].starts_with(needle) {
+            return true;
+        }
+        from += at + 1;
+    }
+    false
 }
 
 pub fn repo() -> PathBuf {
