@@ -28,9 +28,9 @@ pub async fn extract_collection(
     writer: &mut BackgroundWriter,
     bar: &ProgressBar,
 ) -> Result<CollectionStats, ExtractError> {
-    let coll = open(settings, collection).await?;
+    let (client, coll) = open(settings, collection).await?;
     let mut converter = ParallelConverter::new(fields, since);
-    read_into(
+    let read = read_into(
         settings,
         &coll,
         window_filter(since),
@@ -39,7 +39,10 @@ pub async fn extract_collection(
         writer,
         bar,
     )
-    .await?;
+    .await;
+    drop(coll);
+    close(client).await;
+    read?;
     tokio::task::block_in_place(|| converter.finish(writer, bar))
 }
 
@@ -52,12 +55,19 @@ pub async fn extract_by_ids(
     writer: &mut BackgroundWriter,
     bar: &ProgressBar,
 ) -> Result<CollectionStats, ExtractError> {
-    let coll = open(settings, collection).await?;
+    let (client, coll) = open(settings, collection).await?;
     let mut converter = ParallelConverter::new(fields, None);
+    let mut read = Ok(());
     for chunk in ids.chunks(IDS_PER_QUERY) {
         let filter = doc! { ID_FIELD: { "$in": chunk.to_vec() } };
-        read_into(settings, &coll, filter, fields, &mut converter, writer, bar).await?;
+        read = read_into(settings, &coll, filter, fields, &mut converter, writer, bar).await;
+        if read.is_err() {
+            break;
+        }
     }
+    drop(coll);
+    close(client).await;
+    read?;
     tokio::task::block_in_place(|| converter.finish(writer, bar))
 }
 
@@ -68,24 +78,30 @@ pub async fn scan_ids(
     collection: &str,
     mut on_id: impl FnMut(Option<RawBsonRef<'_>>),
 ) -> Result<u64, ExtractError> {
-    let coll = open(settings, collection).await?;
+    let (client, coll) = open(settings, collection).await?;
     let err = |message: String| error(settings, collection, message);
-    let mut cursor = coll
-        .find(doc! {})
-        .projection(doc! { ID_FIELD: 1 })
-        .batch_size(KEY_CURSOR_BATCH)
-        .await
-        .map_err(|e| err(e.kind.to_string()))?;
-    let mut read: u64 = 0;
-    while cursor
-        .advance()
-        .await
-        .map_err(|e| err(cursor_failure(read, &e)))?
-    {
-        read = read.saturating_add(1);
-        on_id(cursor.current().get(ID_FIELD).ok().flatten());
+    let scan = async {
+        let mut cursor = coll
+            .find(doc! {})
+            .projection(doc! { ID_FIELD: 1 })
+            .batch_size(KEY_CURSOR_BATCH)
+            .await
+            .map_err(|e| err(e.kind.to_string()))?;
+        let mut read: u64 = 0;
+        while cursor
+            .advance()
+            .await
+            .map_err(|e| err(cursor_failure(read, &e)))?
+        {
+            read = read.saturating_add(1);
+            on_id(cursor.current().get(ID_FIELD).ok().flatten());
+        }
+        Ok(read)
     }
-    Ok(read)
+    .await;
+    drop(coll);
+    close(client).await;
+    scan
 }
 
 fn error(settings: &MongoSettings, collection: &str, message: String) -> ExtractError {
@@ -95,10 +111,22 @@ fn error(settings: &MongoSettings, collection: &str, message: String) -> Extract
     }
 }
 
+/// How long closing a client may wait for the cursors it still has to kill.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Shuts the client down once its cursors are killed (a cursor dropped on an error kills
+/// itself in a background task, which panics in the driver when the client is already gone),
+/// waiting at most [`CLOSE_WAIT`] for an unreachable server.
+async fn close(client: mongodb::Client) {
+    if tokio::time::timeout(CLOSE_WAIT, client.shutdown()).await.is_err() {
+        tracing::debug!("the MongoDB client did not shut down in time");
+    }
+}
+
 async fn open(
     settings: &MongoSettings,
     collection: &str,
-) -> Result<mongodb::Collection<RawDocumentBuf>, ExtractError> {
+) -> Result<(mongodb::Client, mongodb::Collection<RawDocumentBuf>), ExtractError> {
     let client = mongodb::Client::with_uri_str(settings.url())
         .await
         .map_err(|e| {
@@ -108,9 +136,10 @@ async fn open(
                 format!("cannot connect to {}: {}", settings.redacted_url(), e.kind),
             )
         })?;
-    Ok(client
+    let coll = client
         .database(&settings.database)
-        .collection::<RawDocumentBuf>(collection))
+        .collection::<RawDocumentBuf>(collection);
+    Ok((client, coll))
 }
 
 /// The documents `filter` matches, through `converter` into `writer`.
