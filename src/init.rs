@@ -31,7 +31,7 @@ const CONFIG_FILES: &[(&str, &str)] = &[
 const ENV_EXAMPLE: &str = include_str!("../.env.example");
 
 #[derive(Debug, thiserror::Error)]
-pub enum InitError {
+pub(crate) enum InitError {
     #[error("not overwriting existing {}: move them away or run `etl init --force`", list(.0))]
     Exists(Vec<PathBuf>),
     #[error("cannot write {}: {source}", path.display())]
@@ -43,7 +43,7 @@ pub enum InitError {
 
 impl InitError {
     /// A refusal (the user must choose), as opposed to a failure to write.
-    pub fn is_refusal(&self) -> bool {
+    pub(crate) fn is_refusal(&self) -> bool {
         matches!(self, InitError::Exists(_))
     }
 }
@@ -58,7 +58,7 @@ fn list(paths: &[PathBuf]) -> String {
 
 /// Writes the starter files: the config folder `config_dir` (the global `--config`) and
 /// `.env.example` beside it in the current folder. All or nothing when files exist.
-pub fn run(args: &InitArgs, config_dir: &Path) -> Result<(), InitError> {
+pub(crate) fn run(args: &InitArgs, config_dir: &Path) -> Result<(), InitError> {
     let files: Vec<(PathBuf, &str)> = CONFIG_FILES
         .iter()
         .map(|(rel, text)| (config_dir.join(rel), *text))
@@ -113,7 +113,7 @@ pub struct CompletionsArgs {
 /// `etl completions SHELL`: the completion script on stdout, e.g.
 /// `etl completions bash > ~/.local/share/bash-completion/completions/etl`. A reader that
 /// stops early (`| head`) is not an error.
-pub fn completions(args: &CompletionsArgs) -> std::io::Result<()> {
+pub(crate) fn completions(args: &CompletionsArgs) -> std::io::Result<()> {
     use clap::CommandFactory;
     use std::io::Write;
     let mut command = crate::cli::Cli::command();

@@ -9,19 +9,21 @@
 //! Each stage reads only the previous stage's Parquet files and manifest, so a staged run can
 //! be replayed offline. `config` is the validated YAML every stage works from.
 
+#![warn(unreachable_pub)]
+
 pub mod cli;
 pub mod config;
 pub(crate) mod decimal;
 pub mod extract;
-pub mod init;
-pub mod load;
+pub(crate) mod init;
+pub(crate) mod load;
 mod percent;
 pub(crate) mod pg_time;
-pub mod progress;
-pub mod reconcile;
+pub(crate) mod progress;
+pub(crate) mod reconcile;
 pub mod sample;
 pub mod settings;
 pub mod staging;
-pub mod tls;
-pub mod transform;
-pub mod verify;
+pub(crate) mod tls;
+pub(crate) mod transform;
+pub(crate) mod verify;

@@ -17,13 +17,13 @@ fn bars() -> &'static MultiProgress {
 
 /// Bars for one command.
 #[derive(Clone)]
-pub struct Progress {
+pub(crate) struct Progress {
     multi: MultiProgress,
     visible: bool,
 }
 
 impl Progress {
-    pub fn new(quiet: bool) -> Progress {
+    pub(crate) fn new(quiet: bool) -> Progress {
         let visible = !quiet && std::io::stderr().is_terminal();
         let multi = bars().clone();
         if visible {
@@ -33,7 +33,7 @@ impl Progress {
     }
 
     /// A bar counting rows for one collection or table.
-    pub fn rows(&self, name: &str) -> ProgressBar {
+    pub(crate) fn rows(&self, name: &str) -> ProgressBar {
         let bar = self.multi.add(ProgressBar::no_length());
         if let Ok(style) = ProgressStyle::with_template(
             "{spinner} {prefix:<32} {human_pos:>12} rows  {elapsed:>4}  {per_sec:0}",
@@ -49,7 +49,7 @@ impl Progress {
 }
 
 /// stderr for `tracing`, with the bars (if any) lifted while a line is written.
-pub struct LogWriter;
+pub(crate) struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -64,7 +64,7 @@ impl Write for LogWriter {
 
 /// Whether log lines on stderr may carry ANSI colours: only on a terminal, and never when
 /// `NO_COLOR` is set to a non-empty value (no-color.org), so a log file gets plain text.
-pub fn stderr_colours() -> bool {
+pub(crate) fn stderr_colours() -> bool {
     colours(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
@@ -76,7 +76,7 @@ fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
 }
 
 /// A plain text table: header, rule, rows; numbers right-aligned.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

@@ -24,64 +24,64 @@ use crate::settings::PostgresSettings;
 use crate::transform::{self, TransformError};
 
 /// Keys shown per list in the report.
-pub const SHOWN_KEYS: usize = 10;
+pub(crate) const SHOWN_KEYS: usize = 10;
 
 #[derive(Debug, Clone)]
-pub struct ReconcileOptions {
+pub(crate) struct ReconcileOptions {
     /// The sources to read (windows do not apply: every key is read).
-    pub source: ExtractOptions,
-    pub tables: Option<Vec<String>>,
+    pub(crate) source: ExtractOptions,
+    pub(crate) tables: Option<Vec<String>>,
     /// Compare and report only: extract and load nothing.
-    pub dry_run: bool,
-    pub load: LoadOptions,
+    pub(crate) dry_run: bool,
+    pub(crate) load: LoadOptions,
 }
 
 /// How many keys, and the first of them (sorted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeySample {
-    pub count: u64,
-    pub keys: Vec<String>,
+pub(crate) struct KeySample {
+    pub(crate) count: u64,
+    pub(crate) keys: Vec<String>,
 }
 
 /// What reconcile found for one source, through its keyed table.
 #[derive(Debug, Clone, Default)]
-pub struct SourceReconcile {
+pub(crate) struct SourceReconcile {
     /// The table whose keys were compared.
-    pub table: String,
+    pub(crate) table: String,
     /// The collection or Matomo table.
-    pub source: String,
-    pub source_keys: u64,
-    pub target_keys: u64,
+    pub(crate) source: String,
+    pub(crate) source_keys: u64,
+    pub(crate) target_keys: u64,
     /// In the source, not in the target: extracted and loaded (unless `--dry-run`).
-    pub missing: KeySample,
+    pub(crate) missing: KeySample,
     /// In the target, not in the source: reported only.
-    pub extra: KeySample,
+    pub(crate) extra: KeySample,
     /// Documents or rows whose key could not be read, so not compared.
-    pub unreadable: u64,
+    pub(crate) unreadable: u64,
     /// The other selected tables of the source, loaded from the same documents.
-    pub with: Vec<String>,
+    pub(crate) with: Vec<String>,
     /// Why the source was not compared (then the counts are zero).
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 #[derive(Debug, Clone)]
-pub struct ReconcileReport {
-    pub target: String,
-    pub dry_run: bool,
-    pub sources: Vec<SourceReconcile>,
+pub(crate) struct ReconcileReport {
+    pub(crate) target: String,
+    pub(crate) dry_run: bool,
+    pub(crate) sources: Vec<SourceReconcile>,
     /// The run that extracted and loaded the missing keys.
-    pub run: Option<String>,
-    pub loads: Vec<TableLoad>,
+    pub(crate) run: Option<String>,
+    pub(crate) loads: Vec<TableLoad>,
 }
 
 impl ReconcileReport {
-    pub fn missing(&self) -> u64 {
+    pub(crate) fn missing(&self) -> u64 {
         self.sources.iter().map(|s| s.missing.count).sum()
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+pub(crate) enum ReconcileError {
     #[error(transparent)]
     Config(#[from] crate::config::UnknownTables),
     #[error("extract: {0}")]
@@ -94,7 +94,7 @@ pub enum ReconcileError {
 
 /// Compares the keys of every selected source with the target's, then (unless `dry_run`)
 /// extracts, transforms and loads the documents or rows the target lacks.
-pub async fn run(
+pub(crate) async fn run(
     config: &Config,
     staging_dir: &Path,
     target: &PostgresSettings,

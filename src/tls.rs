@@ -15,7 +15,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The connector for `sslmode`, or `None` for `disable`.
-pub fn connector(
+pub(crate) fn connector(
     sslmode: &str,
     root_cert: Option<&Path>,
 ) -> Result<Option<MakeRustlsConnect>, String> {

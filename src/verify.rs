@@ -22,7 +22,7 @@ use crate::transform;
 
 /// What `etl verify` compares the target with.
 #[derive(Debug, Clone)]
-pub enum VerifySource {
+pub(crate) enum VerifySource {
     /// The sources an extract would read (no window is applied).
     Source(Box<ExtractOptions>),
     /// The same tables in another PostgreSQL database.
@@ -30,7 +30,7 @@ pub enum VerifySource {
 }
 
 #[derive(Debug, Clone)]
-pub struct VerifyOptions {
+pub(crate) struct VerifyOptions {
     pub source: VerifySource,
     pub tables: Option<Vec<String>>,
     pub compare: CompareOptions,
@@ -38,7 +38,7 @@ pub struct VerifyOptions {
 
 /// One table's result, with what the source side says about it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct TableReport {
+pub(crate) struct TableReport {
     #[serde(flatten)]
     pub verdict: TableVerdict,
     /// Documents or rows read from the source for the table (source mode).
@@ -51,13 +51,13 @@ pub struct TableReport {
 }
 
 impl TableReport {
-    pub fn matches(&self) -> bool {
+    pub(crate) fn matches(&self) -> bool {
         self.verdict.matches()
     }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct VerifyReport {
+pub(crate) struct VerifyReport {
     /// The target, without its password.
     pub target: String,
     /// What it was compared with: `source` or the other database.
@@ -68,14 +68,8 @@ pub struct VerifyReport {
     pub scratch: Option<PathBuf>,
 }
 
-impl VerifyReport {
-    pub fn matches(&self) -> bool {
-        self.tables.iter().all(TableReport::matches)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     #[error(transparent)]
     Config(#[from] crate::config::UnknownTables),
     #[error("reading the source: {0}")]
@@ -92,7 +86,7 @@ pub enum VerifyError {
 }
 
 /// Compares the target with the source or another database.
-pub async fn run(
+pub(crate) async fn run(
     config: &Config,
     staging_dir: &Path,
     target: &PostgresSettings,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 /// the Python tool coded per table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTable {
+pub(super) struct RawTable {
     /// MongoDB collection the rows come from (default: the table name).
     pub mongo_collection: Option<String>,
     /// MariaDB table the rows come from (Matomo config only; default: the table name).
@@ -67,7 +67,7 @@ pub struct RawTable {
 /// One column of a table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawColumn {
+pub(super) struct RawColumn {
     /// Column name in PostgreSQL.
     pub name: String,
     /// PostgreSQL type: VARCHAR[(n)], CHAR(n), TEXT, SMALLINT, INTEGER, BIGINT, SERIAL,
@@ -87,7 +87,7 @@ pub struct RawColumn {
 /// Which arrays of a document become rows.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawExplode {
+pub(super) struct RawExplode {
     /// Column that receives the parent document's `_id`; children are replaced per value.
     pub parent_column: Option<String>,
     /// The arrays whose elements become rows; elements are ids or embedded documents with `_id`.
@@ -97,7 +97,7 @@ pub struct RawExplode {
 /// One exploded array.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawArray {
+pub(super) struct RawArray {
     /// Field path of the array in the document.
     pub field: String,
     /// Value of the `array_type` column for elements of this array (multi-array tables).
@@ -108,7 +108,7 @@ pub struct RawArray {
 /// One row per key; other columns combined by rule.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawDedupe {
+pub(super) struct RawDedupe {
     /// Columns that identify a row.
     pub key: Vec<String>,
     /// Column -> `min`, `max`, `first` or `last` (by document order). Columns not named keep
@@ -120,7 +120,7 @@ pub struct RawDedupe {
 /// Rows to leave out, by rule.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawFilter {
+pub(super) struct RawFilter {
     /// Document fields that must exist and be non-null.
     #[serde(default)]
     pub exists: Vec<String>,
@@ -128,12 +128,12 @@ pub struct RawFilter {
 
 /// A YAML map read in file order (serde's HashMap would lose it; error messages and dedupe
 /// rules follow the order the user wrote).
-pub mod indexmap_lite {
+pub(super) mod indexmap_lite {
     use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
     use std::fmt;
 
     #[derive(Debug, Default)]
-    pub struct OrderedMap(pub Vec<(String, String)>);
+    pub(crate) struct OrderedMap(pub Vec<(String, String)>);
 
     impl<'de> Deserialize<'de> for OrderedMap {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -20,7 +20,7 @@ const KEY_CURSOR_BATCH: u32 = 50_000;
 /// `_id`s per `$in` query when documents are read by key.
 const IDS_PER_QUERY: usize = 1_000;
 
-pub async fn extract_collection(
+pub(super) async fn extract_collection(
     settings: &MongoSettings,
     collection: &str,
     fields: &[StagedField],
@@ -47,7 +47,7 @@ pub async fn extract_collection(
 }
 
 /// The documents of these `_id`s (`etl reconcile`), by `$in` in chunks of [`IDS_PER_QUERY`].
-pub async fn extract_by_ids(
+pub(super) async fn extract_by_ids(
     settings: &MongoSettings,
     collection: &str,
     fields: &[StagedField],
@@ -73,7 +73,7 @@ pub async fn extract_by_ids(
 
 /// Every document's `_id` (a projection on `_id` alone: keys, no documents), handed to
 /// `on_id` as the raw value.
-pub async fn scan_ids(
+pub(super) async fn scan_ids(
     settings: &MongoSettings,
     collection: &str,
     mut on_id: impl FnMut(Option<RawBsonRef<'_>>),
@@ -118,7 +118,10 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// itself in a background task, which panics in the driver when the client is already gone),
 /// waiting at most [`CLOSE_WAIT`] for an unreachable server.
 async fn close(client: mongodb::Client) {
-    if tokio::time::timeout(CLOSE_WAIT, client.shutdown()).await.is_err() {
+    if tokio::time::timeout(CLOSE_WAIT, client.shutdown())
+        .await
+        .is_err()
+    {
         tracing::debug!("the MongoDB client did not shut down in time");
     }
 }
@@ -190,7 +193,7 @@ fn cursor_failure(read: u64, e: &mongodb::error::Error) -> String {
 }
 
 /// `{$or: [{creation_date: {$gte: d}}, {update_date: {$gte: d}}]}`, or everything.
-pub fn window_filter(since: Option<DateTime<Utc>>) -> Document {
+pub(super) fn window_filter(since: Option<DateTime<Utc>>) -> Document {
     match since {
         None => doc! {},
         Some(d) => {
@@ -201,7 +204,7 @@ pub fn window_filter(since: Option<DateTime<Utc>>) -> Document {
 }
 
 /// Only the top-level fields the config reads; none when the whole document is kept.
-pub fn projection(fields: &[StagedField]) -> Option<Document> {
+pub(super) fn projection(fields: &[StagedField]) -> Option<Document> {
     if fields.iter().any(|f| f.kind == FieldKind::Document) {
         return None;
     }

@@ -27,7 +27,7 @@ const SHOWN: i64 = 5;
 
 /// Where the expected rows come from.
 #[derive(Debug, Clone, Copy)]
-pub enum Expected<'a> {
+pub(crate) enum Expected<'a> {
     /// A transformed run: its folder and manifest.
     Staged {
         dir: &'a Path,
@@ -38,7 +38,7 @@ pub enum Expected<'a> {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct CompareOptions {
+pub(crate) struct CompareOptions {
     /// Compare the values of this many random keys per table (all when `None`); counts and
     /// keys are always complete.
     pub sample: Option<u64>,
@@ -46,14 +46,14 @@ pub struct CompareOptions {
 
 /// Rows on one side only, or with other values: how many, and the first keys.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Diff {
+pub(crate) struct Diff {
     pub count: u64,
     pub keys: Vec<String>,
 }
 
 /// One differing row, column by column.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct RowDiff {
+pub(crate) struct RowDiff {
     pub key: String,
     /// (column, expected, in the target), for the columns that differ.
     pub columns: Vec<(String, String, String)>,
@@ -61,7 +61,7 @@ pub struct RowDiff {
 
 /// The comparison of one table.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct TableVerdict {
+pub(crate) struct TableVerdict {
     pub table: String,
     /// Rows expected in the target (after orphans).
     pub expected: u64,
@@ -87,7 +87,7 @@ pub struct TableVerdict {
 }
 
 impl TableVerdict {
-    pub fn matches(&self) -> bool {
+    pub(crate) fn matches(&self) -> bool {
         self.missing.count == 0
             && self.extra.count == 0
             && self.differing.count == 0
@@ -97,7 +97,7 @@ impl TableVerdict {
 }
 
 /// Compares each table of `tables` with its expected rows.
-pub async fn compare(
+pub(crate) async fn compare(
     target: &PostgresSettings,
     tables: &[&TableSpec],
     expected: Expected<'_>,

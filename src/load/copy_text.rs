@@ -72,7 +72,7 @@ pub(crate) fn encode_files(
 use crate::pg_time;
 
 /// Appends every row of `batch` to `out`. Fails only on an Arrow type transform never writes.
-pub fn encode_batch(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), String> {
+pub(crate) fn encode_batch(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), String> {
     let columns = batch.columns();
     for c in columns {
         check_supported(c.data_type())?;
@@ -213,7 +213,7 @@ fn write_decimal(out: &mut String, v: i128, scale: i8) {
 }
 
 /// Escapes the bytes COPY text format treats specially.
-pub fn escape_text(bytes: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn escape_text(bytes: &[u8], out: &mut Vec<u8>) {
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escaped: &[u8] = match b {

@@ -13,12 +13,9 @@ mod sql_files;
 
 use std::path::{Path, PathBuf};
 
-pub use compare::{compare, CompareOptions, Diff, Expected, RowDiff, TableVerdict};
-pub use copy_text::{encode_batch, escape_text};
-pub use rollback::{ledger_rows, rollback, RollbackOptions, RollbackReport, TableUndo};
-pub use sql_files::{
-    check_bundle, BundleCheck, BundleFile, BundleManifest, BundleTable, LedgerState, BUNDLE_FORMAT,
-};
+pub(crate) use compare::{compare, CompareOptions, Expected, TableVerdict};
+pub(crate) use rollback::{ledger_rows, rollback, RollbackOptions};
+pub(crate) use sql_files::{check_bundle, LedgerState};
 
 use crate::config::{Config, TableSpec};
 use crate::settings::PostgresSettings;
@@ -27,7 +24,7 @@ use crate::staging::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     #[error(transparent)]
     Staging(#[from] StagingError),
     #[error("cannot connect to {target}: {message}")]
@@ -60,7 +57,7 @@ pub enum LoadError {
 
 /// What happened to one table.
 #[derive(Debug, Clone, Default)]
-pub struct TableLoad {
+pub(crate) struct TableLoad {
     pub table: String,
     /// Rows in the transform output.
     pub rows: u64,
@@ -83,7 +80,7 @@ pub struct TableLoad {
 
 /// A row whose foreign key points nowhere, left out of the load.
 #[derive(Debug, Clone)]
-pub struct OrphanReject {
+pub(crate) struct OrphanReject {
     /// The row's conflict key values, comma-separated.
     pub key: String,
     pub column: String,
@@ -93,19 +90,19 @@ pub struct OrphanReject {
 
 /// What `etl load --dry-run --prune` found in the target for one table.
 #[derive(Debug, Clone)]
-pub struct PrunePreview {
-    pub table: String,
+pub(crate) struct PrunePreview {
+    pub(crate) table: String,
     /// Rows whose key is no longer in the source.
-    pub doomed: u64,
+    pub(crate) doomed: u64,
     /// Rows in the table now.
-    pub total: u64,
+    pub(crate) total: u64,
     /// The first of their keys.
-    pub samples: Vec<String>,
+    pub(crate) samples: Vec<String>,
 }
 
 /// Where `etl load` writes.
 #[derive(Debug, Clone)]
-pub enum Sink {
+pub(crate) enum Sink {
     Postgres(PostgresSettings),
     /// A bundle of SQL and data files under this folder.
     SqlFiles {
@@ -198,7 +195,7 @@ fn build_plan(
 }
 
 /// `etl load --dry-run`: the plan as the psql script a bundle holds, touching nothing.
-pub fn dry_run(
+pub(crate) fn dry_run(
     config: &Config,
     staging_dir: &Path,
     run: Option<&str>,
@@ -218,7 +215,7 @@ pub fn dry_run(
 
 /// `etl load --dry-run --prune` with a target: per table, how many rows the prune would
 /// delete and the first of their keys, computed in a transaction that is rolled back.
-pub async fn prune_preview(
+pub(crate) async fn prune_preview(
     config: &Config,
     staging_dir: &Path,
     run: Option<&str>,
@@ -236,7 +233,7 @@ pub async fn prune_preview(
 
 /// Loads a transformed run into `sink`; returns the run and per-table results, and writes the
 /// run's load manifest (the JSON report) and orphan rejects.
-pub async fn run(
+pub(crate) async fn run(
     config: &Config,
     staging_dir: &Path,
     run: Option<&str>,
@@ -307,7 +304,7 @@ pub async fn run(
 /// `etl reconcile`: the key of every row of `table` in the target, as text (its key columns
 /// printed by PostgreSQL, several joined by `,`), streamed to `on_key`; a table that does
 /// not exist yet has none. Returns how many rows.
-pub async fn target_keys(
+pub(crate) async fn target_keys(
     settings: &PostgresSettings,
     table: &TableSpec,
     key: &[String],
@@ -356,7 +353,7 @@ fn previous_loaded_run(staging_dir: &Path, run_id: &str) -> Option<String> {
 
 /// How a load runs, beyond what to load and where.
 #[derive(Debug, Clone)]
-pub struct LoadOptions {
+pub(crate) struct LoadOptions {
     /// Loaded runs whose history `etl rollback` can use (`ETL_HISTORY_RUNS`; 0 keeps none).
     pub keep_history: u32,
     /// The live COPY in PostgreSQL's binary format (`ETL_COPY_FORMAT=binary`, the default);
@@ -368,21 +365,21 @@ pub struct LoadOptions {
 
 /// How `--prune` may delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PruneOptions {
+pub(crate) struct PruneOptions {
     /// The largest share of a table's rows one load may prune, in hundredths of a percent
     /// (`ETL_PRUNE_MAX_SHARE`, default [`DEFAULT_PRUNE_MAX_SHARE_BP`]).
-    pub max_share_bp: u32,
+    pub(crate) max_share_bp: u32,
     /// `--force`: prune whatever the share.
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 /// 10%: above it a table's prune is refused without `--force` (an empty or partial dump must
 /// never wipe production).
-pub const DEFAULT_PRUNE_MAX_SHARE_BP: u32 = 1_000;
+pub(crate) const DEFAULT_PRUNE_MAX_SHARE_BP: u32 = 1_000;
 
 /// A share of a table's rows as written (`10%`, `2.5%`, or a fraction `0.1`), in hundredths of
 /// a percent.
-pub fn parse_share(text: &str) -> Result<u32, String> {
+pub(crate) fn parse_share(text: &str) -> Result<u32, String> {
     let text = text.trim();
     let (number, scale) = match text.strip_suffix('%') {
         Some(percent) => (percent.trim(), 100.0),
@@ -404,11 +401,6 @@ pub fn parse_share(text: &str) -> Result<u32, String> {
     Ok(bp as u32)
 }
 
-/// A share in hundredths of a percent as people write it (`10%`, `2.5%`).
-pub fn share_text(bp: u32) -> String {
-    plan::percent(bp)
-}
-
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
@@ -420,7 +412,7 @@ impl Default for LoadOptions {
 }
 
 /// How many loaded runs keep the history `etl rollback` needs (`ETL_HISTORY_RUNS`).
-pub const DEFAULT_HISTORY_RUNS: u32 = ledger::DEFAULT_HISTORY_RUNS;
+pub(crate) const DEFAULT_HISTORY_RUNS: u32 = ledger::DEFAULT_HISTORY_RUNS;
 
 fn plan_options<'a>(
     run_id: &'a str,

@@ -27,7 +27,7 @@ const SHOWN: i64 = 5;
 
 /// What `etl rollback` is asked to do.
 #[derive(Debug, Clone, Default)]
-pub struct RollbackOptions {
+pub(crate) struct RollbackOptions {
     /// The run to undo; it must be the newest loaded one (default: that one).
     pub run: Option<String>,
     pub dry_run: bool,
@@ -37,7 +37,7 @@ pub struct RollbackOptions {
 
 /// What a rollback did (or, with `--dry-run`, would do) to one table.
 #[derive(Debug, Clone, Default)]
-pub struct TableUndo {
+pub(crate) struct TableUndo {
     pub table: String,
     /// Rows the load inserted, deleted again.
     pub deleted: u64,
@@ -48,7 +48,7 @@ pub struct TableUndo {
 }
 
 #[derive(Debug, Clone)]
-pub struct RollbackReport {
+pub(crate) struct RollbackReport {
     pub run_id: String,
     pub dry_run: bool,
     pub tables: Vec<TableUndo>,
@@ -66,7 +66,7 @@ struct Load {
 
 /// A row the rollback would overwrite although someone changed it after the load.
 #[derive(Debug, Clone)]
-pub struct Conflict {
+pub(super) struct Conflict {
     pub table: String,
     pub what: &'static str,
     pub keys: Vec<String>,
@@ -91,7 +91,7 @@ impl fmt::Display for Conflict {
 }
 
 /// Undoes the newest load (or checks that it can, with `dry_run`).
-pub async fn rollback(
+pub(crate) async fn rollback(
     config: &Config,
     settings: &PostgresSettings,
     opts: &RollbackOptions,
@@ -463,7 +463,9 @@ fn sql_error(table: &str, sql: &str, source: tokio_postgres::Error) -> LoadError
 }
 
 /// The ledger's loads, newest first, as text cells for `etl status`.
-pub async fn ledger_rows(settings: &PostgresSettings) -> Result<Vec<Vec<String>>, LoadError> {
+pub(crate) async fn ledger_rows(
+    settings: &PostgresSettings,
+) -> Result<Vec<Vec<String>>, LoadError> {
     let client = super::postgres::connect(settings).await?;
     let sql = "SELECT seq::text, run_id, via, coalesce(source, ''), \
                to_char(loaded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), status, \

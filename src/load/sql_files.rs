@@ -41,11 +41,11 @@ const REJECTS_TABLE: &str = "CREATE TABLE IF NOT EXISTS etl_load_rejects (\n    
     reason TEXT NOT NULL,\n    rejected_at TIMESTAMPTZ NOT NULL DEFAULT now()\n)";
 
 /// Version of a bundle's `manifest.json`.
-pub const BUNDLE_FORMAT: u32 = 1;
+pub(crate) const BUNDLE_FORMAT: u32 = 1;
 
 /// How a bundle is written.
 #[derive(Debug, Clone, Default)]
-pub struct BundleOptions {
+pub(super) struct BundleOptions {
     /// gzip the data files (psql reads them through `gzip -dc`).
     pub compress: bool,
     /// The run that must be applied before this one (the previous run loaded or bundled from
@@ -55,7 +55,7 @@ pub struct BundleOptions {
 
 /// A bundle's `manifest.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BundleManifest {
+pub(crate) struct BundleManifest {
     pub format: u32,
     pub run_id: String,
     pub follows: Option<String>,
@@ -65,7 +65,7 @@ pub struct BundleManifest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BundleTable {
+pub(crate) struct BundleTable {
     pub table: String,
     pub rows: u64,
     pub files: Vec<BundleFile>,
@@ -73,7 +73,7 @@ pub struct BundleTable {
 
 /// One file of a bundle, relative to its folder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BundleFile {
+pub(crate) struct BundleFile {
     pub path: String,
     pub rows: u64,
     pub bytes: u64,
@@ -471,7 +471,7 @@ fn orphans_into_rejects(table: &TablePlan, check: &OrphanCheck, run: &str) -> St
 
 /// What `etl bundle check` found.
 #[derive(Debug, Clone)]
-pub struct BundleCheck {
+pub(crate) struct BundleCheck {
     pub manifest: BundleManifest,
     /// Files listed in `SHA256SUMS` and checked.
     pub checked: usize,
@@ -483,7 +483,7 @@ pub struct BundleCheck {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LedgerState {
+pub(crate) enum LedgerState {
     /// Applying the bundle now would load it.
     Ready,
     /// The run is applied already: applying it changes nothing.
@@ -494,7 +494,7 @@ pub enum LedgerState {
 
 /// Checks a bundle folder: its manifest, every checksum of `SHA256SUMS`, every file the
 /// manifest lists; with a target, where the run stands in the target's ledger.
-pub async fn check_bundle(
+pub(crate) async fn check_bundle(
     dir: &Path,
     target: Option<&crate::settings::PostgresSettings>,
 ) -> Result<BundleCheck, LoadError> {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StagingError;
 
-pub const MANIFEST_FILE: &str = "manifest.json";
+pub(super) const MANIFEST_FILE: &str = "manifest.json";
 /// Bumped when the layout changes incompatibly; older manifests are refused with a message.
 /// Format 2: typed watermarks and windows, timings and per-stage facts as fields (format 1
 /// kept them as text in `notes`).

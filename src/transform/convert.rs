@@ -26,7 +26,7 @@ use crate::pg_time;
 
 /// Why one value of a column was refused.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CellError {
+pub(crate) struct CellError {
     pub row: usize,
     pub column: String,
     pub reason: String,
@@ -35,7 +35,7 @@ pub struct CellError {
 }
 
 /// The Arrow type a target column has in transform output (what load writes as `sql_type`).
-pub fn target_type(ty: SqlType) -> DataType {
+pub(crate) fn target_type(ty: SqlType) -> DataType {
     match ty {
         SqlType::Varchar(_) | SqlType::Char(_) | SqlType::Text | SqlType::Jsonb => DataType::Utf8,
         SqlType::SmallInt => DataType::Int16,
@@ -61,7 +61,7 @@ fn decimal_type(p: u32, s: u32) -> DataType {
 
 /// A converted column.
 #[derive(Debug)]
-pub struct Converted {
+pub(super) struct Converted {
     pub array: ArrayRef,
     /// The refused cells (their slots are NULL in `array`), in row order.
     pub errors: Vec<CellError>,
@@ -73,7 +73,7 @@ pub struct Converted {
 }
 
 /// Converts `values` (with its optional `__raw` companion) to `col`'s type.
-pub fn convert_column(
+pub(super) fn convert_column(
     col: &ColumnSpec,
     values: &ArrayRef,
     raw: Option<&StringArray>,
@@ -475,7 +475,7 @@ fn unquote(raw: &str) -> &str {
 
 /// Dates MongoDB apps store as strings: RFC 3339, `YYYY-MM-DD[ T]HH:MM:SS[.f]` (taken as
 /// UTC), or `YYYY-MM-DD` (midnight UTC). The raw value is JSON, so strings are quoted.
-pub fn parse_date_text(raw: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_date_text(raw: &str) -> Option<DateTime<Utc>> {
     let text = unquote(raw).trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
@@ -545,7 +545,7 @@ fn parse_decimal(text: &str, p: u32, s: u32) -> Result<(i128, bool), String> {
 }
 
 /// A cell as text, for reject files.
-pub fn display_value(array: &ArrayRef, row: usize) -> String {
+pub(super) fn display_value(array: &ArrayRef, row: usize) -> String {
     if array.is_null(row) {
         return "null".into();
     }

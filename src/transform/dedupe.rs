@@ -13,7 +13,7 @@ use arrow::row::{RowConverter, SortField};
 use crate::config::{DedupeSpec, Keep};
 
 /// Merges rows sharing `spec.key`. Returns the merged batch and how many rows were merged away.
-pub fn dedupe(
+pub(super) fn dedupe(
     schema: &SchemaRef,
     batches: &[RecordBatch],
     spec: &DedupeSpec,

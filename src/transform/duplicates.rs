@@ -26,12 +26,12 @@ use crate::staging::fields::{DOCUMENT_ERROR, ID_FIELD, UPDATE_DATE};
 use crate::staging::StagingError;
 
 /// The rule, as the manifest and the summary state it.
-pub const RULE: &str =
+pub(super) const RULE: &str =
     "duplicate `_id`: the copy with the latest update_date is kept (on a tie, the later one)";
 
 /// One row group of one staged file, and the input-order number of its first row.
 #[derive(Debug, Clone)]
-pub struct Piece {
+pub(super) struct Piece {
     pub path: PathBuf,
     pub row_group: usize,
     pub first_row: u64,
@@ -39,7 +39,7 @@ pub struct Piece {
 
 /// Which copies of repeated `_id`s lose, for one collection.
 #[derive(Debug, Default)]
-pub struct Duplicates {
+pub(super) struct Duplicates {
     /// Hashes of the repeated ids (a quick "not repeated" for every other row).
     hashes: HashSet<u64>,
     /// Repeated id -> input-order number of the copy kept.
@@ -53,7 +53,7 @@ fn hash_id(id: &str) -> u64 {
 
 impl Duplicates {
     /// Scans the `_id`s of a collection's pieces (in input order).
-    pub fn find(pieces: &[Piece]) -> Result<Duplicates, StagingError> {
+    pub(super) fn find(pieces: &[Piece]) -> Result<Duplicates, StagingError> {
         let mut hashes: Vec<u64> = pieces
             .par_iter()
             .map(|p| {
@@ -132,19 +132,19 @@ impl Duplicates {
         Ok(Duplicates { hashes, kept })
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.kept.is_empty()
     }
 
     /// How many distinct ids are repeated.
-    pub fn repeated_ids(&self) -> usize {
+    pub(super) fn repeated_ids(&self) -> usize {
         self.kept.len()
     }
 
     /// The rows of a staged batch (input-order numbers from `first_row`) that are losing
     /// copies, or `None` when there is none in this batch. A document extract refused is
     /// never a copy: it is rejected with its reason.
-    pub fn losers(&self, batch: &RecordBatch, first_row: u64) -> Option<BooleanArray> {
+    pub(super) fn losers(&self, batch: &RecordBatch, first_row: u64) -> Option<BooleanArray> {
         if self.is_empty() {
             return None;
         }

@@ -34,8 +34,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 
-pub use convert::{parse_date_text, target_type, CellError};
-pub use rows::{output_schema, transform_batch, Adjusted, BatchOutput, Reject};
+pub(crate) use rows::{output_schema, transform_batch, Adjusted, Reject};
 
 use crate::config::{ColumnSpec, Config, Source, TableSpec};
 use crate::staging::{
@@ -57,7 +56,7 @@ fn read_batch_rows(rows: u64, bytes: u64) -> usize {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TransformError {
+pub(crate) enum TransformError {
     #[error(transparent)]
     Staging(#[from] StagingError),
     #[error(transparent)]
@@ -82,10 +81,9 @@ pub enum TransformError {
 
 /// What `etl transform` did for one table.
 #[derive(Debug, Clone)]
-pub struct TableReport {
+pub(crate) struct TableReport {
     pub table: String,
     pub counts: Counts,
-    pub filtered_by_rule: BTreeMap<String, u64>,
     pub seconds: f64,
     /// Set when the run holds nothing for this table's source.
     pub skipped: Option<String>,
@@ -95,7 +93,7 @@ pub struct TableReport {
 }
 
 /// Transforms a staged run (the latest with a finished extract when `run` is None).
-pub fn run(
+pub(crate) fn run(
     config: &Config,
     staging_dir: &Path,
     run: Option<&str>,
@@ -174,7 +172,6 @@ pub fn run(
                 TableReport {
                     table: table.name.clone(),
                     counts: Counts::default(),
-                    filtered_by_rule: BTreeMap::new(),
                     seconds: 0.0,
                     skipped: Some(format!(
                         "`{}` was not extracted in run {}",
@@ -339,7 +336,7 @@ fn transform_table(
         watermarks: entry.watermarks.clone(),
         counts,
         seconds,
-        filtered_by_rule: filtered_by_rule.clone(),
+        filtered_by_rule,
         coerced: per_column(&adjusted, |a| a.coerced),
         rounded: per_column(&adjusted, |a| a.rounded),
         source_keys: Some(source_keys(table, key_plan, key_files, keys, unknown_keys)),
@@ -350,7 +347,6 @@ fn transform_table(
         TableReport {
             table: table.name.clone(),
             counts,
-            filtered_by_rule,
             seconds,
             skipped: None,
             coerced: adjusted.values().map(|a| a.coerced).sum(),

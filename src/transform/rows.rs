@@ -23,14 +23,14 @@ use crate::staging::fields::{
 
 /// A source row that did not make it, with every reason.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reject {
+pub(crate) struct Reject {
     pub document_id: String,
     pub errors: Vec<CellError>,
 }
 
 /// What one staged batch gave for one table.
 #[derive(Debug)]
-pub struct BatchOutput {
+pub(crate) struct BatchOutput {
     pub rows: RecordBatch,
     pub rejects: Vec<Reject>,
     /// Rows (or array elements) counted in.
@@ -48,13 +48,13 @@ pub struct BatchOutput {
 /// Values of one column that PostgreSQL's input rules converted (`coerced`: a number into a
 /// text column, a numeric or boolean string, a date string) or that were rounded to fit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Adjusted {
+pub(crate) struct Adjusted {
     pub coerced: u64,
     pub rounded: u64,
 }
 
 /// The Arrow schema of a table's transform output: its loaded columns, PostgreSQL-ready types.
-pub fn output_schema(table: &TableSpec) -> SchemaRef {
+pub(crate) fn output_schema(table: &TableSpec) -> SchemaRef {
     Arc::new(Schema::new(
         table
             .loaded_columns()
@@ -67,7 +67,7 @@ pub fn output_schema(table: &TableSpec) -> SchemaRef {
 /// copies of a repeated `_id` (see [`super::duplicates`]): they are counted as filtered
 /// duplicates, in the table's units (documents, or array elements for link tables), and give
 /// no row, no reject and no parent.
-pub fn transform_batch(
+pub(crate) fn transform_batch(
     table: &TableSpec,
     batch: &RecordBatch,
     duplicates: Option<&BooleanArray>,
