@@ -804,6 +804,7 @@ vf_rows=$(python3 -c 'import json,sys; print(sum(t["expected"] for t in json.loa
 } | table
 
 out ""
+"$repo/scripts/bench_matomo_api.sh" "$work/bin/etl" | tee -a "$report.partial" # Matomo HTTP API source (issue 12)
 out "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (above ~0.5 before the bench = other work competed for the 2 cores)"
 mv "$report.partial" "$report"
 progress "report saved to $report (command logs in $logs)"

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::config::{ddl, Config, ConfigError, UnknownTables};
-use crate::settings::{MatomoSettings, MongoSettings, PostgresSettings};
+use crate::settings::{MatomoApiSettings, MatomoSettings, MongoSettings, PostgresSettings};
 use crate::staging::{self, Stage};
 use crate::{extract, load, progress, transform};
 
@@ -82,6 +82,8 @@ pub enum SourceArg {
     Dump,
     /// Matomo tables in MariaDB/MySQL (MATOMO_*).
     Matomo,
+    /// Matomo's HTTP Reporting API (MATOMO_URL, MATOMO_KEY, MATOMO_SITE).
+    MatomoApi,
     /// Live MongoDB and Matomo.
     All,
 }
@@ -469,7 +471,14 @@ fn extract_options(cli: &Cli, args: &ExtractArgs) -> Result<extract::ExtractOpti
         (SourceArg::Mongo | SourceArg::All, _) => {
             Some(extract::MongoInput::Live(MongoSettings::from_env()))
         }
-        (SourceArg::Matomo, _) => None,
+        (SourceArg::Matomo | SourceArg::MatomoApi, _) => None,
+    };
+    let matomo_api = match args.source {
+        SourceArg::MatomoApi => Some(MatomoApiSettings::from_env().map_err(CliError::Usage)?),
+        SourceArg::All if MatomoApiSettings::configured() => {
+            Some(MatomoApiSettings::from_env().map_err(CliError::Usage)?)
+        }
+        _ => None,
     };
     let matomo = match args.source {
         SourceArg::Matomo | SourceArg::All => {
@@ -480,6 +489,7 @@ fn extract_options(cli: &Cli, args: &ExtractArgs) -> Result<extract::ExtractOpti
     Ok(extract::ExtractOptions {
         mongo,
         matomo,
+        matomo_api,
         target: configured_target(),
         tables: args.tables.clone(),
         full: args.full,
@@ -497,9 +507,14 @@ fn extract_summary(reports: &[extract::ExtractReport]) -> String {
         .iter()
         .map(|r| {
             let note = if r.missing {
-                "missing from the source"
+                "missing from the source".to_string()
+            } else if r.truncated_visits > 0 {
+                format!(
+                    "{} visit(s) truncated by Matomo: {} action(s) not in the API",
+                    r.truncated_visits, r.truncated_actions
+                )
             } else {
-                ""
+                String::new()
             };
             vec![
                 r.name.clone(),
@@ -507,7 +522,7 @@ fn extract_summary(reports: &[extract::ExtractReport]) -> String {
                 r.rows.to_string(),
                 format!("{:.2}", r.seconds),
                 r.window.clone(),
-                note.into(),
+                note,
             ]
         })
         .collect();

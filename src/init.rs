@@ -23,6 +23,7 @@ const CONFIG_FILES: &[(&str, &str)] = &[
         "matomo_schemas.yaml",
         include_str!("../config/matomo_schemas.yaml"),
     ),
+    ("matomo_api.yaml", include_str!("../config/matomo_api.yaml")),
     (
         "reference/schemas.yaml",
         include_str!("../config/reference/schemas.yaml"),

@@ -106,6 +106,7 @@ pub(crate) async fn run(
         .filter(|t| match t.source {
             Source::Mongo { .. } => opts.source.mongo.is_some(),
             Source::Matomo { .. } => opts.source.matomo.is_some(),
+            Source::MatomoApi { .. } => opts.source.matomo_api.is_some(),
         })
         .collect();
     let mut by_source: BTreeMap<&str, Vec<&TableSpec>> = BTreeMap::new();
@@ -128,6 +129,10 @@ pub(crate) async fn run(
                         match t.source {
                             Source::Mongo { .. } => "the document's `_id` alone",
                             Source::Matomo { .. } => "columns of the source table",
+                            // The API lists visits by day, with no way to ask for keys alone.
+                            Source::MatomoApi { .. } => {
+                                "its source's keys (the Matomo API lists visits, not keys)"
+                            }
                         }
                     )),
                     ..Default::default()
@@ -207,6 +212,7 @@ fn keyed_by_source(t: &TableSpec) -> Option<Vec<String>> {
             .iter()
             .all(|k| field(k).is_some())
             .then(|| t.conflict_key.clone()),
+        Source::MatomoApi { .. } => None,
     }
 }
 

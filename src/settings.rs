@@ -275,6 +275,203 @@ impl fmt::Debug for MatomoSettings {
     }
 }
 
+/// Matomo's HTTP Reporting API (`--source matomo-api`): `MATOMO_URL`, `MATOMO_KEY` (the
+/// token, sent in the POST body only), `MATOMO_SITE` (one id or a comma list),
+/// `MATOMO_API_PAGE_SIZE` (or the existing sync's `RESULTPERPAGE`, default 500), and the
+/// window's `STARTDATE`, `FORCE_STARTDATE`, `INITIAL_OFFSET`. `MATOMO_TIMEZONE` replaces the
+/// sites' own time zones (asked with `SitesManager.getSiteFromId` otherwise);
+/// `MATOMO_API_TIMEOUT` (seconds per request, default 120) and `MATOMO_API_RETRIES` (default
+/// 3) bound each call. `Debug`, `Display` and every error show the URL without credentials or
+/// query, never the token.
+#[derive(Clone)]
+pub struct MatomoApiSettings {
+    /// `MATOMO_URL` as given (may hold basic-auth credentials: never printed).
+    url: String,
+    token: String,
+    pub sites: Vec<u32>,
+    pub page_size: u32,
+    pub start_date: Option<chrono::NaiveDate>,
+    pub force_start_date: bool,
+    pub initial_offset: u32,
+    pub time_zone: Option<String>,
+    pub timeout: std::time::Duration,
+    pub retries: u32,
+}
+
+/// The largest page `MATOMO_API_PAGE_SIZE` may ask for (a page is held in memory whole).
+pub const MATOMO_API_MAX_PAGE: u32 = 10_000;
+
+impl MatomoApiSettings {
+    /// Whether the environment configures the API source (`MATOMO_URL` set).
+    pub fn configured() -> bool {
+        var("MATOMO_URL").is_some()
+    }
+
+    pub fn from_env() -> Result<MatomoApiSettings, String> {
+        Self::from_vars(&var)
+    }
+
+    /// The settings from variables looked up by `lookup` instead of the environment (tests).
+    pub fn from_lookup(
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<MatomoApiSettings, String> {
+        Self::from_vars(&|name| lookup(name).filter(|v| !v.is_empty()))
+    }
+
+    fn from_vars(vars: Vars) -> Result<MatomoApiSettings, String> {
+        let url = vars("MATOMO_URL").ok_or("--source matomo-api needs MATOMO_URL (the Matomo root, e.g. https://matomo.example.org)")?;
+        let split = split_url(url.trim());
+        if !matches!(split.scheme, Some("http" | "https")) || split.rest.is_empty() {
+            return Err("MATOMO_URL is not an http(s) URL: expected https://host[/path]".into());
+        }
+        let token = vars("MATOMO_KEY")
+            .ok_or("--source matomo-api needs MATOMO_KEY (a token_auth with view access)")?;
+        let sites_text = vars("MATOMO_SITE")
+            .ok_or("--source matomo-api needs MATOMO_SITE (a site id, or a comma list)")?;
+        let mut sites = Vec::new();
+        for part in sites_text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let id = part
+                .parse::<u32>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| {
+                    format!("MATOMO_SITE: `{part}` is not a site id (a positive integer)")
+                })?;
+            if !sites.contains(&id) {
+                sites.push(id);
+            }
+        }
+        if sites.is_empty() {
+            return Err("MATOMO_SITE names no site".into());
+        }
+        let number = |names: &[&str], default: u32, max: u32| -> Result<u32, String> {
+            for name in names {
+                if let Some(text) = vars(name) {
+                    return text
+                        .trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=max).contains(n) || (max == u32::MAX && *n == 0))
+                        .ok_or_else(|| format!("{name} is not a whole number from 1 to {max}"));
+                }
+            }
+            Ok(default)
+        };
+        let page_size = number(
+            &["MATOMO_API_PAGE_SIZE", "RESULTPERPAGE"],
+            500,
+            MATOMO_API_MAX_PAGE,
+        )?;
+        let timeout = number(&["MATOMO_API_TIMEOUT"], 120, 3600)?;
+        let retries = match vars("MATOMO_API_RETRIES") {
+            None => 3,
+            Some(t) => t
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= 20)
+                .ok_or("MATOMO_API_RETRIES is not a whole number from 0 to 20")?,
+        };
+        let initial_offset = match vars("INITIAL_OFFSET") {
+            None => 3,
+            Some(t) => t
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= 36_500)
+                .ok_or("INITIAL_OFFSET is not a number of days")?,
+        };
+        let start_date = match vars("STARTDATE") {
+            None => None,
+            Some(t) => Some(
+                chrono::NaiveDate::parse_from_str(t.trim(), "%Y-%m-%d")
+                    .map_err(|_| format!("STARTDATE `{}` is not a YYYY-MM-DD date", t.trim()))?,
+            ),
+        };
+        let force_start_date = vars("FORCE_STARTDATE").is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "on"
+            )
+        });
+        Ok(MatomoApiSettings {
+            url: url.trim().to_string(),
+            token,
+            sites,
+            page_size,
+            start_date,
+            force_start_date,
+            initial_offset,
+            time_zone: vars("MATOMO_TIMEZONE"),
+            timeout: std::time::Duration::from_secs(u64::from(timeout)),
+            retries,
+        })
+    }
+
+    /// The token, for the POST body only.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Where the API answers: `MATOMO_URL` itself when it names a `.php` script, else its
+    /// `index.php`.
+    pub fn endpoint(&self) -> String {
+        let base = self.url.split(['?', '#']).next().unwrap_or_default();
+        if base.ends_with(".php") {
+            base.to_string()
+        } else {
+            format!("{}/index.php", base.trim_end_matches('/'))
+        }
+    }
+
+    /// `text` (a server's answer, a client error) without the token, in any form a server
+    /// may echo it: as is, or form- or percent-encoded.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        if !self.token.is_empty() {
+            let encoded: String = self
+                .token
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            for form in [self.token.clone(), encoded.replace("%20", "+"), encoded] {
+                text = text.replace(&form, "***");
+            }
+        }
+        match split_url(&self.url)
+            .userinfo
+            .and_then(|u| u.split_once(':'))
+        {
+            Some((_, password)) if !password.is_empty() => text.replace(password, "***"),
+            _ => text,
+        }
+    }
+}
+
+impl fmt::Display for MatomoApiSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No credentials, no query (a token pasted into the URL stays hidden too).
+        let shown = redact_url(self.url.split(['?', '#']).next().unwrap_or_default());
+        f.write_str(&shown)
+    }
+}
+
+impl fmt::Debug for MatomoApiSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MatomoApiSettings({self}, sites={:?})", self.sites)
+    }
+}
+
 /// Live MongoDB source: `MONGODB_URL`, `MONGODB_DATABASE`.
 #[derive(Clone)]
 pub struct MongoSettings {
@@ -716,6 +913,89 @@ mod tests {
         ];
         let pg = PostgresSettings::from_vars(&vars(&table)).unwrap();
         assert_eq!(pg.host, "url.example");
+    }
+
+    #[test]
+    fn matomo_api_settings_parse_and_never_show_the_token() {
+        for token in PASSWORDS {
+            let table = [
+                (
+                    "MATOMO_URL",
+                    "https://bob:xyzzyBasic@matomo.example/stats/?token_auth=xyzzyQ",
+                ),
+                ("MATOMO_KEY", *token),
+                ("MATOMO_SITE", "3, 1,3"),
+                ("RESULTPERPAGE", "200"),
+                ("STARTDATE", "2024-02-29"),
+                ("FORCE_STARTDATE", "true"),
+            ];
+            let s = MatomoApiSettings::from_vars(&vars(&table)).unwrap();
+            assert_eq!(s.sites, [3, 1]);
+            assert_eq!(s.page_size, 200);
+            assert_eq!(s.token(), *token);
+            assert!(s.force_start_date);
+            assert_eq!(s.start_date, chrono::NaiveDate::from_ymd_opt(2024, 2, 29));
+            assert_eq!(
+                s.endpoint(),
+                "https://bob:xyzzyBasic@matomo.example/stats/index.php"
+            );
+            let shown = format!("{s} {s:?}");
+            assert_eq!(s.to_string(), "https://***@matomo.example/stats/");
+            assert!(!shown.contains("xyzzy"), "{shown}");
+            // As a server may echo it: as is, percent-encoded, form-encoded.
+            let encoded: String = token
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        char::from(b).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            let echoed = format!(
+                "bad token {token} / {encoded} / {}",
+                encoded.replace("%20", "+")
+            );
+            assert!(!s.scrub(&echoed).contains("xyzzy"), "{}", s.scrub(&echoed));
+        }
+        // MATOMO_API_PAGE_SIZE wins over RESULTPERPAGE; defaults.
+        let table = [
+            ("MATOMO_URL", "http://127.0.0.1:8080/index.php"),
+            ("MATOMO_KEY", "k"),
+            ("MATOMO_SITE", "1"),
+            ("MATOMO_API_PAGE_SIZE", "50"),
+            ("RESULTPERPAGE", "200"),
+        ];
+        let s = MatomoApiSettings::from_vars(&vars(&table)).unwrap();
+        assert_eq!((s.page_size, s.initial_offset, s.retries), (50, 3, 3));
+        assert_eq!(s.endpoint(), "http://127.0.0.1:8080/index.php");
+        assert!(!s.force_start_date && s.start_date.is_none());
+        for (name, value, needle) in [
+            ("MATOMO_SITE", "1,x", "`x` is not a site id"),
+            ("MATOMO_SITE", " , ", "names no site"),
+            ("MATOMO_API_PAGE_SIZE", "0", "MATOMO_API_PAGE_SIZE is not"),
+            ("STARTDATE", "2024-02-30", "STARTDATE `2024-02-30`"),
+            ("MATOMO_URL", "ftp://h", "not an http(s) URL"),
+        ] {
+            let mut table = vec![
+                ("MATOMO_URL", "http://h"),
+                ("MATOMO_KEY", "xyzzy"),
+                ("MATOMO_SITE", "1"),
+            ];
+            table.retain(|(k, _)| *k != name);
+            table.push((name, value));
+            let err = MatomoApiSettings::from_vars(&vars(&table)).unwrap_err();
+            assert!(
+                err.contains(needle) && !err.contains("xyzzy"),
+                "{name}: {err}"
+            );
+        }
+        let err = MatomoApiSettings::from_vars(&vars(&[
+            ("MATOMO_URL", "http://h"),
+            ("MATOMO_SITE", "1"),
+        ]))
+        .unwrap_err();
+        assert!(err.contains("MATOMO_KEY"), "{err}");
     }
 
     /// The MongoDB driver refuses `/ ? # @ :` and a bare `%` in a password: the URL it gets

@@ -160,6 +160,7 @@ async fn against_source(
         .filter(|t| match t.source {
             Source::Mongo { .. } => source.mongo.is_some(),
             Source::Matomo { .. } => source.matomo.is_some(),
+            Source::MatomoApi { .. } => source.matomo_api.is_some(),
         })
         .collect();
     let verdicts = load::compare(target, &tables, expected, &opts.compare).await?;

@@ -29,6 +29,7 @@ fn empty_dir() -> tempfile::TempDir {
 const STARTER_FILES: &[(&str, &str)] = &[
     ("config/schemas.yaml", "config/schemas.yaml"),
     ("config/matomo_schemas.yaml", "config/matomo_schemas.yaml"),
+    ("config/matomo_api.yaml", "config/matomo_api.yaml"),
     (
         "config/reference/schemas.yaml",
         "config/reference/schemas.yaml",

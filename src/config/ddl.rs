@@ -39,8 +39,11 @@ pub fn create_table(t: &TableSpec) -> String {
             ));
         }
     }
+    let partition = t.partition.as_ref().map_or_else(String::new, |p| {
+        format!(" PARTITION BY RANGE ({})", ident(&p.column))
+    });
     format!(
-        "CREATE TABLE IF NOT EXISTS {} (\n{}\n);\n",
+        "CREATE TABLE IF NOT EXISTS {} (\n{}\n){partition};\n",
         ident(&t.name),
         lines.join(",\n")
     )

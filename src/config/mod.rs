@@ -20,6 +20,7 @@ pub use sql_type::SqlType;
 /// File names inside the config folder.
 pub const MONGO_FILE: &str = "schemas.yaml";
 pub const MATOMO_FILE: &str = "matomo_schemas.yaml";
+pub const MATOMO_API_FILE: &str = "matomo_api.yaml";
 
 /// All target tables, in load order (foreign keys first, `export_order` breaking ties).
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub enum Source {
     Mongo { collection: String },
     /// A Matomo table in MariaDB/MySQL.
     Matomo { table: String },
+    /// Matomo's HTTP Reporting API; `method` (`Live.getLastVisitsDetails`) names the staged
+    /// folder.
+    MatomoApi { method: String },
 }
 
 impl Source {
@@ -47,6 +51,7 @@ impl Source {
         match self {
             Source::Mongo { collection } => collection,
             Source::Matomo { table } => table,
+            Source::MatomoApi { method } => method,
         }
     }
 }
@@ -76,6 +81,46 @@ pub struct TableSpec {
     pub time_zone: chrono_tz::Tz,
     /// `keep_source`: the table's last column is [`KEEP_SOURCE_COLUMN`], the whole document.
     pub keep_source: bool,
+    /// Days an API extract reads again before the watermark (`lag_days`, default 2).
+    pub lag_days: u32,
+    /// Range partitioning of the target, when declared.
+    pub partition: Option<PartitionSpec>,
+}
+
+/// A table partitioned by range on a time column, one partition per period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSpec {
+    pub column: String,
+    pub every: PartitionEvery,
+}
+
+/// The length of one partition's range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionEvery {
+    Day,
+    Week,
+    Month,
+}
+
+impl PartitionEvery {
+    /// The unit `date_trunc` and `interval` take.
+    pub fn unit(self) -> &'static str {
+        match self {
+            PartitionEvery::Day => "day",
+            PartitionEvery::Week => "week",
+            PartitionEvery::Month => "month",
+        }
+    }
+
+    /// The `to_char` pattern of a partition's name suffix: `20240301`, `2024w09` (ISO week,
+    /// as the existing Matomo sync names them), `2024m03`.
+    pub fn name_pattern(self) -> &'static str {
+        match self {
+            PartitionEvery::Day => "YYYYMMDD",
+            PartitionEvery::Week => "IYYY\"w\"IW",
+            PartitionEvery::Month => "YYYY\"m\"MM",
+        }
+    }
 }
 
 /// The column `keep_source` adds: the whole source document, as relaxed Extended JSON.
@@ -134,6 +179,58 @@ pub enum ColumnSource {
     Generated,
     /// The whole source document as relaxed Extended JSON (`keep_source`).
     Document,
+    /// A key of each element of an array of records (`element.url`, API tables).
+    ElementField(String),
+    /// The element's position in its array, from 0.
+    ElementIndex,
+    /// Computed from other sources (`template`, `coalesce`, `json_object`).
+    Computed(Computed),
+}
+
+/// A value computed from other sources, per row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Computed {
+    /// Text and sources' values, concatenated; NULL when a source has no value.
+    Template(Vec<Piece>),
+    /// The first source holding a value.
+    Coalesce(Vec<Operand>),
+    /// A JSON object: per key, the first of its sources holding a value.
+    JsonObject(Vec<(String, Vec<Operand>)>),
+}
+
+/// A part of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Value(Operand),
+}
+
+/// A source a computed value reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operand {
+    /// A key of the record (a visit).
+    Field(String),
+    /// A key of the element.
+    ElementField(String),
+    /// The element's position.
+    ElementIndex,
+}
+
+impl Computed {
+    /// Every source it reads.
+    pub fn operands(&self) -> Vec<&Operand> {
+        match self {
+            Computed::Template(pieces) => pieces
+                .iter()
+                .filter_map(|p| match p {
+                    Piece::Value(o) => Some(o),
+                    Piece::Text(_) => None,
+                })
+                .collect(),
+            Computed::Coalesce(ops) => ops.iter().collect(),
+            Computed::JsonObject(keys) => keys.iter().flat_map(|(_, ops)| ops).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,12 @@ pub(super) struct RawTable {
     pub mongo_collection: Option<String>,
     /// MariaDB table the rows come from (Matomo config only; default: the table name).
     pub matomo_table: Option<String>,
+    /// The Matomo API method the rows come from (`matomo_api.yaml` only): `visits`
+    /// (`Live.getLastVisitsDetails`, one staged row per visit; the default).
+    pub matomo_api: Option<String>,
+    /// `matomo_api.yaml`: days read again before the last loaded watermark, so visits still
+    /// open when they were read get their later actions (default 2).
+    pub lag_days: Option<u32>,
     /// Adds `id` (primary key, from `_id`), `created_at` (from `creation_date`) and
     /// `updated_at` (from `update_date`) before the other columns.
     #[serde(default)]
@@ -62,6 +68,21 @@ pub(super) struct RawTable {
     /// MongoDB tables with one row per document (no `explode`, no `dedupe`).
     #[serde(default)]
     pub keep_source: bool,
+    /// Range partitioning of the target on a time column (`{column: action_timestamp, every:
+    /// week}`): the table is created `PARTITION BY RANGE`, and each load creates the
+    /// partitions its rows need, inside its transaction. Its keys must include the column.
+    pub partition: Option<RawPartition>,
+}
+
+/// How a table is partitioned.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPartition {
+    /// The NOT NULL `TIMESTAMPTZ`, `TIMESTAMP` or `DATE` column whose value picks a partition.
+    pub column: String,
+    /// `day`, `week` (ISO weeks, from Monday; the default) or `month`; ranges of
+    /// `TIMESTAMPTZ` columns are cut in UTC.
+    pub every: Option<String>,
 }
 
 /// One column of a table.
@@ -80,8 +101,20 @@ pub(super) struct RawColumn {
     pub foreign_key: Option<String>,
     /// Where the value comes from when it differs from the name: a document field path
     /// (`is_success`, `address.city`), `element` for the array element's id in an `explode`
-    /// table, or `array_type` for the type of the array an element came from.
+    /// table, or `array_type` for the type of the array an element came from. In
+    /// `matomo_api.yaml` tables: `element.<key>` (a key of each element), `element_index`
+    /// (its position, from 0).
     pub source: Option<String>,
+    /// A text built from sources (`matomo_api.yaml`): `"{idVisit}_{element_index}"`; each
+    /// `{...}` names a source as `source` does (`{{` and `}}` are braces); when one has no
+    /// value the column is NULL.
+    pub template: Option<String>,
+    /// The first of these sources holding a value (not missing, null, nor empty text)
+    /// (`matomo_api.yaml`).
+    pub coalesce: Option<Vec<String>>,
+    /// A JSON object (`matomo_api.yaml`): key -> a source, or a list of sources of which the
+    /// first holding a value is taken; keys without a value are left out.
+    pub json_object: Option<indexmap_lite::OrderedSources>,
 }
 
 /// Which arrays of a document become rows.
@@ -134,6 +167,44 @@ pub(super) mod indexmap_lite {
 
     #[derive(Debug, Default)]
     pub(crate) struct OrderedMap(pub Vec<(String, String)>);
+
+    /// Key -> one source or a list of sources, in file order.
+    #[derive(Debug, Default)]
+    pub(crate) struct OrderedSources(pub Vec<(String, Vec<String>)>);
+
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    impl<'de> Deserialize<'de> for OrderedSources {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct MapVisitor;
+            impl<'de> Visitor<'de> for MapVisitor {
+                type Value = OrderedSources;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a map of key to a source or a list of sources")
+                }
+                fn visit_map<A: MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<OrderedSources, A::Error> {
+                    let mut entries = Vec::new();
+                    while let Some((key, value)) = map.next_entry::<String, OneOrMany>()? {
+                        let sources = match value {
+                            OneOrMany::One(s) => vec![s],
+                            OneOrMany::Many(list) => list,
+                        };
+                        entries.push((key, sources));
+                    }
+                    Ok(OrderedSources(entries))
+                }
+            }
+            deserializer.deserialize_map(MapVisitor)
+        }
+    }
 
     impl<'de> Deserialize<'de> for OrderedMap {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

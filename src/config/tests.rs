@@ -329,3 +329,189 @@ users_targets:
         "already declares",
     );
 }
+
+const PARTITIONED: &str = "
+events_log:
+  columns:
+    - { name: action_id, sql_type: TEXT, nullable: false }
+    - { name: action_timestamp, sql_type: TIMESTAMPTZ, nullable: false }
+  primary_key: [action_id, action_timestamp]
+  partition: { column: action_timestamp, every: week }
+";
+
+#[test]
+fn a_partitioned_table_is_created_by_range_and_its_key_holds_the_column() {
+    let config = load_yaml(PARTITIONED).unwrap_or_else(|e| panic!("{e}"));
+    let t = config.table("events_log").unwrap();
+    assert_eq!(
+        t.partition,
+        Some(PartitionSpec {
+            column: "action_timestamp".into(),
+            every: PartitionEvery::Week
+        })
+    );
+    let ddl = ddl::create_table(t);
+    assert!(
+        ddl.ends_with(") PARTITION BY RANGE (action_timestamp);\n"),
+        "{ddl}"
+    );
+    assert_refused(
+        &PARTITIONED.replace("[action_id, action_timestamp]", "[action_id]"),
+        "events_log",
+        "primary_key",
+        "must include the partition column `action_timestamp`",
+    );
+    assert_refused(
+        &PARTITIONED.replace("every: week", "every: fortnight"),
+        "events_log",
+        "partition.every",
+        "unknown period `fortnight`",
+    );
+    assert_refused(
+        &PARTITIONED.replace("column: action_timestamp,", "column: action_id,"),
+        "events_log",
+        "partition.column",
+        "is TEXT; a partition column is TIMESTAMPTZ",
+    );
+    assert_refused(
+        &PARTITIONED.replace("column: action_timestamp,", "column: nowhere,"),
+        "events_log",
+        "partition.column",
+        "names column `nowhere`",
+    );
+}
+
+fn load_api_yaml(yaml: &str) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(MATOMO_API_FILE), yaml).unwrap();
+    Config::load(dir.path())
+}
+
+#[test]
+fn the_shipped_matomo_api_table_is_one_row_per_action_keyed_by_visit_and_position() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let config = Config::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let t = config.table("matomo").unwrap();
+    assert_eq!(
+        t.source,
+        Source::MatomoApi {
+            method: "Live.getLastVisitsDetails".into()
+        }
+    );
+    assert_eq!(t.columns.len(), 43);
+    assert_eq!(
+        t.column("action_id").unwrap().source,
+        ColumnSource::Computed(Computed::Template(vec![
+            Piece::Value(Operand::Field("idVisit".into())),
+            Piece::Text("_".into()),
+            Piece::Value(Operand::ElementIndex),
+        ]))
+    );
+    assert_eq!(
+        t.column("action_url").unwrap().source,
+        ColumnSource::ElementField("url".into())
+    );
+    assert_eq!(
+        t.column("dimension3").unwrap().source,
+        ColumnSource::Computed(Computed::Coalesce(vec![
+            Operand::ElementField("dimension3".into()),
+            Operand::Field("dimension3".into()),
+        ]))
+    );
+    let explode = t.explode.as_ref().unwrap();
+    assert_eq!(explode.children, Children::Upsert);
+    assert_eq!(explode.arrays[0].field, "actionDetails");
+    assert_eq!(t.conflict_key, ["action_id"]);
+    assert_eq!(t.watermark, Watermark::Column("action_timestamp".into()));
+    assert_eq!(t.lag_days, 2);
+}
+
+#[test]
+fn matomo_api_keys_are_checked_naming_file_table_and_key() {
+    let ok = "matomo:\n  columns:\n    - { name: action_id, sql_type: TEXT, nullable: false, template: \"{idVisit}_{element_index}\" }\n    - { name: url, sql_type: TEXT, source: element.url }\n  primary_key: [action_id]\n  explode: { parent_column: action_id, arrays: [{ field: actionDetails }] }\n";
+    load_api_yaml(ok).unwrap_or_else(|e| panic!("{e}"));
+    for (yaml, key, needle) in [
+        (
+            ok.replace("{idVisit}_", "{idVisit_"),
+            "columns[0].template",
+            "a `{` is not closed",
+        ),
+        (
+            ok.replace("{idVisit}", "{$where}"),
+            "columns[0].template",
+            "is not a field path",
+        ),
+        (
+            ok.replace("\"{idVisit}_{element_index}\"", "\"{idVisit\""),
+            "columns[0].template",
+            "a `{` is not closed",
+        ),
+        (
+            ok.replace("\"{idVisit}_{element_index}\"", "\"plain\""),
+            "columns[0].template",
+            "names no source",
+        ),
+        (
+            ok.replace("element.url", "element"),
+            "columns[1].source",
+            "API tables take `element.<key>`",
+        ),
+        (
+            ok.replace("field: actionDetails", "field: goals"),
+            "explode.arrays",
+            "one array, `actionDetails`",
+        ),
+        (
+            ok.replace("arrays: [", "children: replace, arrays: [")
+                .replace(
+                    "  explode: { parent_column: action_id, children: replace,",
+                    "  children: replace\n  explode: { parent_column: action_id,",
+                ),
+            "children",
+            "API tables upsert",
+        ),
+        (
+            format!("{ok}  matomo_api: events\n"),
+            "matomo_api",
+            "unknown API method `events`",
+        ),
+        (
+            format!("{ok}  include_base: true\n"),
+            "include_base",
+            "is not a key of Matomo API tables",
+        ),
+        (
+            ok.replace(
+                ", source: element.url",
+                ", source: element.url, coalesce: [url]",
+            ),
+            "columns[1].source",
+            "a column takes `source` or one of",
+        ),
+    ] {
+        let err = load_api_yaml(&yaml).expect_err(&yaml);
+        let hit = err.problems.iter().any(|p| {
+            p.table.as_deref() == Some("matomo")
+                && p.key.as_deref().is_some_and(|k| k.contains(key))
+                && p.message.contains(needle)
+                && p.file.ends_with(MATOMO_API_FILE)
+        });
+        assert!(
+            hit,
+            "expected `{key}`: `{needle}`, got:\n{err}\nfor:\n{yaml}"
+        );
+    }
+    // The API's keys are refused elsewhere.
+    assert_refused(
+        "events_log:\n  columns:\n    - { name: id, sql_type: TEXT, template: \"{a}\" }\n  primary_key: [id]\n",
+        "events_log",
+        "template",
+        "is for Matomo API tables",
+    );
+    assert_refused(
+        &format!("{OK_BASE}  lag_days: 3\n"),
+        "users",
+        "lag_days",
+        "is for Matomo API tables",
+    );
+}

@@ -31,6 +31,7 @@ const STRATEGIES_DEDUPE: &[&str] = &["users_logbook"];
 enum FileKind {
     Mongo,
     Matomo,
+    MatomoApi,
 }
 
 struct Problems {
@@ -63,6 +64,7 @@ pub(super) fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
     for (file_name, kind) in [
         (MONGO_FILE, FileKind::Mongo),
         (MATOMO_FILE, FileKind::Matomo),
+        (MATOMO_API_FILE, FileKind::MatomoApi),
     ] {
         let path = dir.join(file_name);
         let text = match std::fs::read_to_string(&path) {
@@ -91,7 +93,7 @@ pub(super) fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
             None,
             None,
             format!(
-                "no config found: expected {MONGO_FILE} and/or {MATOMO_FILE} in {}",
+                "no config found: expected {MONGO_FILE}, {MATOMO_FILE} and/or {MATOMO_API_FILE} in {}",
                 dir.display()
             ),
         );
@@ -180,12 +182,14 @@ fn build_table(
     let source = table_source(name, &raw, kind, p);
     let mut columns = table_columns(&raw, kind, p);
     let (primary_key, conflict_key) = table_keys(&raw, &columns, p);
-    let explode = table_explode(&raw, &columns, p);
+    let explode = table_explode(&raw, kind, &columns, p);
     let dedupe = table_dedupe(&raw, &columns, &conflict_key, p);
     let filter_exists = table_filter(&raw, p);
     check_strategy(&raw, p);
     let watermark = table_watermark(&raw, kind, &columns, p);
     let time_zone = table_time_zone(&raw, p);
+    let lag_days = table_lag_days(&raw, kind, p);
+    let partition = table_partition(name, &raw, &columns, &primary_key, p);
 
     if raw.truncate_before_import && !raw.force_reimport {
         warnings.push(format!(
@@ -193,7 +197,7 @@ fn build_table(
             path.display()
         ));
     }
-    if let Some(explode) = &explode {
+    if let (Some(explode), false) = (&explode, kind == FileKind::MatomoApi) {
         link_parent_column(&mut columns, &explode.parent_column);
     }
     if raw.keep_source && kind == FileKind::Mongo {
@@ -217,6 +221,8 @@ fn build_table(
         watermark,
         time_zone,
         keep_source: raw.keep_source && kind == FileKind::Mongo,
+        lag_days,
+        partition,
     }
 }
 
@@ -252,6 +258,108 @@ fn keep_source_column(
     });
 }
 
+/// `lag_days`: API tables only.
+fn table_lag_days(raw: &RawTable, kind: FileKind, p: &mut impl FnMut(&str, String)) -> u32 {
+    match (raw.lag_days, kind) {
+        (Some(days), FileKind::MatomoApi) => days,
+        (Some(_), _) => {
+            p(
+                "lag_days",
+                format!("is for Matomo API tables ({MATOMO_API_FILE})"),
+            );
+            0
+        }
+        (None, _) => 2,
+    }
+}
+
+/// Longest partition name suffix (`_20240301`): a table name plus it must fit PostgreSQL's
+/// 63-byte identifiers.
+const PARTITION_SUFFIX_LEN: usize = 9;
+
+/// Range partitioning: a NOT NULL time column that every key includes (PostgreSQL requires
+/// the partition column in each unique constraint of a partitioned table).
+fn table_partition(
+    name: &str,
+    raw: &RawTable,
+    columns: &[ColumnSpec],
+    primary_key: &[String],
+    p: &mut impl FnMut(&str, String),
+) -> Option<PartitionSpec> {
+    let rp = raw.partition.as_ref()?;
+    let every = match rp.every.as_deref() {
+        None | Some("week") => PartitionEvery::Week,
+        Some("day") => PartitionEvery::Day,
+        Some("month") => PartitionEvery::Month,
+        Some(other) => {
+            p(
+                "partition.every",
+                format!("unknown period `{other}`: day, week or month"),
+            );
+            PartitionEvery::Week
+        }
+    };
+    match columns.iter().find(|c| c.name == rp.column) {
+        None => p(
+            "partition.column",
+            format!(
+                "names column `{}`, which the table does not have",
+                rp.column
+            ),
+        ),
+        Some(c) => {
+            if !matches!(
+                c.sql_type,
+                SqlType::TimestampTz | SqlType::Timestamp | SqlType::Date
+            ) {
+                p(
+                    "partition.column",
+                    format!(
+                        "column `{}` is {}; a partition column is TIMESTAMPTZ, TIMESTAMP or DATE",
+                        c.name, c.sql_type
+                    ),
+                );
+            }
+            if c.nullable && !primary_key.contains(&c.name) {
+                p(
+                    "partition.column",
+                    format!(
+                        "column `{}` must be NOT NULL: a row without it has no partition",
+                        c.name
+                    ),
+                );
+            }
+        }
+    }
+    for (key, cols) in [("primary_key", primary_key), ("unique", &raw.unique)] {
+        if !cols.is_empty() && !cols.contains(&rp.column) {
+            p(
+                key,
+                format!(
+                    "must include the partition column `{}` (PostgreSQL requires it of every \
+                     key of a partitioned table), e.g. [{}, {}]",
+                    rp.column,
+                    cols.join(", "),
+                    rp.column
+                ),
+            );
+        }
+    }
+    if name.len() + PARTITION_SUFFIX_LEN > 63 {
+        p(
+            "partition",
+            format!(
+                "the table name is too long for its partitions' names (at most {} bytes)",
+                63 - PARTITION_SUFFIX_LEN
+            ),
+        );
+    }
+    Some(PartitionSpec {
+        column: rp.column.clone(),
+        every,
+    })
+}
+
 /// Where the rows come from; keys of the other file's kind are refused.
 fn table_source(
     name: &str,
@@ -260,6 +368,12 @@ fn table_source(
     p: &mut impl FnMut(&str, String),
 ) -> Source {
     match kind {
+        FileKind::Mongo | FileKind::Matomo if raw.matomo_api.is_some() => {
+            p("matomo_api", format!("belongs in {MATOMO_API_FILE}"));
+            Source::Matomo {
+                table: name.to_string(),
+            }
+        }
         FileKind::Mongo => {
             if raw.matomo_table.is_some() {
                 p(
@@ -292,6 +406,33 @@ fn table_source(
             }
             Source::Matomo {
                 table: raw.matomo_table.clone().unwrap_or_else(|| name.to_string()),
+            }
+        }
+        FileKind::MatomoApi => {
+            for (set, key) in [
+                (raw.mongo_collection.is_some(), "mongo_collection"),
+                (raw.matomo_table.is_some(), "matomo_table"),
+                (raw.include_base, "include_base"),
+                (raw.dedupe.is_some(), "dedupe"),
+                (raw.filter.is_some(), "filter"),
+                (raw.keep_source, "keep_source"),
+            ] {
+                if set {
+                    p(
+                        key,
+                        format!("is not a key of Matomo API tables ({MATOMO_API_FILE})"),
+                    );
+                }
+            }
+            let method = raw.matomo_api.as_deref().unwrap_or("visits");
+            if method != "visits" {
+                p(
+                    "matomo_api",
+                    format!("unknown API method `{method}`: `visits` (Live.getLastVisitsDetails)"),
+                );
+            }
+            Source::MatomoApi {
+                method: crate::staging::matomo_api::VISITS_METHOD.into(),
             }
         }
     }
@@ -416,6 +557,7 @@ fn table_keys(
 /// are refused.
 fn table_explode(
     raw: &RawTable,
+    kind: FileKind,
     columns: &[ColumnSpec],
     p: &mut impl FnMut(&str, String),
 ) -> Option<ExplodeSpec> {
@@ -423,6 +565,9 @@ fn table_explode(
         check_not_exploded(raw, columns, p);
         return None;
     };
+    if kind == FileKind::MatomoApi {
+        return api_explode(raw, re, columns, p);
+    }
     let parent_column = re.parent_column.clone().unwrap_or_default();
     if parent_column.is_empty() {
         p(
@@ -459,6 +604,74 @@ fn table_explode(
             .collect(),
         children,
     })
+}
+
+/// An API table's explode: one row per element of `actionDetails`, children upserted.
+fn api_explode(
+    raw: &RawTable,
+    re: &super::raw::RawExplode,
+    columns: &[ColumnSpec],
+    p: &mut impl FnMut(&str, String),
+) -> Option<ExplodeSpec> {
+    let fields: Vec<&str> = re.arrays.iter().map(|a| a.field.as_str()).collect();
+    if fields != [crate::staging::matomo_api::ACTIONS_FIELD]
+        || re.arrays.iter().any(|a| a.type_value.is_some())
+    {
+        p(
+            "explode.arrays",
+            format!(
+                "an API table explodes one array, `{}`, without `type`",
+                crate::staging::matomo_api::ACTIONS_FIELD
+            ),
+        );
+    }
+    let parent_column = re.parent_column.clone().unwrap_or_default();
+    if !parent_column.is_empty() && !has_column(columns, &parent_column) {
+        p(
+            "explode.parent_column",
+            format!("names column `{parent_column}`, which the table does not have"),
+        );
+    }
+    match raw.children.as_deref() {
+        None | Some("upsert") => {}
+        Some(other) => p(
+            "children",
+            format!("API tables upsert their rows (`children: upsert`), not `{other}`"),
+        ),
+    }
+    if !columns.iter().any(reads_element) {
+        p(
+            "columns",
+            "an exploded API table needs a column reading the element (`element.<key>`, `element_index`)".into(),
+        );
+    }
+    Some(ExplodeSpec {
+        parent_column,
+        arrays: re
+            .arrays
+            .iter()
+            .map(|a| ArraySpec {
+                field: a.field.clone(),
+                type_value: None,
+            })
+            .collect(),
+        children: Children::Upsert,
+    })
+}
+
+/// Whether a column reads an array's element (its id, type, a key, its position).
+fn reads_element(c: &ColumnSpec) -> bool {
+    match &c.source {
+        ColumnSource::Element
+        | ColumnSource::ArrayType
+        | ColumnSource::ElementField(_)
+        | ColumnSource::ElementIndex => true,
+        ColumnSource::Computed(computed) => computed
+            .operands()
+            .iter()
+            .any(|o| !matches!(o, Operand::Field(_))),
+        ColumnSource::Field(_) | ColumnSource::Generated | ColumnSource::Document => false,
+    }
 }
 
 /// The arrays of a link table, their `type`s and the columns that take them.
@@ -513,11 +726,11 @@ fn check_not_exploded(raw: &RawTable, columns: &[ColumnSpec], p: &mut impl FnMut
         );
     }
     for c in columns {
-        if matches!(c.source, ColumnSource::Element | ColumnSource::ArrayType) {
+        if reads_element(c) || matches!(c.source, ColumnSource::Computed(_)) {
             p(
                 "columns",
                 format!(
-                    "column `{}` takes an array element but the table has no `explode`",
+                    "column `{}` takes an array element or is computed, which needs `explode`",
                     c.name
                 ),
             );
@@ -712,7 +925,16 @@ fn build_column(
             )
         })?),
     };
-    let source = if sql_type.is_generated() {
+    let computed = computed_source(rc, kind)?;
+    let source = if let Some(computed) = computed {
+        if rc.source.is_some() {
+            return Err((
+                "source",
+                "a column takes `source` or one of `template`, `coalesce`, `json_object`".into(),
+            ));
+        }
+        ColumnSource::Computed(computed)
+    } else if sql_type.is_generated() {
         if rc.source.is_some() {
             return Err((
                 "source",
@@ -722,6 +944,13 @@ fn build_column(
         ColumnSource::Generated
     } else {
         match rc.source.as_deref() {
+            Some(s) if kind == FileKind::MatomoApi => api_operand(s)
+                .map(|o| match o {
+                    Operand::Field(path) => ColumnSource::Field(path),
+                    Operand::ElementField(key) => ColumnSource::ElementField(key),
+                    Operand::ElementIndex => ColumnSource::ElementIndex,
+                })
+                .map_err(|m| ("source", m))?,
             Some("element") | Some("element._id") if kind == FileKind::Mongo => {
                 ColumnSource::Element
             }
@@ -753,6 +982,119 @@ fn build_column(
         foreign_key,
         source,
     })
+}
+
+/// A source of an API table: `element_index`, `element.<key>`, or a key of the visit.
+fn api_operand(text: &str) -> Result<Operand, String> {
+    match text {
+        "element_index" => Ok(Operand::ElementIndex),
+        "element" | "array_type" => Err(format!(
+            "`{text}`: API tables take `element.<key>` or `element_index`"
+        )),
+        _ => match text.strip_prefix("element.") {
+            Some(key) if valid_path(key) => Ok(Operand::ElementField(key.to_string())),
+            _ if valid_path(text) && !text.starts_with("element.") => {
+                Ok(Operand::Field(text.to_string()))
+            }
+            _ => Err(format!("`{text}` is not a field path")),
+        },
+    }
+}
+
+/// `template`, `coalesce` or `json_object`, when the column has one (API tables only).
+fn computed_source(
+    rc: &RawColumn,
+    kind: FileKind,
+) -> Result<Option<Computed>, (&'static str, String)> {
+    let given = [
+        ("template", rc.template.is_some()),
+        ("coalesce", rc.coalesce.is_some()),
+        ("json_object", rc.json_object.is_some()),
+    ];
+    let keys: Vec<&str> = given.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
+    let Some(first) = keys.first().copied() else {
+        return Ok(None);
+    };
+    if kind != FileKind::MatomoApi {
+        return Err((
+            first,
+            format!("is for Matomo API tables ({MATOMO_API_FILE}) for now"),
+        ));
+    }
+    if keys.len() > 1 {
+        return Err((first, format!("a column takes one of {}", keys.join(", "))));
+    }
+    let list = |sources: &[String], key: &'static str| {
+        if sources.is_empty() {
+            return Err((key, "list at least one source".to_string()));
+        }
+        sources
+            .iter()
+            .map(|s| api_operand(s).map_err(|m| (key, m)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    if let Some(text) = &rc.template {
+        return parse_template(text)
+            .map(|pieces| Some(Computed::Template(pieces)))
+            .map_err(|m| ("template", m));
+    }
+    if let Some(sources) = &rc.coalesce {
+        return list(sources, "coalesce").map(|ops| Some(Computed::Coalesce(ops)));
+    }
+    let mut keys = Vec::new();
+    for (key, sources) in rc.json_object.iter().flat_map(|o| &o.0) {
+        keys.push((key.clone(), list(sources, "json_object")?));
+    }
+    if keys.is_empty() {
+        return Err(("json_object", "list at least one key".into()));
+    }
+    Ok(Some(Computed::JsonObject(keys)))
+}
+
+/// `"{idVisit}_{element_index}"` -> text and sources; `{{` and `}}` are literal braces.
+fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut literal = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                literal.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                literal.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                let mut closed = false;
+                for c in chars.by_ref() {
+                    if c == '}' {
+                        closed = true;
+                        break;
+                    }
+                    name.push(c);
+                }
+                if !closed || name.contains('{') {
+                    return Err("a `{` is not closed".into());
+                }
+                if !literal.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut literal)));
+                }
+                pieces.push(Piece::Value(api_operand(name.trim())?));
+            }
+            '}' => return Err("a `}` closes nothing (write `}}` for a brace)".into()),
+            c => literal.push(c),
+        }
+    }
+    if !literal.is_empty() {
+        pieces.push(Piece::Text(literal));
+    }
+    if !pieces.iter().any(|p| matches!(p, Piece::Value(_))) {
+        return Err("names no source: write `{source}` where a value goes".into());
+    }
+    Ok(pieces)
 }
 
 fn valid_path(path: &str) -> bool {

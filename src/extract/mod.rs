@@ -12,6 +12,7 @@ pub mod bson_arrow;
 mod extjson;
 pub mod keys;
 pub mod matomo;
+pub mod matomo_api;
 mod mongo_live;
 pub mod mongodump;
 pub mod window;
@@ -26,7 +27,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, Source, TableSpec};
 use crate::progress::Progress;
-use crate::settings::{MatomoSettings, MongoSettings, PostgresSettings};
+use crate::settings::{MatomoApiSettings, MatomoSettings, MongoSettings, PostgresSettings};
 use crate::staging::{
     self, BackgroundWriter, Manifest, ManifestEntry, PartWriter, RunDir, SourceKind, Stage,
     StagingError,
@@ -50,6 +51,8 @@ pub struct ExtractOptions {
     pub mongo: Option<MongoInput>,
     /// Matomo source, if Matomo tables are extracted.
     pub matomo: Option<MatomoSettings>,
+    /// Matomo's HTTP API, if its tables are extracted.
+    pub matomo_api: Option<MatomoApiSettings>,
     /// The target, when configured: windows start at its watermarks.
     pub target: Option<PostgresSettings>,
     pub tables: Option<Vec<String>>,
@@ -72,6 +75,8 @@ pub enum ExtractError {
     Dump(#[from] mongodump::DumpError),
     #[error(transparent)]
     Matomo(#[from] matomo::MatomoError),
+    #[error(transparent)]
+    MatomoApi(#[from] matomo_api::MatomoApiError),
     #[error("collection `{collection}`: {message}")]
     Mongo { collection: String, message: String },
     #[error("{0}")]
@@ -92,6 +97,9 @@ pub struct ExtractReport {
     pub seconds: f64,
     /// The source has no such collection or table.
     pub missing: bool,
+    /// Matomo API: visits whose actions Matomo truncated, and the actions they lost.
+    pub truncated_visits: u64,
+    pub truncated_actions: u64,
 }
 
 impl ExtractReport {
@@ -106,6 +114,8 @@ impl ExtractReport {
                 .map_or_else(|| "all".into(), ToString::to_string),
             seconds: entry.seconds,
             missing: entry.missing,
+            truncated_visits: entry.truncated_visits,
+            truncated_actions: entry.truncated_actions,
         }
     }
 }
@@ -154,6 +164,25 @@ pub async fn run(
                 .await?;
                 manifest.entries.push(entry);
             }
+        }
+    }
+    if let Some(settings) = &opts.matomo_api {
+        let api_tables: Vec<&TableSpec> = tables
+            .iter()
+            .copied()
+            .filter(|t| matches!(t.source, Source::MatomoApi { .. }))
+            .collect();
+        if !api_tables.is_empty() {
+            let entry = extract_api(
+                staging_dir,
+                settings,
+                &api_tables,
+                opts,
+                &stage_dir,
+                &progress,
+            )
+            .await?;
+            manifest.entries.push(entry);
         }
     }
     let reports = manifest.entries.iter().map(ExtractReport::of).collect();
@@ -311,6 +340,103 @@ impl MongoRun<'_> {
             ..Default::default()
         })
     }
+}
+
+/// The Matomo API's visits, for every API table, into `matomo-api/<method>/`. The days read
+/// follow the API's own rules (`matomo_api::StartRule`) from each table's last loaded
+/// watermark, read without `--since` and the threshold, which the rules apply themselves.
+async fn extract_api(
+    staging_dir: &Path,
+    settings: &MatomoApiSettings,
+    tables: &[&TableSpec],
+    opts: &ExtractOptions,
+    stage_dir: &Path,
+    progress: &Progress,
+) -> Result<ManifestEntry, ExtractError> {
+    use crate::config::{ColumnSource, Watermark};
+    let method = tables
+        .first()
+        .map_or(staging::matomo_api::VISITS_METHOD, |t| t.source.name());
+    let rel = format!("{}/{method}", SourceKind::MatomoApi.as_str());
+    let fields = staging::matomo_api::fields_for_tables(tables.iter().copied());
+    let plain = ExtractOptions {
+        since: None,
+        threshold: None,
+        full: false,
+        ..opts.clone()
+    };
+    let windows = window::windows(staging_dir, tables, &plain).await;
+    // The earliest of the tables' watermarks; none when a table has none yet (a first run).
+    let watermark = tables
+        .iter()
+        .map(|t| {
+            windows
+                .get(&t.name)
+                .and_then(|w| w.since.as_ref())
+                .and_then(staging::WatermarkValue::timestamp)
+        })
+        .collect::<Option<Vec<_>>>()
+        .and_then(|all| all.into_iter().min());
+    let start = matomo_api::StartRule {
+        since: opts.since,
+        force: opts.full || settings.force_start_date || tables.iter().any(|t| t.force_reimport),
+        watermark,
+        lag_days: tables.iter().map(|t| t.lag_days).max().unwrap_or(2),
+        threshold: opts.threshold,
+        start_date: settings.start_date,
+        initial_offset: settings.initial_offset,
+    };
+    let watermarks = tables
+        .iter()
+        .filter_map(|t| {
+            let Watermark::Column(column) = &t.watermark else {
+                return None;
+            };
+            let (path, in_actions) = match &t.column(column)?.source {
+                ColumnSource::ElementField(key) => (key.clone(), true),
+                ColumnSource::Field(path) => (path.clone(), false),
+                _ => return None,
+            };
+            Some(matomo_api::WatermarkPath {
+                table: t.name.clone(),
+                path,
+                in_actions,
+            })
+        })
+        .collect();
+    let extracted = matomo_api::ApiExtract {
+        settings,
+        fields: &fields,
+        start,
+        watermarks,
+        dir: &stage_dir.join(&rel),
+        rel,
+        bar: progress.rows("matomo-api visits"),
+    }
+    .run()
+    .await?;
+    let reason = extracted
+        .sites
+        .iter()
+        .map(|s| format!("site {}: {}", s.site, s.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    tracing::info!(method, visits = extracted.visits, "extracted");
+    Ok(ManifestEntry {
+        name: method.to_string(),
+        source: Some(SourceKind::MatomoApi),
+        rows: extracted.visits,
+        files: extracted.files,
+        schema: extracted.schema,
+        window_since: extracted.since.map(staging::WatermarkValue::Timestamp),
+        window_reason: reason,
+        watermarks: extracted.watermarks,
+        seconds: extracted.seconds,
+        truncated_visits: extracted.sites.iter().map(|s| s.truncated_visits).sum(),
+        truncated_actions: extracted.sites.iter().map(|s| s.truncated_actions).sum(),
+        api_sites: extracted.sites,
+        ..Default::default()
+    })
 }
 
 /// One Matomo table into `matomo/<table>/`.

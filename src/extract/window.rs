@@ -290,6 +290,7 @@ mod tests {
         ExtractOptions {
             mongo: None,
             matomo: None,
+            matomo_api: None,
             target: None,
             tables: None,
             full: false,

@@ -517,7 +517,9 @@ fn into_empty(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
         .into_iter()
         .collect();
     let has_foreign_keys = t.columns.iter().any(|c| c.foreign_key.is_some());
-    if !has_foreign_keys {
+    // A partitioned table goes through the stage too: its partitions are created from the
+    // rows' periods before the rows arrive.
+    if !has_foreign_keys && t.partition.is_none() {
         steps.push(Step::Copy {
             into: format!("{} ({})", names.target, names.cols),
             data: Data::Rows,
@@ -527,6 +529,7 @@ fn into_empty(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
     }
     steps.extend(stage_rows(t, names));
     steps.extend(orphan_checks(t, names).into_iter().map(Step::Orphans));
+    steps.extend(create_partitions(t, names));
     let insert = Step::Write {
         sql: format!(
             "INSERT INTO {} ({cols}) SELECT {cols} FROM {}",
@@ -589,6 +592,7 @@ fn into_loaded(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
     });
     steps.extend(orphan_checks(t, names).into_iter().map(Step::Orphans));
     steps.extend(delete);
+    steps.extend(create_partitions(t, names));
     let updates = upsert_updates(t);
     if names.history && !updates.is_empty() {
         // The previous version of every row the upsert is about to change.
@@ -610,6 +614,47 @@ fn into_loaded(t: &TableSpec, names: &Names, rows: u64) -> Vec<Step> {
     };
     steps.extend(around_foreign_keys(t, names, rows, upsert));
     steps
+}
+
+/// For a partitioned table, the statement that creates the partitions the staged rows need,
+/// one per period (`<table>_2024w09` for a week), in the load's transaction. A period some
+/// partition already covers is left alone: the same name exists (`duplicate_table`), another
+/// partition overlaps it (`invalid_object_definition`), or a DEFAULT partition holds rows of
+/// it (`check_violation`); the rows then go where PostgreSQL routes them. Creating a
+/// partition locks the parent table exclusively until commit.
+fn create_partitions(t: &TableSpec, names: &Names) -> Option<Step> {
+    let partition = t.partition.as_ref()?;
+    let column = t.column(&partition.column)?;
+    let unit = partition.every.unit();
+    let col = format!("s.{}", ident(&column.name));
+    // Periods of TIMESTAMPTZ values are cut in UTC, whatever the session's TimeZone.
+    let (start, from, to) = match column.sql_type {
+        SqlType::TimestampTz => (
+            format!("date_trunc('{unit}', {col} AT TIME ZONE 'UTC')"),
+            "p.start AT TIME ZONE 'UTC'".to_string(),
+            format!("(p.start + interval '1 {unit}') AT TIME ZONE 'UTC'"),
+        ),
+        SqlType::Date => (
+            format!("date_trunc('{unit}', {col}::timestamp)"),
+            "p.start::date".to_string(),
+            format!("(p.start + interval '1 {unit}')::date"),
+        ),
+        _ => (
+            format!("date_trunc('{unit}', {col})"),
+            "p.start".to_string(),
+            format!("p.start + interval '1 {unit}'"),
+        ),
+    };
+    let create = literal("CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)");
+    Some(Step::Sql(format!(
+        "DO $etl$ DECLARE p record; BEGIN FOR p IN SELECT DISTINCT {start} AS start FROM {stage} s \
+         WHERE {col} IS NOT NULL ORDER BY 1 LOOP BEGIN EXECUTE format({create}, {table} || '_' || \
+         to_char(p.start, {pattern}), {table}, {from}, {to}); EXCEPTION WHEN duplicate_table OR \
+         invalid_object_definition OR check_violation THEN NULL; END; END LOOP; END $etl$",
+        stage = names.stage,
+        table = literal(&t.name),
+        pattern = literal(partition.every.name_pattern()),
+    )))
 }
 
 /// The steps that put a table's staged rows into its temporary stage and move orphans out,
@@ -992,5 +1037,60 @@ mod tests {
         assert!(check.contains("more than 10%% of"), "{check}");
         assert_eq!(percent(250), "2.5%");
         assert_eq!(percent(1), "0.01%");
+    }
+
+    /// A partitioned table: both arms stage the rows, create the partitions their weeks need
+    /// (one DO block, before the write), then write; the empty arm never COPYs straight into
+    /// the parent, whose partitions may not exist yet.
+    #[test]
+    fn partitioned_tables_create_their_partitions_before_the_write_in_both_arms() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(crate::config::MONGO_FILE),
+            "events_log:\n  columns:\n    - { name: action_id, sql_type: TEXT, nullable: false }\n    \
+             - { name: action_timestamp, sql_type: TIMESTAMPTZ, nullable: false }\n  \
+             primary_key: [action_id, action_timestamp]\n  partition: { column: action_timestamp }\n",
+        )
+        .unwrap();
+        let config = Config::load(dir.path()).unwrap();
+        let plan = plan_table(&config, config.table("events_log").unwrap(), 10, true);
+        let (empty, loaded) = arms(&plan);
+        for arm in [empty, loaded] {
+            assert!(
+                !arm.iter().any(|s| matches!(
+                    s,
+                    Step::Copy {
+                        into_target: true,
+                        ..
+                    }
+                )),
+                "{arm:?}"
+            );
+            let sql = statements(arm);
+            let create = sql
+                .iter()
+                .position(|s| s.contains("PARTITION OF"))
+                .expect("partitions");
+            let write = arm
+                .iter()
+                .position(|s| matches!(s, Step::Write { .. }))
+                .unwrap();
+            let stage = sql
+                .iter()
+                .position(|s| s.starts_with("COPY etl_stage_events_log"))
+                .unwrap();
+            assert!(stage < create && create < write, "{sql:#?}");
+            assert!(
+                sql[create].contains("date_trunc('week', s.action_timestamp AT TIME ZONE 'UTC')"),
+                "{}",
+                sql[create]
+            );
+            assert!(sql[create].contains("'IYYY\"w\"IW'"), "{}", sql[create]);
+        }
+        let all = statements(&plan.steps).join("\n");
+        assert!(
+            all.contains("ON CONFLICT (action_id, action_timestamp) DO NOTHING"),
+            "{all}"
+        );
     }
 }

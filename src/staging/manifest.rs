@@ -124,6 +124,16 @@ pub struct ManifestEntry {
     /// whole source, whatever the window says.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub by_key: bool,
+    /// Extract (Matomo API): per site, its time zone, the days read and what they held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_sites: Vec<ApiSite>,
+    /// Visits whose `actionDetails` Matomo truncated (its per-visit action limit), carried
+    /// along by transform and load so every summary can show them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub truncated_visits: u64,
+    /// Actions those visits lost.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub truncated_actions: u64,
 }
 
 /// The keys of every document or row the source holds for a table, rejected and filtered ones
@@ -142,6 +152,27 @@ pub struct SourceKeys {
     pub incomplete: Option<String>,
 }
 
+/// What an API extract read for one site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiSite {
+    pub site: u32,
+    /// The zone its days are cut in (IANA name or `UTC+05:30`).
+    pub time_zone: String,
+    pub first_day: Option<chrono::NaiveDate>,
+    pub last_day: Option<chrono::NaiveDate>,
+    /// Why the window starts on `first_day`.
+    pub reason: String,
+    pub visits: u64,
+    pub actions: u64,
+    /// Requests answered (pages, every day counted).
+    pub pages: u64,
+    pub truncated_visits: u64,
+    pub truncated_actions: u64,
+    /// Visits listed again by a later page or day of the same run (a visit that went on while
+    /// it was read): the first copy is kept, the next run's re-read window updates it.
+    pub repeated_visits: u64,
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -156,6 +187,9 @@ pub enum SourceKind {
     Dump,
     /// Matomo tables in MariaDB/MySQL.
     Matomo,
+    /// Matomo's HTTP Reporting API.
+    #[serde(rename = "matomo-api")]
+    MatomoApi,
 }
 
 impl SourceKind {
@@ -165,6 +199,7 @@ impl SourceKind {
             SourceKind::Mongo => "mongo",
             SourceKind::Dump => "dump",
             SourceKind::Matomo => "matomo",
+            SourceKind::MatomoApi => "matomo-api",
         }
     }
 }

@@ -15,14 +15,15 @@
 
 pub mod fields;
 mod manifest;
+pub mod matomo_api;
 mod parquet_io;
 mod rejects;
 
 use std::path::{Path, PathBuf};
 
 pub use manifest::{
-    schema_pairs, Counts, FileEntry, Manifest, ManifestEntry, SourceKeys, SourceKind, Stage,
-    WatermarkValue, MANIFEST_FORMAT,
+    schema_pairs, ApiSite, Counts, FileEntry, Manifest, ManifestEntry, SourceKeys, SourceKind,
+    Stage, WatermarkValue, MANIFEST_FORMAT,
 };
 pub(crate) use parquet_io::stream_batches;
 pub use parquet_io::{read_batches, verify_file, BackgroundWriter, PartWriter};

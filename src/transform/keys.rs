@@ -58,6 +58,13 @@ pub(super) fn key_plan<'a>(table: &'a TableSpec, extract: &ManifestEntry) -> Key
             extract.window_reason
         ));
     }
+    if let Source::MatomoApi { .. } = table.source {
+        // Its extract reads days of visits and explodes their actions; whether every visit
+        // of the site was read is not something this run can tell.
+        return KeyPlan::Incomplete(
+            "a Matomo API table: its source's keys cannot be listed, --prune does not apply".into(),
+        );
+    }
     if extract.missing {
         return KeyPlan::Incomplete(format!(
             "`{source}` was not in the source: its keys are unknown"
@@ -103,7 +110,7 @@ pub(super) fn source_keys(
         Source::Mongo { .. } => batch
             .column_by_name(DOCUMENT_ERROR)
             .and_then(|c| c.as_string_opt::<i32>()),
-        Source::Matomo { .. } => None,
+        Source::Matomo { .. } | Source::MatomoApi { .. } => None,
     };
     let mut arrays = Vec::with_capacity(columns.len());
     // A key value the source has but that does not convert: the key is unknown.

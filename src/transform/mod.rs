@@ -19,6 +19,7 @@ mod coerce;
 mod convert;
 mod dedupe;
 mod duplicates;
+mod elements;
 mod keys;
 mod pg_input;
 mod rows;
@@ -340,6 +341,8 @@ fn transform_table(
         coerced: per_column(&adjusted, |a| a.coerced),
         rounded: per_column(&adjusted, |a| a.rounded),
         source_keys: Some(source_keys(table, key_plan, key_files, keys, unknown_keys)),
+        truncated_visits: entry.truncated_visits,
+        truncated_actions: entry.truncated_actions,
         ..Default::default()
     };
     Ok((

@@ -99,6 +99,14 @@ fn transform_documents(
     batch: &RecordBatch,
 ) -> Result<BatchOutput, TransformError> {
     let mut filtered = BTreeMap::new();
+    // Visits staged before the config read more of their keys are staged again from their JSON.
+    let restaged;
+    let batch = if matches!(table.source, Source::MatomoApi { .. }) {
+        restaged = super::elements::complete(table, batch)?;
+        restaged.as_ref()
+    } else {
+        batch
+    };
     let kept = apply_filter(table, batch, &mut filtered)?;
     let ids = DocIds::new(table, &kept)?;
     let doc_errors = document_errors(table, &kept)?;
@@ -108,6 +116,9 @@ fn transform_documents(
             // Filtered documents were extracted too.
             out.extracted = batch.num_rows() as u64;
             out
+        }
+        Some(_) if matches!(table.source, Source::MatomoApi { .. }) => {
+            super::elements::element_rows(table, &kept, &ids)?
         }
         Some(_) => explode_rows(table, &kept, &ids, &doc_errors)?,
     };
@@ -246,7 +257,7 @@ const DOCUMENT_COLUMN: &str = "(document)";
 
 /// The id a reject names for a row (`_id`, or the Matomo primary key), formatted only for
 /// the rows that need it.
-struct DocIds {
+pub(super) struct DocIds {
     columns: Vec<ArrayRef>,
 }
 
@@ -254,6 +265,7 @@ impl DocIds {
     fn new(table: &TableSpec, batch: &RecordBatch) -> Result<DocIds, TransformError> {
         let key_sources: Vec<String> = match &table.source {
             Source::Mongo { .. } => vec![ID_FIELD.to_string()],
+            Source::MatomoApi { .. } => vec![crate::staging::matomo_api::VISIT_ID.to_string()],
             Source::Matomo { .. } => table
                 .primary_key
                 .iter()
@@ -271,7 +283,7 @@ impl DocIds {
         Ok(DocIds { columns })
     }
 
-    fn get(&self, row: usize) -> String {
+    pub(super) fn get(&self, row: usize) -> String {
         self.columns
             .iter()
             .map(|c| display_value(c, row))
@@ -510,6 +522,16 @@ fn explode_rows(
                 converted.array
             }
             ColumnSource::Generated => continue,
+            // Validation keeps these in API tables, which `elements` transforms.
+            ColumnSource::ElementField(_)
+            | ColumnSource::ElementIndex
+            | ColumnSource::Computed(_) => {
+                return Err(TransformError::MissingField {
+                    table: table.name.clone(),
+                    source_name: table.source.name().to_string(),
+                    field: format!("{} (a source of Matomo API tables)", col.name),
+                })
+            }
         };
         columns.push(array);
     }
@@ -555,7 +577,7 @@ fn explode_rows(
     })
 }
 
-fn arrow_error(table: &TableSpec, e: arrow::error::ArrowError) -> TransformError {
+pub(super) fn arrow_error(table: &TableSpec, e: arrow::error::ArrowError) -> TransformError {
     TransformError::Arrow {
         table: table.name.clone(),
         source: e,
