@@ -59,6 +59,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Undo the newest load recorded in the target, in one transaction.
     Rollback(RollbackArgs),
+    /// Load what the source has and the target lacks (by key); report the reverse.
+    Reconcile(ReconcileArgs),
     /// SQL bundles written by `etl load --to sql`.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -111,6 +113,9 @@ pub struct ExtractArgs {
     /// Start the window no later than this date (the earlier of this and the watermark wins).
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub since: Option<chrono::NaiveDate>,
+    /// Stage every MongoDB document whole (relaxed Extended JSON), as `keep_source` does.
+    #[arg(long)]
+    pub keep_documents: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -143,6 +148,21 @@ pub struct LoadArgs {
     /// With --to sql: gzip the bundle's data files (psql reads them through `gzip -dc`).
     #[arg(long)]
     pub compress: bool,
+    #[command(flatten)]
+    pub prune: PruneArgs,
+}
+
+/// `--prune` and `--force`, on `load` and `run`.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct PruneArgs {
+    /// After a run that extracted the whole source (--full, or no window), delete the target
+    /// rows whose key is no longer in the source; refused above ETL_PRUNE_MAX_SHARE (default
+    /// 10%) of any table.
+    #[arg(long)]
+    pub prune: bool,
+    /// With --prune: prune whatever share of a table it deletes.
+    #[arg(long, requires = "prune")]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -161,6 +181,8 @@ pub struct RunArgs {
     /// With --to sql: gzip the bundle's data files.
     #[arg(long)]
     pub compress: bool,
+    #[command(flatten)]
+    pub prune: PruneArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -183,6 +205,22 @@ pub struct VerifyArgs {
     /// Also write the full report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// Which source to compare (every key of it, no window).
+    #[arg(long, value_enum, default_value = "all")]
+    pub source: SourceArg,
+    /// mongodump folder or archive file, for --source dump.
+    #[arg(long, value_name = "PATH")]
+    pub dump: Option<PathBuf>,
+    /// Only these target tables (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "a,b")]
+    pub tables: Option<Vec<String>>,
+    /// Compare and report; extract and load nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -355,12 +393,14 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 tables: args.extract.tables.clone(),
                 dry_run: args.dry_run,
                 compress: args.compress,
+                prune: args.prune,
             };
             load(cli, &config, &load_args).await
         }),
         Command::Status => status(cli),
         Command::Verify(args) => runtime()?.block_on(verify(cli, &config, args)),
         Command::Rollback(args) => runtime()?.block_on(rollback(&config, args)),
+        Command::Reconcile(args) => runtime()?.block_on(reconcile(cli, &config, args)),
         Command::Bundle(BundleCommand::Check { dir }) => runtime()?.block_on(bundle_check(dir)),
         Command::Sample(_) | Command::Init(_) | Command::Completions(_) => Ok(()), // above
     }
@@ -375,6 +415,7 @@ impl Command {
             Command::Load(a) => a.tables.as_deref(),
             Command::Run(a) => a.extract.tables.as_deref(),
             Command::Verify(a) => a.tables.as_deref(),
+            Command::Reconcile(a) => a.tables.as_deref(),
             Command::Status
             | Command::Schema
             | Command::Rollback(_)
@@ -457,6 +498,7 @@ fn extract_options(cli: &Cli, args: &ExtractArgs) -> Result<extract::ExtractOpti
             std::env::var("GLOBAL_DATE_THRESHOLD").ok().as_deref(),
         ),
         quiet: cli.quiet,
+        keep_documents: args.keep_documents,
     })
 }
 
@@ -583,6 +625,7 @@ fn transform(
 }
 
 async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliError> {
+    let opts = load_options(args.prune)?;
     if args.dry_run {
         say!(
             "{}",
@@ -591,10 +634,13 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
                 &cli.staging,
                 args.run.as_deref(),
                 args.tables.as_deref(),
-                &load_options()?
+                &opts
             )
             .context("load")?
         );
+        if opts.prune.is_some() {
+            say!("{}", prune_preview(cli, config, args, &opts).await?);
+        }
         return Ok(());
     }
     let sink = match args.to {
@@ -613,7 +659,7 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
         args.run.as_deref(),
         args.tables.as_deref(),
         &sink,
-        &load_options()?,
+        &opts,
     )
     .await
     .context("load")?;
@@ -624,6 +670,9 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
         started.elapsed().as_secs_f64()
     );
     say!("{}", load_summary(&loads));
+    if opts.prune.is_some() && matches!(args.to, SinkArg::Postgres) {
+        say!("{}", pruned_summary(&loads));
+    }
     let rejected: u64 = loads.iter().map(|l| l.rejected).sum();
     let orphans: usize = loads.iter().map(|l| l.orphans.len()).sum();
     if rejected + orphans as u64 > 0 {
@@ -633,6 +682,82 @@ async fn load(cli: &Cli, config: &Config, args: &LoadArgs) -> Result<(), CliErro
         );
     }
     Ok(())
+}
+
+/// What `--prune` did, per table that lost rows or kept some still referenced.
+fn pruned_summary(loads: &[load::TableLoad]) -> String {
+    use std::fmt::Write as _;
+    let touched: Vec<&load::TableLoad> = loads
+        .iter()
+        .filter(|l| l.pruned + l.prune_kept > 0)
+        .collect();
+    if touched.is_empty() {
+        return "prune: every target row's key is still in the source: nothing deleted\n".into();
+    }
+    let mut out = String::from("prune: rows whose key is no longer in the source\n");
+    for l in touched {
+        let _ = write!(out, "  {}: {} deleted", l.table, l.pruned);
+        if l.prune_kept > 0 {
+            let _ = write!(
+                out,
+                ", {} kept (still referenced by rows that stay)",
+                l.prune_kept
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `etl load --dry-run --prune`: per table, what the prune would delete in the configured
+/// target now, as comments after the script (nothing is changed).
+async fn prune_preview(
+    cli: &Cli,
+    config: &Config,
+    args: &LoadArgs,
+    opts: &load::LoadOptions,
+) -> Result<String, CliError> {
+    use std::fmt::Write as _;
+    let Some(target) = configured_target() else {
+        return Ok(
+            "\n-- prune preview: no target configured (DATABASE_URL or POSTGRES_*): \
+                   the counts need it\n"
+                .into(),
+        );
+    };
+    let previews = load::prune_preview(
+        config,
+        &cli.staging,
+        args.run.as_deref(),
+        args.tables.as_deref(),
+        &target,
+        opts,
+    )
+    .await
+    .context("load --dry-run --prune")?;
+    let limit = opts.prune.filter(|p| !p.force).map(|p| p.max_share_bp);
+    let mut out = format!("\n-- prune preview against {target} (nothing was changed):\n");
+    for p in &previews {
+        let over = limit
+            .is_some_and(|bp| u128::from(p.doomed) * 10_000 > u128::from(p.total) * u128::from(bp));
+        let _ = write!(
+            out,
+            "--   {}: {} of {} rows would be deleted{}",
+            p.table,
+            p.doomed,
+            p.total,
+            if over {
+                " (over the allowed share: the load would be refused)"
+            } else {
+                ""
+            }
+        );
+        if !p.samples.is_empty() {
+            let _ = write!(out, ", e.g. {}", p.samples.join(" "));
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// `etl verify`: compare, print the summary, write the JSON report, exit 1 on a mismatch.
@@ -650,6 +775,7 @@ async fn verify(cli: &Cli, config: &Config, args: &VerifyArgs) -> Result<(), Cli
                 tables: args.tables.clone(),
                 full: true,
                 since: None,
+                keep_documents: false,
             };
             crate::verify::VerifySource::Source(Box::new(extract_options(cli, &extract_args)?))
         }
@@ -772,6 +898,117 @@ fn verify_details(report: &crate::verify::VerifyReport) -> String {
     out
 }
 
+/// `etl reconcile`: compare keys, load the missing ones, print what was found and done.
+async fn reconcile(cli: &Cli, config: &Config, args: &ReconcileArgs) -> Result<(), CliError> {
+    let target = PostgresSettings::from_env().map_err(CliError::Usage)?;
+    let extract_args = ExtractArgs {
+        source: args.source,
+        dump: args.dump.clone(),
+        tables: args.tables.clone(),
+        full: true,
+        since: None,
+        keep_documents: false,
+    };
+    let opts = crate::reconcile::ReconcileOptions {
+        source: extract_options(cli, &extract_args)?,
+        tables: args.tables.clone(),
+        dry_run: args.dry_run,
+        load: load_options(PruneArgs::default())?,
+    };
+    let started = Instant::now();
+    let report = crate::reconcile::run(config, &cli.staging, &target, &opts)
+        .await
+        .context("reconcile")?;
+    say!(
+        "{}",
+        reconcile_summary(&report, started.elapsed().as_secs_f64())
+    );
+    if !report.loads.is_empty() {
+        say!("{}", load_summary(&report.loads));
+    }
+    Ok(())
+}
+
+fn reconcile_summary(report: &crate::reconcile::ReconcileReport, seconds: f64) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "reconcile: {} against the source ({seconds:.1}s)\n",
+        report.target
+    );
+    let rows: Vec<Vec<String>> = report
+        .sources
+        .iter()
+        .map(|s| {
+            let note = s.note.clone().unwrap_or_else(|| {
+                let mut parts = Vec::new();
+                if !s.with.is_empty() {
+                    parts.push(format!("with {}", s.with.join(", ")));
+                }
+                if s.unreadable > 0 {
+                    parts.push(format!("{} unreadable key(s) not compared", s.unreadable));
+                }
+                parts.join("; ")
+            });
+            vec![
+                s.table.clone(),
+                s.source.clone(),
+                s.source_keys.to_string(),
+                s.target_keys.to_string(),
+                s.missing.count.to_string(),
+                s.extra.count.to_string(),
+                note,
+            ]
+        })
+        .collect();
+    let header = [
+        "table",
+        "source",
+        "source keys",
+        "target keys",
+        "missing",
+        "only in target",
+        "note",
+    ];
+    out.push_str(&progress::table(&header, &rows));
+    for s in &report.sources {
+        for (what, keys) in [
+            ("missing in the target", &s.missing),
+            ("only in the target", &s.extra),
+        ] {
+            if keys.count > 0 {
+                let more = if keys.count > keys.keys.len() as u64 {
+                    ", ..."
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "{}: {} {what}: {}{more}",
+                    s.table,
+                    keys.count,
+                    keys.keys.join(" ")
+                );
+            }
+        }
+    }
+    let missing = report.missing();
+    let _ = match (&report.run, missing, report.dry_run) {
+        (_, 0, _) => writeln!(
+            out,
+            "nothing missing in the target: nothing extracted or loaded"
+        ),
+        (_, n, true) => writeln!(
+            out,
+            "dry run: {n} missing key(s) would be extracted and loaded"
+        ),
+        (Some(run), n, false) => {
+            writeln!(out, "{n} missing key(s) extracted and loaded by run {run}:")
+        }
+        (None, n, false) => writeln!(out, "{n} missing key(s), nothing loaded"),
+    };
+    out
+}
+
 /// `etl bundle check DIR`: exit 1 when a file is altered or the bundle cannot apply now.
 async fn bundle_check(dir: &std::path::Path) -> Result<(), CliError> {
     let target = configured_target();
@@ -858,9 +1095,23 @@ async fn rollback(config: &Config, args: &RollbackArgs) -> Result<(), CliError> 
     Ok(())
 }
 
-/// `ETL_HISTORY_RUNS` (how many loaded runs keep what `etl rollback` needs) and
-/// `ETL_COPY_FORMAT` (`binary`, the default, or `text`).
-fn load_options() -> Result<load::LoadOptions, CliError> {
+/// `ETL_HISTORY_RUNS` (how many loaded runs keep what `etl rollback` needs),
+/// `ETL_COPY_FORMAT` (`binary`, the default, or `text`), and with `--prune`
+/// `ETL_PRUNE_MAX_SHARE` (the largest share of a table one load may prune, default 10%).
+fn load_options(prune: PruneArgs) -> Result<load::LoadOptions, CliError> {
+    let prune = if prune.prune {
+        let max_share_bp = match std::env::var("ETL_PRUNE_MAX_SHARE") {
+            Err(_) => load::DEFAULT_PRUNE_MAX_SHARE_BP,
+            Ok(v) => load::parse_share(&v)
+                .map_err(|e| CliError::Usage(format!("ETL_PRUNE_MAX_SHARE: {e}")))?,
+        };
+        Some(load::PruneOptions {
+            max_share_bp,
+            force: prune.force,
+        })
+    } else {
+        None
+    };
     let keep_history = match std::env::var("ETL_HISTORY_RUNS") {
         Err(_) => load::DEFAULT_HISTORY_RUNS,
         Ok(v) => v.trim().parse().map_err(|_| {
@@ -881,6 +1132,7 @@ fn load_options() -> Result<load::LoadOptions, CliError> {
     Ok(load::LoadOptions {
         keep_history,
         binary_copy,
+        prune,
     })
 }
 

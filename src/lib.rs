@@ -20,6 +20,7 @@ pub(crate) mod load;
 mod percent;
 pub(crate) mod pg_time;
 pub(crate) mod progress;
+pub(crate) mod reconcile;
 pub mod sample;
 pub mod settings;
 pub mod staging;

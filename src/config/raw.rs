@@ -63,6 +63,11 @@ pub(super) struct RawTable {
     pub watermark: Option<String>,
     /// IANA time zone in which `DATE` columns are computed from timestamps (default `UTC`).
     pub time_zone: Option<String>,
+    /// Adds a `source_data JSONB` column holding the whole source document as relaxed
+    /// Extended JSON (`{"$oid": ...}`, `{"$date": ...}`), so fields no column maps are kept.
+    /// MongoDB tables with one row per document (no `explode`, no `dedupe`).
+    #[serde(default)]
+    pub keep_source: bool,
     /// Range partitioning of the target on a time column (`{column: action_timestamp, every:
     /// week}`): the table is created `PARTITION BY RANGE`, and each load creates the
     /// partitions its rows need, inside its transaction. Its keys must include the column.

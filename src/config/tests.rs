@@ -292,6 +292,44 @@ t:
     assert_refused(yaml, "t", "explode.arrays", "`type` each");
 }
 
+#[test]
+fn keep_source_adds_the_whole_document_as_a_last_jsonb_column() {
+    let config = load_yaml(&format!("{OK_BASE}  keep_source: true\n")).unwrap();
+    let users = config.table("users").unwrap();
+    assert!(users.keep_source);
+    let last = users.columns.last().unwrap();
+    assert_eq!(last.name, KEEP_SOURCE_COLUMN);
+    assert_eq!(last.sql_type, SqlType::Jsonb);
+    assert_eq!(last.source, ColumnSource::Document);
+    assert!(last.nullable);
+    assert!(ddl::create_table(users).contains("source_data JSONB"));
+}
+
+#[test]
+fn keep_source_is_refused_where_a_row_is_not_one_document() {
+    assert_refused(
+        "
+users_targets:
+  mongo_collection: users
+  keep_source: true
+  columns:
+    - { name: user_id, sql_type: VARCHAR, nullable: false }
+    - { name: target_id, sql_type: VARCHAR, nullable: false, source: element }
+  unique: [user_id, target_id]
+  explode: { parent_column: user_id, arrays: [{ field: targets }] }
+",
+        "users_targets",
+        "keep_source",
+        "one row per document",
+    );
+    assert_refused(
+        &format!("{OK_BASE}    - {{ name: source_data, sql_type: TEXT }}\n  keep_source: true\n"),
+        "users",
+        "keep_source",
+        "already declares",
+    );
+}
+
 const PARTITIONED: &str = "
 events_log:
   columns:

@@ -200,6 +200,9 @@ fn build_table(
     if let (Some(explode), false) = (&explode, kind == FileKind::MatomoApi) {
         link_parent_column(&mut columns, &explode.parent_column);
     }
+    if raw.keep_source && kind == FileKind::Mongo {
+        keep_source_column(&raw, &mut columns, p);
+    }
 
     TableSpec {
         name: name.to_string(),
@@ -217,9 +220,42 @@ fn build_table(
         filter_exists,
         watermark,
         time_zone,
+        keep_source: raw.keep_source && kind == FileKind::Mongo,
         lag_days,
         partition,
     }
+}
+
+/// `keep_source`: appends `source_data JSONB`, the whole document. A link table would repeat
+/// its parent's document on every element's row, and a dedupe row merges several documents,
+/// so only tables with one row per document keep it.
+fn keep_source_column(
+    raw: &RawTable,
+    columns: &mut Vec<ColumnSpec>,
+    p: &mut impl FnMut(&str, String),
+) {
+    if raw.explode.is_some() || raw.dedupe.is_some() {
+        p(
+            "keep_source",
+            "only tables with one row per document keep it (not `explode` or `dedupe` \
+             tables): set it on the table the documents themselves go to"
+                .into(),
+        );
+    }
+    if has_column(columns, KEEP_SOURCE_COLUMN) {
+        p(
+            "keep_source",
+            format!("adds column `{KEEP_SOURCE_COLUMN}`, which the table already declares"),
+        );
+        return;
+    }
+    columns.push(ColumnSpec {
+        name: KEEP_SOURCE_COLUMN.into(),
+        sql_type: SqlType::Jsonb,
+        nullable: true,
+        foreign_key: None,
+        source: ColumnSource::Document,
+    });
 }
 
 /// `lag_days`: API tables only.
@@ -359,6 +395,7 @@ fn table_source(
                 (raw.explode.is_some(), "explode"),
                 (raw.dedupe.is_some(), "dedupe"),
                 (raw.filter.is_some(), "filter"),
+                (raw.keep_source, "keep_source"),
             ] {
                 if set {
                     p(
@@ -378,6 +415,7 @@ fn table_source(
                 (raw.include_base, "include_base"),
                 (raw.dedupe.is_some(), "dedupe"),
                 (raw.filter.is_some(), "filter"),
+                (raw.keep_source, "keep_source"),
             ] {
                 if set {
                     p(
@@ -632,7 +670,7 @@ fn reads_element(c: &ColumnSpec) -> bool {
             .operands()
             .iter()
             .any(|o| !matches!(o, Operand::Field(_))),
-        ColumnSource::Field(_) | ColumnSource::Generated => false,
+        ColumnSource::Field(_) | ColumnSource::Generated | ColumnSource::Document => false,
     }
 }
 

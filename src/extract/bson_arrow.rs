@@ -20,9 +20,10 @@ use arrow::datatypes::{DataType, FieldRef, Fields, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use bson::oid::ObjectId;
 use bson::raw::{RawBsonRef, RawDocument};
-use bson::{Bson, Decimal128};
+use bson::Decimal128;
 use chrono::{DateTime, Utc};
 
+use super::extjson::{self, JsonError};
 use super::fields::{self, FieldKind, StagedField, CREATION_DATE, ID_FIELD, UPDATE_DATE};
 
 /// A document the converter cannot stage. (A document it cannot read is staged as a
@@ -101,6 +102,8 @@ pub struct DocBatchBuilder {
     seen: Vec<bool>,
     /// The `_id` column, when staged (a refused document keeps its readable `_id`).
     id_column: Option<usize>,
+    /// The whole document's column ([`FieldKind::Document`]), when staged.
+    document_column: Option<usize>,
     /// Why a document was refused, and its bytes (`fields::DOCUMENT_ERROR`, `DOCUMENT_BSON`).
     refused: StringBuilder,
     refused_bson: BinaryBuilder,
@@ -128,6 +131,11 @@ impl DocBatchBuilder {
         let mut groups: Vec<Group> = Vec::new();
         let mut columns = Vec::with_capacity(fields.len());
         for (index, field) in fields.iter().enumerate() {
+            columns.push(Column::new(field));
+            // The whole document is no field of it: no key to look for.
+            if field.kind == FieldKind::Document {
+                continue;
+            }
             let mut segments = field.path.split('.').map(str::to_string);
             let key = segments.next().unwrap_or_default();
             let member = Member {
@@ -141,16 +149,17 @@ impl DocBatchBuilder {
                     members: vec![member],
                 }),
             }
-            columns.push(Column::new(field));
         }
         let seen = vec![false; groups.len()];
         let id_column = fields.iter().position(|f| f.path == ID_FIELD);
+        let document_column = fields.iter().position(|f| f.kind == FieldKind::Document);
         DocBatchBuilder {
             schema,
             columns,
             groups,
             seen,
             id_column,
+            document_column,
             refused: StringBuilder::new(),
             refused_bson: BinaryBuilder::new(),
             rows: 0,
@@ -209,10 +218,29 @@ impl DocBatchBuilder {
             seen,
             ..
         } = self;
-        let cells = match read_cells(columns, groups, seen, doc) {
+        let mut cells = match read_cells(columns, groups, seen, doc) {
             Ok(cells) => cells,
             Err(reason) => return self.push_refused(doc, &reason),
         };
+        // The whole document, when kept: its JSON, or why it has none (then its bytes).
+        let mut unkept_bytes = None;
+        if let Some(cell) = self.document_column.and_then(|i| cells.get_mut(i)) {
+            match extjson::document(doc, MAX_DEPTH) {
+                Ok(json) => {
+                    *cell = Cell {
+                        typed: Typed::Text(json),
+                        raw: None,
+                    }
+                }
+                Err(e) => {
+                    *cell = Cell {
+                        typed: Typed::Null,
+                        raw: Some(Unreadable::from(e).reason("(document)")),
+                    };
+                    unkept_bytes = Some(doc.as_bytes());
+                }
+            }
+        }
         for (column, cell) in self.columns.iter().zip(&cells) {
             if !column.typed.fits(&cell.typed) {
                 return Err(ConvertError::ListOverflow {
@@ -221,12 +249,16 @@ impl DocBatchBuilder {
                 });
             }
         }
-        self.reserve(doc, cells.iter().map(Cell::bytes).sum())?;
+        let kept_bytes = unkept_bytes.map_or(0, <[u8]>::len);
+        self.reserve(
+            doc,
+            cells.iter().map(Cell::bytes).sum::<usize>() + kept_bytes,
+        )?;
         for (column, cell) in self.columns.iter_mut().zip(cells) {
             column.append(cell);
         }
         self.refused.append_null();
-        self.refused_bson.append_null();
+        self.refused_bson.append_option(unkept_bytes);
         self.rows += 1;
         Ok(())
     }
@@ -324,53 +356,29 @@ fn read_cells<'d>(
 /// Why a value cannot be read.
 enum Unreadable {
     Bson(bson::raw::Error),
+    /// Malformed below the field: at this path inside it, for this reason.
+    Inside {
+        path: String,
+        error: String,
+    },
     /// Nested deeper than [`MAX_DEPTH`] levels.
     TooDeep,
 }
 
-/// MongoDB refuses documents nested deeper than 100 levels; a dump can still hold one (and
-/// converting it recursively could overflow the stack), so a document whose read fields go
-/// deeper is refused. The document itself is the first level.
-pub const MAX_DEPTH: usize = 100;
-
-/// Whether documents and arrays nest more than `limit` levels inside `value` (a scalar: 0,
-/// a document of scalars: 1). Iterative: no recursion whatever the depth.
-fn nests_deeper(value: RawBsonRef<'_>, limit: usize) -> Result<bool, bson::raw::Error> {
-    let Some(doc) = nested(value)? else {
-        return Ok(false);
-    };
-    if limit == 0 {
-        return Ok(true);
-    }
-    let mut stack = vec![doc.iter_elements()];
-    while let Some(top) = stack.last_mut() {
-        match top.next() {
-            None => {
-                stack.pop();
-            }
-            Some(element) => {
-                if let Some(doc) = nested(element?.value()?)? {
-                    if stack.len() >= limit {
-                        return Ok(true);
-                    }
-                    stack.push(doc.iter_elements());
-                }
-            }
+impl From<JsonError> for Unreadable {
+    fn from(e: JsonError) -> Unreadable {
+        match e {
+            JsonError::Malformed { path, error } => Unreadable::Inside { path, error },
+            JsonError::TooDeep => Unreadable::TooDeep,
         }
     }
-    Ok(false)
 }
 
-/// The document a value holds values in: an embedded document, an array (a document keyed
-/// by index), a code-with-scope's scope.
-fn nested(value: RawBsonRef<'_>) -> Result<Option<&RawDocument>, bson::raw::Error> {
-    Ok(match value {
-        RawBsonRef::Document(d) => Some(d),
-        RawBsonRef::Array(a) => Some(RawDocument::from_bytes(a.as_bytes())?),
-        RawBsonRef::JavaScriptCodeWithScope(c) => Some(c.scope),
-        _ => None,
-    })
-}
+/// MongoDB refuses documents nested deeper than 100 levels; a dump can still hold one (and
+/// converting it recursively could overflow the stack), so a document whose read fields go
+/// deeper is refused (the JSON writer stops descending there, whatever the depth). The
+/// document itself is the first level.
+pub const MAX_DEPTH: usize = 100;
 
 impl From<bson::raw::Error> for Unreadable {
     fn from(e: bson::raw::Error) -> Unreadable {
@@ -382,6 +390,15 @@ impl Unreadable {
     fn reason(&self, path: &str) -> String {
         match self {
             Unreadable::Bson(e) => malformed(path, e),
+            // Inside a field, the field is named (as for any value of it); for the whole
+            // document, the field the problem is in.
+            Unreadable::Inside { path: inner, error } => {
+                let at = if path == "(document)" { inner } else { path };
+                format!("malformed BSON at field `{at}`: {error}")
+            }
+            Unreadable::TooDeep if path == "(document)" => {
+                format!("the document nests deeper than {MAX_DEPTH} levels (MongoDB's limit)")
+            }
             Unreadable::TooDeep => {
                 format!("field `{path}` nests deeper than {MAX_DEPTH} levels (MongoDB's limit)")
             }
@@ -395,7 +412,13 @@ fn malformed(path: &str, e: &bson::raw::Error) -> String {
 
 /// The document's `_id` as staged, for error messages.
 fn doc_id(doc: &RawDocument) -> Option<String> {
-    let value = doc.get(ID_FIELD).ok()??;
+    id_text(doc.get(ID_FIELD).ok()??)
+}
+
+/// An `_id` value as the staged `_id` column holds it (and the target's key column then):
+/// ObjectId hex, a string as is, an integer in decimal, a UUID as 8-4-4-4-12 text, anything
+/// else as its relaxed Extended JSON; `None` when it cannot be read.
+pub fn id_text(value: RawBsonRef<'_>) -> Option<String> {
     match id_key(value) {
         Some(IdKey::Oid(oid)) => Some(oid.to_hex()),
         Some(IdKey::Str(s)) => Some(s.to_string()),
@@ -670,14 +693,10 @@ fn decimal128_is_finite(d: Decimal128) -> bool {
     high & 0x78 != 0x78
 }
 
-/// The relaxed extended JSON text of a value (`{"$date": "..."}`, `42`, `{"$oid": "..."}`).
+/// The relaxed extended JSON text of a field's value (`{"$date": "..."}`, `42`,
+/// `{"$oid": "..."}`); the field sits in the document, level 1.
 fn ext_json(value: RawBsonRef<'_>) -> Result<String, Unreadable> {
-    // Converting and printing recurse once per level: bound the depth first.
-    if nests_deeper(value, MAX_DEPTH - 1)? {
-        return Err(Unreadable::TooDeep);
-    }
-    let bson = Bson::try_from(value)?;
-    Ok(bson.into_relaxed_extjson().to_string())
+    Ok(extjson::value(value, 1, MAX_DEPTH)?)
 }
 
 /// 24-char lowercase hex of an ObjectId, written into `buf` without allocating.
@@ -731,7 +750,7 @@ enum TypedBuilder {
 impl TypedBuilder {
     fn new(kind: FieldKind) -> TypedBuilder {
         match kind {
-            FieldKind::Text | FieldKind::Decimal | FieldKind::Json => {
+            FieldKind::Text | FieldKind::Decimal | FieldKind::Json | FieldKind::Document => {
                 TypedBuilder::Utf8(StringBuilder::new())
             }
             FieldKind::Int => TypedBuilder::Int(Int64Builder::new()),
@@ -1386,6 +1405,69 @@ mod tests {
             .as_binary::<i32>();
         assert_eq!(stored.value(0), &bytes[..]);
         assert!(stored.is_null(1));
+    }
+
+    #[test]
+    fn a_kept_document_is_staged_whole_or_with_why_it_cannot_be() {
+        let fields = vec![
+            field("_id", FieldKind::Text),
+            field("name", FieldKind::Text),
+            field(fields::KEPT_DOCUMENT, FieldKind::Document),
+        ];
+        let schema = fields::staged_schema(&fields);
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "_id",
+                "name",
+                "name__raw",
+                fields::KEPT_DOCUMENT,
+                fields::KEPT_DOCUMENT_ERROR,
+                fields::DOCUMENT_ERROR,
+                fields::DOCUMENT_BSON
+            ]
+        );
+        let good = raw(doc! { "_id": 7, "name": "Ana", "when": date(1_500), "unmapped": [1.5] });
+        // Invalid UTF-8 in a field no column reads: the row's fields load, its JSON cannot.
+        let mut broken = raw(doc! { "_id": "b", "name": "Bo", "other": "Xo" }).into_bytes();
+        let at = broken.windows(2).position(|w| w == b"Xo").unwrap();
+        broken[at] = 0xff;
+        let mut builder = DocBatchBuilder::new(&fields);
+        builder.push(&good).unwrap();
+        builder
+            .push(RawDocument::from_bytes(&broken).unwrap())
+            .unwrap();
+        let batch = builder.finish();
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .clone()
+        };
+        assert_eq!(
+            text(fields::KEPT_DOCUMENT).value(0),
+            r#"{"_id":7,"name":"Ana","when":{"$date":"1970-01-01T00:00:01.500Z"},"unmapped":[1.5]}"#
+        );
+        assert!(text(fields::KEPT_DOCUMENT).is_null(1));
+        assert!(text(fields::KEPT_DOCUMENT_ERROR).is_null(0));
+        let why = text(fields::KEPT_DOCUMENT_ERROR).value(1).to_string();
+        assert!(
+            why.contains("field `other`") && why.contains("utf-8"),
+            "{why}"
+        );
+        assert_eq!(text("name").value(1), "Bo", "the fields still load");
+        assert!(
+            text(fields::DOCUMENT_ERROR).is_null(1),
+            "not refused as a whole"
+        );
+        let bytes = batch
+            .column_by_name(fields::DOCUMENT_BSON)
+            .unwrap()
+            .as_binary::<i32>();
+        assert!(bytes.is_null(0));
+        assert_eq!(bytes.value(1), &broken[..]);
     }
 
     /// Issue 9.6: one invalid UTF-8 string stopped the whole extract.

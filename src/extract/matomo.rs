@@ -303,6 +303,98 @@ pub async fn extract_table(
     Ok(stats)
 }
 
+/// Keys per `IN (...)` query when rows are read by key (`etl reconcile`).
+const KEYS_PER_QUERY: usize = 1_000;
+
+/// `etl reconcile`: the key of every row (the MariaDB columns of the table's upsert key), in
+/// key column order, handed to `on_key`; returns how many rows.
+pub async fn scan_keys(
+    conn: &mut Conn,
+    table: &TableSpec,
+    mut on_key: impl FnMut(Vec<Value>),
+) -> Result<u64, MatomoError> {
+    let plan = ReadPlan::new(table)?;
+    let keys = plan.key_columns(table)?;
+    plan.check_source_columns(conn, table).await?;
+    conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+        .await
+        .map_err(|source| plan.query_error(source))?;
+    let sql = format!(
+        "SELECT {} FROM {}",
+        keys.iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", "),
+        quote_ident(plan.name)
+    );
+    let mut result = conn
+        .exec_iter(sql, Params::Empty)
+        .await
+        .map_err(|source| plan.query_error(source))?;
+    let mut rows = 0;
+    while let Some(row) = result
+        .next()
+        .await
+        .map_err(|source| plan.query_error(source))?
+    {
+        on_key(row.unwrap());
+        rows += 1;
+    }
+    Ok(rows)
+}
+
+/// `etl reconcile`: the rows of these keys (values as [`scan_keys`] gave them), read and
+/// staged exactly as [`extract_table`] reads and stages a window, in queries of at most
+/// [`KEYS_PER_QUERY`] keys.
+pub async fn extract_by_keys(
+    conn: &mut Conn,
+    table: &TableSpec,
+    keys: &[Vec<Value>],
+    batch_rows: usize,
+    mut on_batch: impl FnMut(RecordBatch) -> anyhow::Result<()>,
+) -> Result<MatomoStats, MatomoError> {
+    let plan = ReadPlan::new(table)?;
+    let key_columns = plan.key_columns(table)?;
+    let source_types = plan.check_source_columns(conn, table).await?;
+    let (select, _) = plan.window_query(None, &source_types)?;
+    conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+        .await
+        .map_err(|source| plan.query_error(source))?;
+    let quoted: Vec<String> = key_columns.iter().map(|c| quote_ident(c)).collect();
+    let (lhs, one) = match quoted.as_slice() {
+        [single] => (single.clone(), "?".to_string()),
+        several => (
+            format!("({})", several.join(", ")),
+            format!("({})", vec!["?"; several.len()].join(", ")),
+        ),
+    };
+    let mut total = MatomoStats {
+        rows: 0,
+        max_watermark: None,
+        zero_dates: 0,
+        invalid_dates: 0,
+    };
+    for chunk in keys.chunks(KEYS_PER_QUERY) {
+        let sql = format!(
+            "{select} WHERE {lhs} IN ({})",
+            vec![one.as_str(); chunk.len()].join(", ")
+        );
+        let params = Params::Positional(chunk.iter().flatten().cloned().collect());
+        let mut result = conn
+            .exec_iter(sql, params)
+            .await
+            .map_err(|source| plan.query_error(source))?;
+        let staged = plan.staged_columns(result.columns().as_deref().unwrap_or_default())?;
+        let stats = plan
+            .stream_rows(&mut result, &staged, batch_rows, &mut on_batch)
+            .await?;
+        total.rows += stats.rows;
+        total.zero_dates += stats.zero_dates;
+        total.invalid_dates += stats.invalid_dates;
+    }
+    Ok(total)
+}
+
 /// What `extract_table` reads of one table, resolved from its spec.
 struct ReadPlan<'a> {
     /// The MariaDB table.
@@ -366,6 +458,21 @@ impl<'a> ReadPlan<'a> {
             watermark,
             key_indexes,
         })
+    }
+
+    /// The MariaDB columns of the table's upsert key, in key order.
+    fn key_columns(&self, table: &'a TableSpec) -> Result<Vec<&'a str>, MatomoError> {
+        table
+            .conflict_key
+            .iter()
+            .map(|k| match table.column(k).map(|c| &c.source) {
+                Some(ColumnSource::Field(field)) => Ok(field.as_str()),
+                _ => Err(MatomoError::Watermark {
+                    table: self.name.to_string(),
+                    message: format!("key column `{k}` is not read from a MariaDB column"),
+                }),
+            })
+            .collect()
     }
 
     fn query_error(&self, source: mysql_async::Error) -> MatomoError {

@@ -9,6 +9,8 @@
 pub use crate::staging::fields;
 
 pub mod bson_arrow;
+mod extjson;
+pub mod keys;
 pub mod matomo;
 pub mod matomo_api;
 mod mongo_live;
@@ -60,6 +62,9 @@ pub struct ExtractOptions {
     /// `GLOBAL_DATE_THRESHOLD`, already validated.
     pub threshold: Option<chrono::NaiveDate>,
     pub quiet: bool,
+    /// `--keep-documents`: stage every MongoDB document whole (relaxed Extended JSON in a
+    /// column of its own), as `keep_source` does for its tables' collections.
+    pub keep_documents: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +139,7 @@ pub async fn run(
             input,
             stage_dir: &stage_dir,
             progress: &progress,
+            keep_documents: opts.keep_documents,
         };
         manifest
             .entries
@@ -190,6 +196,7 @@ struct MongoRun<'a> {
     input: &'a MongoInput,
     stage_dir: &'a Path,
     progress: &'a Progress,
+    keep_documents: bool,
 }
 
 impl MongoRun<'_> {
@@ -214,7 +221,12 @@ impl MongoRun<'_> {
         for (collection, tables) in collections {
             let window = Window::earliest(tables.iter().map(|t| &windows[&t.name]));
             let entry = self
-                .collection(collection, &tables, &window, dump.as_deref())
+                .collection(
+                    collection,
+                    &tables,
+                    Selection::Window(&window),
+                    dump.as_deref(),
+                )
                 .await?;
             entries.push(entry);
         }
@@ -225,10 +237,10 @@ impl MongoRun<'_> {
         &self,
         collection: &str,
         tables: &[&TableSpec],
-        window: &Window,
+        selection: Selection<'_>,
         dump: Option<&[mongodump::DumpCollection]>,
     ) -> Result<ManifestEntry, ExtractError> {
-        let fields = fields::fields_for_collection(self.config, collection);
+        let fields = fields::fields_for_collection(self.config, collection, self.keep_documents);
         let source = match self.input {
             MongoInput::Dump(_) => SourceKind::Dump,
             MongoInput::Live(_) => SourceKind::Mongo,
@@ -242,9 +254,12 @@ impl MongoRun<'_> {
         )?);
         let bar = self.progress.rows(collection);
         let started = Instant::now();
-        let since = window.since_utc();
-        let stats = match (self.input, dump) {
-            (MongoInput::Live(settings), _) => {
+        let since = match selection {
+            Selection::Window(window) => window.since_utc(),
+            Selection::Keys(_) => None,
+        };
+        let stats = match (self.input, dump, selection) {
+            (MongoInput::Live(settings), _, Selection::Window(_)) => {
                 mongo_live::extract_collection(
                     settings,
                     collection,
@@ -255,10 +270,24 @@ impl MongoRun<'_> {
                 )
                 .await?
             }
-            (MongoInput::Dump(_), Some(dump)) => {
-                extract_dump_collection(dump, collection, &fields, since, &mut writer, &bar)?
+            (MongoInput::Live(settings), _, Selection::Keys(keys)) => {
+                let ids = keys::bson_ids(keys);
+                mongo_live::extract_by_ids(settings, collection, &fields, &ids, &mut writer, &bar)
+                    .await?
             }
-            (MongoInput::Dump(path), None) => {
+            (MongoInput::Dump(_), Some(dump), _) => {
+                let wanted = match selection {
+                    Selection::Keys(keys) => Some(keys::texts(keys)),
+                    Selection::Window(_) => None,
+                };
+                let read = DumpRead {
+                    fields: &fields,
+                    since,
+                    wanted: wanted.as_ref(),
+                };
+                extract_dump_collection(dump, collection, &read, &mut writer, &bar)?
+            }
+            (MongoInput::Dump(path), None, _) => {
                 return Err(ExtractError::Internal(format!(
                     "the dump {} was not listed before its collections were read",
                     path.display()
@@ -273,9 +302,25 @@ impl MongoRun<'_> {
                 "not in the dump: its tables get no rows from this run"
             );
         }
-        tracing::info!(collection, rows = stats.rows, window = %window, "extracted");
+        let (window_since, window_reason) = match selection {
+            Selection::Window(window) => {
+                tracing::info!(collection, rows = stats.rows, window = %window, "extracted");
+                (window.since.clone(), window.reason.clone())
+            }
+            Selection::Keys(keys) => {
+                tracing::info!(
+                    collection,
+                    rows = stats.rows,
+                    keys = keys.len(),
+                    "extracted by key"
+                );
+                (None, keys::reason(keys.len()))
+            }
+        };
+        // A run of some documents by key says nothing of how far the source was read.
         let watermark = stats
             .max_timestamp
+            .filter(|_| matches!(selection, Selection::Window(_)))
             .map(|t| staging::WatermarkValue::Timestamp(t.naive_utc()));
         Ok(ManifestEntry {
             name: collection.to_string(),
@@ -283,14 +328,15 @@ impl MongoRun<'_> {
             rows: stats.rows,
             files,
             schema: staging::schema_pairs(&schema),
-            window_since: window.since.clone(),
-            window_reason: window.reason.clone(),
+            window_since,
+            window_reason,
             watermarks: watermark
                 .map(|w| tables.iter().map(|t| (t.name.clone(), w.clone())).collect())
                 .unwrap_or_default(),
             seconds: started.elapsed().as_secs_f64(),
             scanned: Some(stats.scanned),
             missing: stats.missing,
+            by_key: matches!(selection, Selection::Keys(_)),
             ..Default::default()
         })
     }
@@ -457,12 +503,28 @@ pub struct CollectionStats {
     pub missing: bool,
 }
 
+/// Which documents of a collection an extract takes.
+#[derive(Clone, Copy)]
+enum Selection<'a> {
+    /// Those in the window.
+    Window(&'a Window),
+    /// Those of these keys (`etl reconcile`).
+    Keys(&'a [keys::SourceKey]),
+}
+
+/// How one dump collection is read.
+struct DumpRead<'a> {
+    fields: &'a [fields::StagedField],
+    since: Option<DateTime<Utc>>,
+    /// Only the documents whose `_id` (as staged) is one of these.
+    wanted: Option<&'a std::collections::HashSet<&'a str>>,
+}
+
 /// Streams one dump collection through the converter into `writer`.
 fn extract_dump_collection(
     dump: &[mongodump::DumpCollection],
     collection: &str,
-    fields: &[fields::StagedField],
-    since: Option<DateTime<Utc>>,
+    read: &DumpRead<'_>,
     writer: &mut BackgroundWriter,
     bar: &indicatif::ProgressBar,
 ) -> Result<CollectionStats, ExtractError> {
@@ -472,10 +534,19 @@ fn extract_dump_collection(
             ..Default::default()
         });
     };
-    let mut converter = ParallelConverter::new(fields, since);
+    let mut converter = ParallelConverter::new(read.fields, read.since);
     mongodump::for_each_document(
         found,
         |doc| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            if let Some(wanted) = read.wanted {
+                let id = doc.get(fields::ID_FIELD).ok().flatten();
+                if !id
+                    .and_then(bson_arrow::id_text)
+                    .is_some_and(|id| wanted.contains(id.as_str()))
+                {
+                    return Ok(());
+                }
+            }
             converter.push(doc, writer, bar).map_err(Box::new)?;
             Ok(())
         },

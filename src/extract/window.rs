@@ -297,6 +297,7 @@ mod tests {
             since: None,
             threshold: None,
             quiet: true,
+            keep_documents: false,
         }
     }
 

@@ -65,7 +65,13 @@ pub(crate) struct TableLoad {
     pub rejected: u64,
     pub inserted: u64,
     pub updated: u64,
+    /// Rows deleted: children of replaced parents that are gone, and pruned rows.
     pub deleted: u64,
+    /// Of `deleted`: rows `--prune` deleted because their key is gone from the source.
+    pub pruned: u64,
+    /// Rows whose key is gone from the source that `--prune` kept because a row that stays
+    /// still references them.
+    pub prune_kept: u64,
     pub orphans: Vec<OrphanReject>,
     pub seconds: f64,
     /// Every statement the live load ran for the table, in order (COPY data left out).
@@ -80,6 +86,18 @@ pub(crate) struct OrphanReject {
     pub column: String,
     pub value: String,
     pub references: String,
+}
+
+/// What `etl load --dry-run --prune` found in the target for one table.
+#[derive(Debug, Clone)]
+pub(crate) struct PrunePreview {
+    pub(crate) table: String,
+    /// Rows whose key is no longer in the source.
+    pub(crate) doomed: u64,
+    /// Rows in the table now.
+    pub(crate) total: u64,
+    /// The first of their keys.
+    pub(crate) samples: Vec<String>,
 }
 
 /// Where `etl load` writes.
@@ -120,6 +138,62 @@ fn planned<'a>(
     Ok(planned)
 }
 
+/// `--prune` on tables whose source keys are not all known: why, per table (empty when it
+/// can go on). Decided before anything connects.
+fn prune_refusals(planned: &[(&TableSpec, &ManifestEntry)]) -> Vec<String> {
+    planned
+        .iter()
+        .filter_map(|(t, entry)| {
+            let why = match &entry.source_keys {
+                None => Some(
+                    "the run was transformed by an etl that did not record the source's keys: \
+                     run `etl transform` again"
+                        .to_string(),
+                ),
+                Some(keys) => keys.incomplete.clone(),
+            };
+            why.map(|why| format!("table `{}`: {why}", t.name))
+        })
+        .collect()
+}
+
+/// Checks `--prune` can apply to every planned table.
+fn check_prune(
+    planned: &[(&TableSpec, &ManifestEntry)],
+    opts: &LoadOptions,
+) -> Result<(), LoadError> {
+    if opts.prune.is_none() {
+        return Ok(());
+    }
+    let refusals = prune_refusals(planned);
+    if refusals.is_empty() {
+        return Ok(());
+    }
+    Err(LoadError::Refused(format!(
+        "--prune refused: the source's keys are not all known for {} table(s), so a missing \
+         key would not mean a deleted document; nothing was loaded (leave these tables out \
+         with --tables, or extract with --full):\n  {}",
+        refusals.len(),
+        refusals.join("\n  ")
+    )))
+}
+
+/// The plan of a run, as every executor gets it.
+fn build_plan(
+    config: &Config,
+    run: &RunDir,
+    manifest: &Manifest,
+    planned: &[(&TableSpec, &ManifestEntry)],
+    opts: &LoadOptions,
+) -> Result<plan::LoadPlan, LoadError> {
+    check_prune(planned, opts)?;
+    let mut options = plan_options(&run.id, manifest, opts.keep_history);
+    options.prune = opts.prune.map(|p| plan::PruneRule {
+        max_share_bp: (!p.force).then_some(p.max_share_bp),
+    });
+    Ok(plan::plan_load(config, &options, planned))
+}
+
 /// `etl load --dry-run`: the plan as the psql script a bundle holds, touching nothing.
 pub(crate) fn dry_run(
     config: &Config,
@@ -131,16 +205,30 @@ pub(crate) fn dry_run(
     let run = RunDir::open(staging_dir, run, Stage::Transform)?;
     let manifest = run.manifest(Stage::Transform)?;
     let planned = planned(config, &manifest, tables)?;
-    let plan = plan::plan_load(
-        config,
-        &plan_options(&run.id, &manifest, opts.keep_history),
-        &planned,
-    );
+    let plan = build_plan(config, &run, &manifest, &planned, opts)?;
     let bundle = sql_files::BundleOptions {
         compress: false,
         follows: previous_loaded_run(staging_dir, &run.id),
     };
     Ok(sql_files::dry_run(&plan, &bundle))
+}
+
+/// `etl load --dry-run --prune` with a target: per table, how many rows the prune would
+/// delete and the first of their keys, computed in a transaction that is rolled back.
+pub(crate) async fn prune_preview(
+    config: &Config,
+    staging_dir: &Path,
+    run: Option<&str>,
+    tables: Option<&[String]>,
+    settings: &PostgresSettings,
+    opts: &LoadOptions,
+) -> Result<Vec<PrunePreview>, LoadError> {
+    let run = RunDir::open(staging_dir, run, Stage::Transform)?;
+    let manifest = run.manifest(Stage::Transform)?;
+    let planned = planned(config, &manifest, tables)?;
+    let plan = build_plan(config, &run, &manifest, &planned, opts)?;
+    let mut client = postgres::connect(settings).await?;
+    postgres::preview_prune(&mut client, &plan, &run.stage_dir(Stage::Transform)).await
 }
 
 /// Loads a transformed run into `sink`; returns the run and per-table results, and writes the
@@ -156,11 +244,7 @@ pub(crate) async fn run(
     let run = RunDir::open(staging_dir, run, Stage::Transform)?;
     let manifest = run.manifest(Stage::Transform)?;
     let planned = planned(config, &manifest, tables)?;
-    let plan = plan::plan_load(
-        config,
-        &plan_options(&run.id, &manifest, opts.keep_history),
-        &planned,
-    );
+    let plan = build_plan(config, &run, &manifest, &planned, opts)?;
     let transform_dir = run.stage_dir(Stage::Transform);
     let (loads, written_to) = match sink {
         Sink::Postgres(settings) => {
@@ -202,6 +286,7 @@ pub(crate) async fn run(
                 inserted: load.inserted,
                 updated: load.updated,
                 deleted: load.deleted,
+                pruned: load.pruned,
                 orphans: load.orphans.len() as u64,
                 transformed: entry.rows,
                 ..entry.counts
@@ -214,6 +299,46 @@ pub(crate) async fn run(
     }
     report.write(&run.stage_dir(Stage::Load))?;
     Ok((run, loads, written_to))
+}
+
+/// `etl reconcile`: the key of every row of `table` in the target, as text (its key columns
+/// printed by PostgreSQL, several joined by `,`), streamed to `on_key`; a table that does
+/// not exist yet has none. Returns how many rows.
+pub(crate) async fn target_keys(
+    settings: &PostgresSettings,
+    table: &TableSpec,
+    key: &[String],
+    mut on_key: impl FnMut(String),
+) -> Result<u64, LoadError> {
+    use futures_util::TryStreamExt;
+    let client = postgres::connect(settings).await?;
+    let columns: Vec<String> = key
+        .iter()
+        .map(|k| format!("{}::text", crate::config::ddl::ident(k)))
+        .collect();
+    let sql = format!(
+        "SELECT concat_ws(',', {}) FROM {}",
+        columns.join(", "),
+        crate::config::ddl::ident(&table.name)
+    );
+    let rows = match client.query_raw(sql.as_str(), Vec::<String>::new()).await {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok(0)
+        }
+        Err(e) => return Err(postgres::sql_error(&table.name, &sql, e)),
+    };
+    futures_util::pin_mut!(rows);
+    let mut count = 0;
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(|e| postgres::sql_error(&table.name, &sql, e))?
+    {
+        on_key(row.get(0));
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// The run a bundle of `run_id` follows: the newest earlier run of the staging folder that was
@@ -234,6 +359,46 @@ pub(crate) struct LoadOptions {
     /// The live COPY in PostgreSQL's binary format (`ETL_COPY_FORMAT=binary`, the default);
     /// text otherwise. Bundles always carry text.
     pub binary_copy: bool,
+    /// `--prune`: delete the target rows whose key is no longer in the source.
+    pub prune: Option<PruneOptions>,
+}
+
+/// How `--prune` may delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PruneOptions {
+    /// The largest share of a table's rows one load may prune, in hundredths of a percent
+    /// (`ETL_PRUNE_MAX_SHARE`, default [`DEFAULT_PRUNE_MAX_SHARE_BP`]).
+    pub(crate) max_share_bp: u32,
+    /// `--force`: prune whatever the share.
+    pub(crate) force: bool,
+}
+
+/// 10%: above it a table's prune is refused without `--force` (an empty or partial dump must
+/// never wipe production).
+pub(crate) const DEFAULT_PRUNE_MAX_SHARE_BP: u32 = 1_000;
+
+/// A share of a table's rows as written (`10%`, `2.5%`, or a fraction `0.1`), in hundredths of
+/// a percent.
+pub(crate) fn parse_share(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let (number, scale) = match text.strip_suffix('%') {
+        Some(percent) => (percent.trim(), 100.0),
+        None => (text, 10_000.0),
+    };
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| {
+            format!("`{text}` is not a share: write a percentage (`10%`) or a fraction (`0.1`)")
+        })?;
+    let bp = (value * scale).round();
+    if bp > 10_000.0 {
+        return Err(format!("`{text}` is more than the whole table (100%)"));
+    }
+    // Rounded and within 0..=10000: the conversion is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(bp as u32)
 }
 
 impl Default for LoadOptions {
@@ -241,6 +406,7 @@ impl Default for LoadOptions {
         LoadOptions {
             keep_history: DEFAULT_HISTORY_RUNS,
             binary_copy: true,
+            prune: None,
         }
     }
 }
@@ -264,6 +430,7 @@ fn plan_options<'a>(
         run_id,
         source: sources.join(","),
         keep_history,
+        prune: None,
     }
 }
 

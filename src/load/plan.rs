@@ -15,10 +15,19 @@
 //!
 //! A table receiving many rows has its foreign keys dropped and re-added (validated in one
 //! pass) around the write, by plain SQL steps that work the same live and in psql.
+//!
+//! With `--prune`, a last section deletes the target rows whose key is no longer in the
+//! source ([`PrunePlan`]): each table's source keys (written by transform, see
+//! `transform::keys`) are copied into a temporary table and the rows about to go counted; a
+//! check stops the whole load, naming the tables, when one would lose more than the allowed
+//! share (unless `--force`); then the rows go, children first, into the history like any
+//! deleted row, so `etl rollback` restores them. A row still referenced by a foreign key of
+//! a row that stays (another table's, or a parent pruned in the same statement as its child)
+//! is kept, and counted, rather than breaking the key.
 
 use super::ledger;
 use crate::config::ddl::{create_table, ident, ident_list};
-use crate::config::{ColumnSource, Config, Keep, SqlType, TableSpec};
+use crate::config::{ColumnSource, ColumnSpec, Config, Keep, SqlType, TableSpec};
 use crate::staging::{FileEntry, ManifestEntry};
 
 /// Rows from which a load rebuilds a table's foreign keys instead of checking them row by
@@ -35,9 +44,43 @@ pub(crate) struct LoadPlan {
     /// their targets), and the run's ledger row.
     pub(crate) prelude: Vec<String>,
     pub(crate) tables: Vec<TablePlan>,
+    /// `--prune`: after every table, the rows whose key is gone from the source.
+    pub(crate) prune: Option<PrunePlan>,
     /// History kept for the last few runs only.
     pub(crate) postlude: Vec<String>,
 }
+
+/// The prune section of a load. Table indexes point into [`LoadPlan::tables`].
+#[derive(Debug, Clone)]
+pub(crate) struct PrunePlan {
+    /// The table of counts the share check reads.
+    pub(crate) setup: Vec<String>,
+    /// Per table, in load order: its source keys into a temporary table, its doomed rows
+    /// counted. Each is a plan of its own whose data set is the table's keys
+    /// ([`Data::Keys`]).
+    pub(crate) count: Vec<(usize, TablePlan)>,
+    /// Stops the load, naming every table that would lose more than the allowed share;
+    /// absent with `--force`.
+    pub(crate) check: Option<String>,
+    /// Per table, children first: the deletion.
+    pub(crate) delete: Vec<(usize, Step)>,
+    /// Per table: the keys of the first rows that would go (for `--dry-run`).
+    pub(crate) samples: Vec<(usize, String)>,
+}
+
+/// How much of a table `--prune` may delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PruneRule {
+    /// The largest share of a table's rows, in hundredths of a percent; `None` (`--force`):
+    /// any share.
+    pub(crate) max_share_bp: Option<u32>,
+}
+
+/// Sample keys `--dry-run` shows per pruned table.
+pub(crate) const PRUNE_SAMPLES: u32 = 5;
+
+/// The temporary table of per-table counts the share check reads.
+const PRUNE_COUNTS: &str = "etl_prune";
 
 /// What a plan needs beyond the config and the tables.
 #[derive(Debug, Clone)]
@@ -48,6 +91,8 @@ pub(crate) struct PlanOptions<'a> {
     /// Loaded runs whose history is kept (older ones can no longer be rolled back); 0
     /// records none (the load cannot be rolled back, and costs nothing extra).
     pub(crate) keep_history: u32,
+    /// `--prune`, and how much it may delete.
+    pub(crate) prune: Option<PruneRule>,
 }
 
 /// One table's steps, in the order they run.
@@ -57,9 +102,10 @@ pub(crate) struct TablePlan {
     /// Rows in the transform output.
     pub(crate) rows: u64,
     /// The staged files of each data set, relative to the transform folder.
+    /// (In a prune section's plan: the source's keys, see [`PrunePlan::count`].)
     pub(crate) files: Vec<FileEntry>,
     pub(crate) parent_files: Vec<FileEntry>,
-    /// The declared types of the rows' columns, and of the parents' one column.
+    /// The declared types of the rows' columns (or keys'), and of the parents' one column.
     pub(crate) row_types: Vec<SqlType>,
     pub(crate) parent_type: Option<SqlType>,
     pub(crate) steps: Vec<Step>,
@@ -68,7 +114,7 @@ pub(crate) struct TablePlan {
 impl TablePlan {
     pub(crate) fn files(&self, data: Data) -> &[FileEntry] {
         match data {
-            Data::Rows => &self.files,
+            Data::Rows | Data::Keys => &self.files,
             Data::Parents => &self.parent_files,
         }
     }
@@ -76,7 +122,7 @@ impl TablePlan {
     /// The declared types of a data set's columns.
     pub(crate) fn types(&self, data: Data) -> Vec<SqlType> {
         match data {
-            Data::Rows => self.row_types.clone(),
+            Data::Rows | Data::Keys => self.row_types.clone(),
             Data::Parents => self.parent_type.into_iter().collect(),
         }
     }
@@ -102,6 +148,9 @@ pub(crate) enum Step {
     DeleteChildren(String),
     /// Writes the stage into the target.
     Write { sql: String, counts: WriteCounts },
+    /// Deletes the rows whose key is gone from the source (into the history); returns one
+    /// row: the rows deleted (`pruned`, part of `deleted`) and the rows counted before.
+    Prune(String),
     /// `then` when `check` (a `SELECT` of one boolean) is true at this point, else `otherwise`.
     IfEmpty {
         check: String,
@@ -117,6 +166,8 @@ pub(crate) enum Data {
     Rows,
     /// The parents whose children a load replaces.
     Parents,
+    /// The keys the source holds (`--prune`), in a prune section's plan.
+    Keys,
 }
 
 /// What a write statement reports.
@@ -144,9 +195,10 @@ impl Step {
     /// `None` for a branch, whose statements are those of its arms.
     pub(crate) fn statement(&self) -> Option<String> {
         match self {
-            Step::Sql(sql) | Step::DeleteChildren(sql) | Step::Write { sql, .. } => {
-                Some(sql.clone())
-            }
+            Step::Sql(sql)
+            | Step::DeleteChildren(sql)
+            | Step::Prune(sql)
+            | Step::Write { sql, .. } => Some(sql.clone()),
             Step::Copy { into, .. } => Some(format!("COPY {into} FROM STDIN")),
             Step::Orphans(check) => Some(check.sql.clone()),
             Step::IfEmpty { .. } => None,
@@ -186,8 +238,179 @@ pub(crate) fn plan_load(
                 ..plan_table(config, t, entry.rows, history)
             })
             .collect(),
+        prune: opts
+            .prune
+            .map(|rule| plan_prune(config, tables, rule, history)),
         postlude: ledger::prune_history(opts.keep_history),
     }
+}
+
+/// The columns of a table's source keys, as transform recorded them.
+fn key_columns<'a>(t: &'a TableSpec, entry: &ManifestEntry) -> Vec<&'a ColumnSpec> {
+    entry
+        .source_keys
+        .iter()
+        .flat_map(|k| &k.columns)
+        .filter_map(|c| t.column(c))
+        .collect()
+}
+
+/// The prune section for `tables` (each with source keys; the caller refused the others).
+fn plan_prune(
+    config: &Config,
+    tables: &[(&TableSpec, &ManifestEntry)],
+    rule: PruneRule,
+    history: bool,
+) -> PrunePlan {
+    let mut plan = PrunePlan {
+        setup: vec![format!(
+            "CREATE TEMP TABLE {PRUNE_COUNTS} (table_name TEXT NOT NULL, doomed BIGINT NOT NULL, \
+             total BIGINT NOT NULL) ON COMMIT DROP"
+        )],
+        count: Vec::new(),
+        check: rule.max_share_bp.map(share_check),
+        delete: Vec::new(),
+        samples: Vec::new(),
+    };
+    for (i, (t, entry)) in tables.iter().enumerate() {
+        let columns = key_columns(t, entry);
+        if columns.is_empty() {
+            continue;
+        }
+        let target = ident(&t.name);
+        let keys = ident(&format!("etl_prune_{}", t.name));
+        let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        let typed: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{} {}", ident(&c.name), c.sql_type.referenced_as()))
+            .collect();
+        let gone = gone_from_source(&names, &keys);
+        let name = literal(&t.name);
+        let key_files = entry
+            .source_keys
+            .as_ref()
+            .map(|k| k.files.clone())
+            .unwrap_or_default();
+        let steps = vec![
+                Step::Sql(format!(
+                    "CREATE TEMP TABLE {keys} ({}) ON COMMIT DROP",
+                    typed.join(", ")
+                )),
+                Step::Copy {
+                    into: format!("{keys} ({})", ident_list(&names)),
+                    data: Data::Keys,
+                    into_target: false,
+                },
+                // Temporary tables are never analyzed on their own: the anti-join needs sizes.
+                Step::Sql(format!("ANALYZE {keys}")),
+                Step::Sql(format!(
+                    "INSERT INTO {PRUNE_COUNTS} (table_name, doomed, total) SELECT {name}, \
+                     (SELECT count(*) FROM {target} t WHERE {gone}), (SELECT count(*) FROM {target})"
+                )),
+            ];
+        plan.count.push((
+            i,
+            TablePlan {
+                table: t.name.clone(),
+                rows: key_files.iter().map(|f| f.rows).sum(),
+                files: key_files,
+                parent_files: Vec::new(),
+                row_types: columns.iter().map(|c| c.sql_type).collect(),
+                parent_type: None,
+                steps,
+            },
+        ));
+        plan.samples.push((
+            i,
+            format!(
+                "SELECT {}::text FROM {target} t WHERE {gone} ORDER BY 1 LIMIT {PRUNE_SAMPLES}",
+                ledger::key_json(t, "t")
+            ),
+        ));
+        let (returning, kept) = if history {
+            (
+                ledger::returned_row(t, "t"),
+                format!(
+                    ", kept AS ({})",
+                    ledger::record_returned(&t.name, 'd', "gone")
+                ),
+            )
+        } else {
+            ("1".to_string(), String::new())
+        };
+        plan.delete.push((
+            i,
+            Step::Prune(format!(
+                "WITH gone AS (DELETE FROM {target} t WHERE {gone}{} RETURNING {returning}){kept} \
+                 SELECT count(*), (SELECT doomed FROM {PRUNE_COUNTS} WHERE table_name = {name}) \
+                 FROM gone",
+                still_referenced(config, t)
+            )),
+        ));
+    }
+    // Children before their parents, so a parent's rows are no longer referenced.
+    plan.delete.reverse();
+    plan
+}
+
+/// Rows of the target (`t`) whose key is not among the source's (`keys`). A row with a NULL
+/// in its key cannot be told apart: it stays.
+fn gone_from_source(names: &[String], keys: &str) -> String {
+    let not_null: Vec<String> = names
+        .iter()
+        .map(|n| format!("t.{} IS NOT NULL", ident(n)))
+        .collect();
+    format!(
+        "{} AND NOT EXISTS (SELECT 1 FROM {keys} s WHERE {})",
+        not_null.join(" AND "),
+        key_match(names)
+    )
+}
+
+/// ` AND NOT EXISTS (...)` per foreign key of the config pointing at `t`: a row something
+/// still references stays (the statement sees the rows as they were before it, so a parent
+/// pruned together with its child in one table waits for the next prune).
+fn still_referenced(config: &Config, t: &TableSpec) -> String {
+    let mut out = String::new();
+    for other in &config.tables {
+        for c in &other.columns {
+            let Some(fk) = c.foreign_key.as_ref().filter(|fk| fk.table == t.name) else {
+                continue;
+            };
+            out.push_str(&format!(
+                " AND NOT EXISTS (SELECT 1 FROM {} r WHERE r.{} = t.{})",
+                ident(&other.name),
+                ident(&c.name),
+                ident(&fk.column)
+            ));
+        }
+    }
+    out
+}
+
+/// A share in hundredths of a percent, as people write it (`10%`, `2.5%`).
+pub(crate) fn percent(bp: u32) -> String {
+    let (whole, hundredths) = (bp / 100, bp % 100);
+    if hundredths == 0 {
+        format!("{whole}%")
+    } else {
+        format!("{whole}.{hundredths:02}%").replace("0%", "%")
+    }
+}
+
+/// Stops the load when a table would lose more than `bp` hundredths of a percent of its
+/// rows, naming every such table with its counts. Plain SQL, so psql stops the same way.
+fn share_check(bp: u32) -> String {
+    // RAISE reads `%` as a placeholder: a literal one is doubled.
+    let shown = percent(bp).replace('%', "%%");
+    format!(
+        "DO $etl$ DECLARE over text; BEGIN SELECT string_agg(format('%s (%s of %s rows)', \
+         table_name, doomed, total), ', ' ORDER BY table_name) INTO over FROM {PRUNE_COUNTS} \
+         WHERE doomed * 10000 > total * {bp}; IF over IS NOT NULL THEN RAISE EXCEPTION \
+         'etl: --prune refused: it would delete more than {shown} of the rows of %; nothing was \
+         changed. Check that the source is complete; --force prunes anyway, \
+         ETL_PRUNE_MAX_SHARE sets the share', over; END IF; END $etl$"
+    )
 }
 
 /// The name of a table's temporary stage.
@@ -767,6 +990,53 @@ mod tests {
             !all.contains(" order,") && !all.contains(" order)"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn prune_counts_in_load_order_deletes_children_first_and_keeps_referenced_rows() {
+        let config = config();
+        let keys = |columns: &[&str]| ManifestEntry {
+            source_keys: Some(crate::staging::SourceKeys {
+                columns: columns.iter().map(|c| c.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (users, links) = (keys(&["id"]), keys(&["user_id"]));
+        let tables = [
+            (config.table("users").unwrap(), &users),
+            (config.table("users_targets").unwrap(), &links),
+        ];
+        let opts = PlanOptions {
+            run_id: "r",
+            source: "dump".into(),
+            keep_history: 3,
+            prune: Some(PruneRule {
+                max_share_bp: Some(1_000),
+            }),
+        };
+        let plan = plan_load(&config, &opts, &tables);
+        let prune = plan.prune.expect("a prune section");
+        let counted: Vec<&str> = prune.count.iter().map(|(_, t)| t.table.as_str()).collect();
+        assert_eq!(counted, ["users", "users_targets"]);
+        let deleted: Vec<usize> = prune.delete.iter().map(|(i, _)| *i).collect();
+        assert_eq!(deleted, [1, 0], "children first");
+        let Step::Prune(users_delete) = &prune.delete[1].1 else {
+            panic!("a prune step");
+        };
+        // Rows referenced from another table stay; the deleted ones go to the history.
+        for needle in [
+            "NOT EXISTS (SELECT 1 FROM coachings r WHERE r.user_id = t.id)",
+            "NOT EXISTS (SELECT 1 FROM etl_prune_users s WHERE s.id = t.id)",
+            "'d', key, row, row_xmin FROM gone",
+        ] {
+            assert!(users_delete.contains(needle), "{needle}: {users_delete}");
+        }
+        let check = prune.check.expect("a share check without --force");
+        assert!(check.contains("doomed * 10000 > total * 1000"), "{check}");
+        assert!(check.contains("more than 10%% of"), "{check}");
+        assert_eq!(percent(250), "2.5%");
+        assert_eq!(percent(1), "0.01%");
     }
 
     /// A partitioned table: both arms stage the rows, create the partitions their weeks need

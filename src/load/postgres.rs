@@ -13,8 +13,8 @@ use futures_util::SinkExt;
 use tokio_postgres::{Client, Transaction};
 
 use super::copy_text::{self, CopyFormat};
-use super::plan::{LoadPlan, Step, TablePlan, WriteCounts};
-use super::{LoadError, OrphanReject, TableLoad};
+use super::plan::{LoadPlan, PrunePlan, Step, TablePlan, WriteCounts};
+use super::{LoadError, OrphanReject, PrunePreview, TableLoad};
 use crate::settings::PostgresSettings;
 use crate::staging::FileEntry;
 
@@ -70,6 +70,9 @@ pub(crate) async fn load(
         );
         loads.push(load);
     }
+    if let Some(prune) = &plan.prune {
+        run_prune(&tx, plan, prune, transform_dir, binary, &mut loads).await?;
+    }
     for sql in &plan.postlude {
         tx.batch_execute(sql)
             .await
@@ -77,6 +80,124 @@ pub(crate) async fn load(
     }
     tx.commit().await.map_err(|e| sql_error("COMMIT", "", e))?;
     Ok(loads)
+}
+
+/// The prune section, after every table: keys and counts, the share check, the deletions.
+async fn run_prune(
+    tx: &Transaction<'_>,
+    plan: &LoadPlan,
+    prune: &PrunePlan,
+    transform_dir: &Path,
+    binary: bool,
+    loads: &mut [TableLoad],
+) -> Result<(), LoadError> {
+    count_prune(tx, prune, transform_dir, binary, loads).await?;
+    if let Some(check) = &prune.check {
+        tx.batch_execute(check)
+            .await
+            .map_err(|e| refusal(check, e))?;
+    }
+    for (i, step) in &prune.delete {
+        let (Some(table), Some(load)) = (plan.tables.get(*i), loads.get_mut(*i)) else {
+            return Err(LoadError::Internal(format!(
+                "prune step of table #{i}, which the plan has not"
+            )));
+        };
+        let started = Instant::now();
+        run_step(tx, table, step, transform_dir, binary, load).await?;
+        load.seconds += started.elapsed().as_secs_f64();
+    }
+    Ok(())
+}
+
+/// The prune section up to its check: each table's source keys staged, its doomed rows counted.
+async fn count_prune(
+    tx: &Transaction<'_>,
+    prune: &PrunePlan,
+    transform_dir: &Path,
+    binary: bool,
+    loads: &mut [TableLoad],
+) -> Result<(), LoadError> {
+    for sql in &prune.setup {
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| sql_error("", sql, e))?;
+    }
+    for (i, keys) in &prune.count {
+        let Some(load) = loads.get_mut(*i) else {
+            return Err(LoadError::Internal(format!(
+                "prune step of table #{i}, which the plan has not"
+            )));
+        };
+        let started = Instant::now();
+        run_steps(tx, keys, transform_dir, binary, load).await?;
+        load.seconds += started.elapsed().as_secs_f64();
+    }
+    Ok(())
+}
+
+/// A check the plan raises with a message starting `etl: ` refuses the load with that message
+/// (nothing was changed: the transaction rolls back); anything else is a failed statement.
+fn refusal(sql: &str, e: tokio_postgres::Error) -> LoadError {
+    match e.as_db_error().map(|db| db.message()) {
+        Some(message) if message.starts_with("etl: ") => {
+            LoadError::Refused(message.trim_start_matches("etl: ").to_string())
+        }
+        _ => sql_error("", sql, e),
+    }
+}
+
+/// `etl load --dry-run --prune` against the target: the prune section's counts and first keys
+/// per table, computed in a transaction that is rolled back.
+pub(crate) async fn preview_prune(
+    client: &mut Client,
+    plan: &LoadPlan,
+    transform_dir: &Path,
+) -> Result<Vec<PrunePreview>, LoadError> {
+    let Some(prune) = &plan.prune else {
+        return Ok(Vec::new());
+    };
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| sql_error("BEGIN", "", e))?;
+    // The tables the load would create, so a first load counts zero rows, not an error.
+    let creates = plan
+        .prelude
+        .iter()
+        .filter(|s| s.starts_with("CREATE TABLE"));
+    for sql in plan.setup.iter().chain(creates) {
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| sql_error("", sql, e))?;
+    }
+    let mut loads = vec![TableLoad::default(); plan.tables.len()];
+    count_prune(&tx, prune, transform_dir, true, &mut loads).await?;
+    let mut previews = Vec::new();
+    for (i, sample) in &prune.samples {
+        let Some(table) = plan.tables.get(*i) else {
+            continue;
+        };
+        let counts = "SELECT doomed, total FROM etl_prune WHERE table_name = $1";
+        let row = tx
+            .query_one(counts, &[&table.table])
+            .await
+            .map_err(|e| sql_error(&table.table, counts, e))?;
+        let keys = tx
+            .query(sample.as_str(), &[])
+            .await
+            .map_err(|e| sql_error(&table.table, sample, e))?;
+        previews.push(PrunePreview {
+            table: table.table.clone(),
+            doomed: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+            total: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+            samples: keys.iter().map(|r| r.get(0)).collect(),
+        });
+    }
+    tx.rollback()
+        .await
+        .map_err(|e| sql_error("ROLLBACK", "", e))?;
+    Ok(previews)
 }
 
 /// A table's steps; a branch runs the arm its check chooses.
@@ -170,6 +291,20 @@ async fn run_step(
                 .map_err(|e| sql_error(name, sql, e))?
                 .get(0);
             load.deleted += u64::try_from(deleted).unwrap_or(0);
+        }
+        Step::Prune(sql) => {
+            let row = tx
+                .query_one(sql.as_str(), &[])
+                .await
+                .map_err(|e| sql_error(name, sql, e))?;
+            let deleted = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            let counted = row
+                .get::<_, Option<i64>>(1)
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(deleted);
+            load.deleted += deleted;
+            load.pruned += deleted;
+            load.prune_kept += counted.saturating_sub(deleted);
         }
         Step::Write {
             sql,

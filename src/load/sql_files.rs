@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::copy_text::{encode_files, CopyFormat};
-use super::plan::{literal, Data, LoadPlan, OrphanCheck, Step, TablePlan};
+use super::plan::{literal, Data, LoadPlan, OrphanCheck, PrunePlan, Step, TablePlan};
 use super::LoadError;
 use crate::staging::StagingError;
 
@@ -196,6 +196,7 @@ fn data_file(table: &str, data: Data, compress: bool) -> String {
     match data {
         Data::Rows => format!("data/{table}.copy{gz}"),
         Data::Parents => format!("data/{table}.parents.copy{gz}"),
+        Data::Keys => format!("data/{table}.keys.copy{gz}"),
     }
 }
 
@@ -309,6 +310,9 @@ fn script(
             write_step(&mut out, table, step, &run, opts.compress, &mut data);
         }
     }
+    if let Some(prune) = &plan.prune {
+        write_prune(&mut out, plan, prune, &run, opts.compress, &mut data);
+    }
     out.push_str("\n-- after every table\n");
     for sql in &plan.postlude {
         out.push_str(sql);
@@ -361,6 +365,48 @@ fn order_checks(run_id: &str, follows: Option<&str>) -> String {
     out
 }
 
+/// The prune section: setup, each table's keys and count, the share check, the deletions.
+fn write_prune(
+    out: &mut String,
+    plan: &LoadPlan,
+    prune: &PrunePlan,
+    run: &str,
+    compress: bool,
+    data: &mut impl FnMut(&TablePlan, Data) -> String,
+) {
+    out.push_str("\n-- prune: target rows whose key is no longer in the source\n");
+    for sql in &prune.setup {
+        out.push_str(sql);
+        out.push_str(END);
+    }
+    for (_, keys) in &prune.count {
+        let _ = writeln!(
+            out,
+            "-- prune, the source's keys of {} ({})",
+            keys.table, keys.rows
+        );
+        for step in &keys.steps {
+            write_step(out, keys, step, run, compress, data);
+        }
+    }
+    if let Some(check) = &prune.check {
+        out.push_str("-- prune, refused above the allowed share of any table\n");
+        out.push_str(check);
+        out.push_str(END);
+    }
+    for (i, step) in &prune.delete {
+        let Some(table) = plan.tables.get(*i) else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "-- prune, rows of {} gone from the source",
+            table.table
+        );
+        write_step(out, table, step, run, compress, data);
+    }
+}
+
 fn write_step(
     out: &mut String,
     table: &TablePlan,
@@ -370,7 +416,7 @@ fn write_step(
     data: &mut impl FnMut(&TablePlan, Data) -> String,
 ) {
     match step {
-        Step::Sql(sql) | Step::DeleteChildren(sql) | Step::Write { sql, .. } => {
+        Step::Sql(sql) | Step::DeleteChildren(sql) | Step::Prune(sql) | Step::Write { sql, .. } => {
             out.push_str(sql);
             out.push_str(END);
         }

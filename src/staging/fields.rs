@@ -26,6 +26,13 @@ pub const UPDATE_DATE: &str = "update_date";
 /// transform rejects it in every table of the collection, so the counts add up per table.
 pub const DOCUMENT_ERROR: &str = "__document_error";
 pub const DOCUMENT_BSON: &str = "__document_bson";
+/// The whole document as relaxed Extended JSON, staged for a collection one of whose tables
+/// has `keep_source` (or for every collection with `etl extract --keep-documents`).
+pub const KEPT_DOCUMENT: &str = "__document";
+/// Beside [`KEPT_DOCUMENT`]: why a document that was otherwise read could not be written as
+/// JSON (invalid UTF-8 or malformed BSON in a field no column reads, nesting too deep); its
+/// BSON bytes are then in [`DOCUMENT_BSON`], while [`DOCUMENT_ERROR`] stays NULL.
+pub const KEPT_DOCUMENT_ERROR: &str = "__document_unkept";
 
 /// How a staged field is typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +58,8 @@ pub enum FieldKind {
     /// like `_id`), `raw` the element's extended JSON otherwise; a null element is a null
     /// struct.
     IdList,
+    /// Utf8: the whole document as relaxed Extended JSON ([`KEPT_DOCUMENT`]), not a field.
+    Document,
 }
 
 impl FieldKind {
@@ -76,7 +85,9 @@ impl FieldKind {
     /// The Arrow type of the typed column.
     pub fn data_type(self) -> DataType {
         match self {
-            FieldKind::Text | FieldKind::Decimal | FieldKind::Json => DataType::Utf8,
+            FieldKind::Text | FieldKind::Decimal | FieldKind::Json | FieldKind::Document => {
+                DataType::Utf8
+            }
             FieldKind::Int => DataType::Int64,
             FieldKind::Float => DataType::Float64,
             FieldKind::Bool => DataType::Boolean,
@@ -106,8 +117,14 @@ pub struct StagedField {
 }
 
 /// The fields staged for a MongoDB collection: `_id`, `creation_date`, `update_date`, then
-/// every field the tables reading this collection use, in config order, each once.
-pub fn fields_for_collection(config: &Config, collection: &str) -> Vec<StagedField> {
+/// every field the tables reading this collection use, in config order, each once; last the
+/// whole document ([`KEPT_DOCUMENT`]) when a table keeps it (`keep_source`) or
+/// `keep_documents` (`etl extract --keep-documents`) asks for it.
+pub fn fields_for_collection(
+    config: &Config,
+    collection: &str,
+    keep_documents: bool,
+) -> Vec<StagedField> {
     let mut fields = vec![
         StagedField {
             path: ID_FIELD.into(),
@@ -136,10 +153,13 @@ pub fn fields_for_collection(config: &Config, collection: &str) -> Vec<StagedFie
                 collection: collection.to_string(),
             }
     });
+    let mut keep = keep_documents;
     for t in tables {
         for c in &t.columns {
-            if let ColumnSource::Field(path) = &c.source {
-                add(path, FieldKind::for_sql_type(c.sql_type));
+            match &c.source {
+                ColumnSource::Field(path) => add(path, FieldKind::for_sql_type(c.sql_type)),
+                ColumnSource::Document => keep = true,
+                _ => {}
             }
         }
         for array in t.explode.iter().flat_map(|e| &e.arrays) {
@@ -149,16 +169,25 @@ pub fn fields_for_collection(config: &Config, collection: &str) -> Vec<StagedFie
             add(path, FieldKind::Json);
         }
     }
+    if keep {
+        fields.push(StagedField {
+            path: KEPT_DOCUMENT.into(),
+            kind: FieldKind::Document,
+        });
+    }
     fields
 }
 
 /// The Arrow schema of a staged collection: per field, the typed column then its `__raw`
-/// column (not for `_id`, which is always text); then the document error columns.
+/// column (not for `_id`, which is always text; for the whole document, the reason it could
+/// not be kept); then the document error columns.
 pub fn staged_schema(fields: &[StagedField]) -> Schema {
     let mut columns = Vec::with_capacity(fields.len() * 2 + 2);
     for f in fields {
         columns.push(Field::new(&f.path, f.kind.data_type(), true));
-        if f.path != ID_FIELD {
+        if f.kind == FieldKind::Document {
+            columns.push(Field::new(KEPT_DOCUMENT_ERROR, DataType::Utf8, true));
+        } else if f.path != ID_FIELD {
             columns.push(Field::new(
                 format!("{}{RAW_SUFFIX}", f.path),
                 DataType::Utf8,
@@ -179,7 +208,7 @@ mod tests {
     fn users_collection_stages_every_field_its_tables_read() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let config = Config::load(&dir).unwrap();
-        let fields = fields_for_collection(&config, "users");
+        let fields = fields_for_collection(&config, "users", false);
         let paths: Vec<&str> = fields.iter().map(|f| f.path.as_str()).collect();
         for expected in [
             "_id",

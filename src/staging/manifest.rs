@@ -116,6 +116,14 @@ pub struct ManifestEntry {
     /// Transform, per column: values rounded to fit (a `NUMERIC(p,s)`'s scale).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rounded: BTreeMap<String, u64>,
+    /// Transform: the keys the source holds for this table, which `etl load --prune` keeps
+    /// (absent in runs transformed before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_keys: Option<SourceKeys>,
+    /// Extract: only the documents or rows of given keys were read (`etl reconcile`), not the
+    /// whole source, whatever the window says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_key: bool,
     /// Extract (Matomo API): per site, its time zone, the days read and what they held.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_sites: Vec<ApiSite>,
@@ -126,6 +134,22 @@ pub struct ManifestEntry {
     /// Actions those visits lost.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub truncated_actions: u64,
+}
+
+/// The keys of every document or row the source holds for a table, rejected and filtered ones
+/// included: a target row whose key is not among them is gone from the source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceKeys {
+    /// The key columns: the table's upsert key, or a link table's parent column.
+    pub columns: Vec<String>,
+    /// The keys, files relative to the stage folder (absent when `incomplete`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileEntry>,
+    pub keys: u64,
+    /// Why the source's keys are not all known (a windowed extract, unreadable keys): then
+    /// `--prune` refuses the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
 }
 
 /// What an API extract read for one site.
@@ -228,6 +252,9 @@ pub struct Counts {
     /// Of `filtered`: losing copies of a repeated `_id` (transform keeps one per key).
     #[serde(default)]
     pub duplicates: u64,
+    /// Load, of `deleted`: rows `--prune` deleted because their key is gone from the source.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pruned: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

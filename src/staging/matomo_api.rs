@@ -379,7 +379,7 @@ fn cell(kind: ApiKind, value: Option<&Value>) -> Cell {
             FieldKind::Timestamp => unix_millis(value).map_or_else(|| raw(value), Cell::Millis),
             FieldKind::Json => Cell::Text(value.to_string()),
             // Nothing of the API is binary or a list of ids: kept as JSON for transform to judge.
-            FieldKind::Binary | FieldKind::IdList => raw(value),
+            FieldKind::Binary | FieldKind::IdList | FieldKind::Document => raw(value),
         },
     }
 }

@@ -22,8 +22,8 @@ mod rejects;
 use std::path::{Path, PathBuf};
 
 pub use manifest::{
-    schema_pairs, ApiSite, Counts, FileEntry, Manifest, ManifestEntry, SourceKind, Stage,
-    WatermarkValue, MANIFEST_FORMAT,
+    schema_pairs, ApiSite, Counts, FileEntry, Manifest, ManifestEntry, SourceKeys, SourceKind,
+    Stage, WatermarkValue, MANIFEST_FORMAT,
 };
 pub(crate) use parquet_io::stream_batches;
 pub use parquet_io::{read_batches, verify_file, BackgroundWriter, PartWriter};

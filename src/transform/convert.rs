@@ -207,6 +207,12 @@ pub(super) fn convert_column(
                     "NUL byte in text".into(),
                     Some(value.escape_debug().to_string()),
                 ));
+            } else if col.sql_type == SqlType::Jsonb && has_nul_escape(value) {
+                errors.push(error(
+                    row,
+                    "JSON holding the NUL character (\\u0000), which jsonb cannot store".into(),
+                    Some(value.to_string()),
+                ));
             } else if let Some(n) = limit {
                 let chars = value.chars().count();
                 if chars > n {
@@ -362,6 +368,25 @@ fn check_date(days: i64) -> Result<i32, String> {
     } else {
         Err(date_range_error(days))
     }
+}
+
+/// Whether JSON text holds the escape `\u0000`, which PostgreSQL's `jsonb` refuses (it
+/// cannot store a NUL character): the whole COPY would fail on it.
+fn has_nul_escape(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while let Some(at) = bytes
+        .get(i..)
+        .and_then(|b| b.iter().position(|c| *c == b'\\'))
+    {
+        let at = i + at;
+        if bytes.get(at + 1..at + 6) == Some(b"u0000") {
+            return true;
+        }
+        // Skip the escaped character, so `\\u0000` (a backslash, then text) is not one.
+        i = at + 2;
+    }
+    false
 }
 
 const MILLIS_PER_DAY: i64 = 86_400_000;
@@ -874,5 +899,14 @@ mod tests {
             assert!(c.errors.is_empty());
             assert_eq!(c.coerced, 1, "{ty}");
         }
+    }
+
+    #[test]
+    fn nul_escapes_are_found_only_where_they_are_escapes() {
+        assert!(has_nul_escape(r#"{"a":"x\u0000y"}"#));
+        assert!(!has_nul_escape(r#"{"a":"x\\u0000y"}"#));
+        assert!(has_nul_escape(r#"{"a":"x\\\u0000y"}"#));
+        assert!(!has_nul_escape(r#"{"a":"\u0001"}"#));
+        assert!(!has_nul_escape("\\"));
     }
 }

@@ -20,6 +20,7 @@ mod convert;
 mod dedupe;
 mod duplicates;
 mod elements;
+mod keys;
 mod pg_input;
 mod rows;
 
@@ -36,9 +37,10 @@ use rayon::prelude::*;
 
 pub(crate) use rows::{output_schema, transform_batch, Adjusted, Reject};
 
-use crate::config::{Config, Source, TableSpec};
+use crate::config::{ColumnSpec, Config, Source, TableSpec};
 use crate::staging::{
-    self, Counts, Manifest, ManifestEntry, PartWriter, RejectRow, RunDir, Stage, StagingError,
+    self, Counts, Manifest, ManifestEntry, PartWriter, RejectRow, RunDir, SourceKeys, Stage,
+    StagingError,
 };
 use duplicates::Duplicates;
 
@@ -207,6 +209,10 @@ struct Piece {
     /// Rows of dedupe tables, merged once every piece is done.
     held: Vec<RecordBatch>,
     adjusted: BTreeMap<String, Adjusted>,
+    /// The source's keys (see `keys`): files, how many, how many could not be read.
+    key_files: Vec<staging::FileEntry>,
+    keys: u64,
+    unknown_keys: u64,
 }
 
 /// The row groups of a source's staged files, in input order, each with the input-order
@@ -251,10 +257,23 @@ fn transform_table(
 ) -> Result<(ManifestEntry, TableReport), TransformError> {
     let started = Instant::now();
     let schema = output_schema(table);
+    let key_plan = keys::key_plan(table, entry);
+    let key_columns = match &key_plan {
+        keys::KeyPlan::Write(columns) => Some(columns.as_slice()),
+        keys::KeyPlan::Incomplete(_) => None,
+    };
     let pieces: Vec<Piece> = tasks
         .par_iter()
         .enumerate()
-        .map(|(i, piece)| transform_piece(table, &schema, piece, duplicates, out_dir, i))
+        .map(|(i, piece)| {
+            let output = Output {
+                schema: &schema,
+                dir: out_dir,
+                index: i,
+                key_columns,
+            };
+            transform_piece(table, piece, duplicates, &output)
+        })
         .collect::<Result<_, _>>()?;
 
     let mut counts = Counts::default();
@@ -264,7 +283,11 @@ fn transform_table(
     let mut rejects = Vec::new();
     let mut held = Vec::new();
     let mut adjusted = BTreeMap::new();
+    let (mut key_files, mut keys, mut unknown_keys) = (Vec::new(), 0, 0);
     for piece in pieces {
+        key_files.extend(piece.key_files);
+        keys += piece.keys;
+        unknown_keys += piece.unknown_keys;
         counts.extracted += piece.counts.extracted;
         counts.transformed += piece.counts.transformed;
         counts.rejected += piece.counts.rejected;
@@ -317,6 +340,7 @@ fn transform_table(
         filtered_by_rule,
         coerced: per_column(&adjusted, |a| a.coerced),
         rounded: per_column(&adjusted, |a| a.rounded),
+        source_keys: Some(source_keys(table, key_plan, key_files, keys, unknown_keys)),
         truncated_visits: entry.truncated_visits,
         truncated_actions: entry.truncated_actions,
         ..Default::default()
@@ -332,6 +356,36 @@ fn transform_table(
             rounded: adjusted.values().map(|a| a.rounded).sum(),
         },
     ))
+}
+
+/// What the manifest says of a table's source keys.
+fn source_keys(
+    table: &TableSpec,
+    plan: keys::KeyPlan<'_>,
+    files: Vec<staging::FileEntry>,
+    keys: u64,
+    unknown: u64,
+) -> SourceKeys {
+    match plan {
+        keys::KeyPlan::Incomplete(why) => SourceKeys {
+            incomplete: Some(why),
+            ..Default::default()
+        },
+        keys::KeyPlan::Write(columns) => SourceKeys {
+            columns: columns.iter().map(|c| c.name.clone()).collect(),
+            files,
+            keys,
+            incomplete: (unknown > 0).then(|| {
+                format!(
+                    "{unknown} document(s) or row(s) of `{}` have a key that cannot be read \
+                     (unreadable, or a key value that does not convert: see \
+                     rejects/{}.parquet); their rows could be pruned",
+                    table.source.name(),
+                    table.name
+                )
+            }),
+        },
+    }
 }
 
 fn add_adjusted(total: &mut BTreeMap<String, Adjusted>, more: BTreeMap<String, Adjusted>) {
@@ -354,15 +408,24 @@ fn per_column(
         .collect()
 }
 
+/// Where one piece's output goes.
+struct Output<'a> {
+    schema: &'a arrow::datatypes::SchemaRef,
+    dir: &'a Path,
+    /// The piece's place in input order, which names its part files.
+    index: usize,
+    /// The columns of the source keys to write, if the extract lets them be known.
+    key_columns: Option<&'a [&'a ColumnSpec]>,
+}
+
 /// One row group of one staged file -> the table's rows, in part files of its own.
 fn transform_piece(
     table: &TableSpec,
-    schema: &arrow::datatypes::SchemaRef,
     piece_spec: &duplicates::Piece,
     duplicates: &Duplicates,
-    out_dir: &Path,
-    index: usize,
+    output: &Output<'_>,
 ) -> Result<Piece, TransformError> {
+    let (schema, out_dir, index) = (output.schema, output.dir, output.index);
     let (path, row_group) = (piece_spec.path.as_path(), piece_spec.row_group);
     let mut first_row = piece_spec.first_row;
     let to_err = |source| StagingError::Parquet {
@@ -399,12 +462,29 @@ fn transform_piece(
         }
         None => None,
     };
+    let mut key_writer = match output.key_columns {
+        Some(columns) => {
+            let rel = format!("{}/keys", table.name);
+            Some(
+                PartWriter::new(&out_dir.join(&rel), &rel, keys::key_schema(columns))?
+                    .with_name_prefix(&prefix),
+            )
+        }
+        None => None,
+    };
     let mut piece = Piece::default();
     for batch in batches {
         let batch = batch.map_err(|e| TransformError::Arrow {
             table: table.name.clone(),
             source: e,
         })?;
+        if let (Some(writer), Some(columns)) = (key_writer.as_mut(), output.key_columns) {
+            // Every document of the batch, losing copies of a repeated `_id` included.
+            let (keys, unknown) = keys::source_keys(table, columns, &batch)?;
+            piece.keys += keys.num_rows() as u64;
+            piece.unknown_keys += unknown;
+            writer.write(&keys)?;
+        }
         let losers = duplicates.losers(&batch, first_row);
         first_row += batch.num_rows() as u64;
         let out = transform_batch(table, &batch, losers.as_ref())?;
@@ -429,6 +509,10 @@ fn transform_piece(
     }
     piece.files = writer.finish_nonempty()?;
     piece.parent_files = parents
+        .map(PartWriter::finish_nonempty)
+        .transpose()?
+        .unwrap_or_default();
+    piece.key_files = key_writer
         .map(PartWriter::finish_nonempty)
         .transpose()?
         .unwrap_or_default();

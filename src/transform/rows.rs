@@ -17,7 +17,9 @@ use arrow::record_batch::RecordBatch;
 use super::convert::{convert_column, display_value, target_type, CellError};
 use super::TransformError;
 use crate::config::{ColumnSource, Source, TableSpec};
-use crate::staging::fields::{DOCUMENT_BSON, DOCUMENT_ERROR, ID_FIELD, RAW_SUFFIX};
+use crate::staging::fields::{
+    DOCUMENT_BSON, DOCUMENT_ERROR, ID_FIELD, KEPT_DOCUMENT, KEPT_DOCUMENT_ERROR, RAW_SUFFIX,
+};
 
 /// A source row that did not make it, with every reason.
 #[derive(Debug, Clone, PartialEq)]
@@ -225,6 +227,31 @@ fn document_errors(
     Ok(errors)
 }
 
+/// The rows whose document extract read but could not write as JSON (`keep_source`): why,
+/// with the document's BSON bytes as the raw value.
+fn unkept_documents(col: &crate::config::ColumnSpec, batch: &RecordBatch) -> Vec<CellError> {
+    let Some(unkept) = batch
+        .column_by_name(KEPT_DOCUMENT_ERROR)
+        .and_then(|c| c.as_string_opt::<i32>())
+    else {
+        return Vec::new();
+    };
+    let bytes = batch
+        .column_by_name(DOCUMENT_BSON)
+        .and_then(|c| c.as_binary_opt::<i32>());
+    (0..batch.num_rows())
+        .filter(|row| unkept.is_valid(*row))
+        .map(|row| CellError {
+            row,
+            column: col.name.clone(),
+            reason: format!("the document cannot be kept as JSON: {}", unkept.value(row)),
+            raw: bytes
+                .filter(|b| b.is_valid(row))
+                .map(|b| format!("BSON hex: {}", hex::encode(b.value(row)))),
+        })
+        .collect()
+}
+
 /// What a reject of a whole document names as its column.
 const DOCUMENT_COLUMN: &str = "(document)";
 
@@ -284,13 +311,20 @@ fn convert_fields(
     let mut errors: BTreeMap<usize, Vec<CellError>> = BTreeMap::new();
     let mut adjusted = BTreeMap::new();
     for col in table.loaded_columns() {
-        let ColumnSource::Field(path) = &col.source else {
-            continue;
+        let path = match &col.source {
+            ColumnSource::Field(path) => path.as_str(),
+            ColumnSource::Document => KEPT_DOCUMENT,
+            _ => continue,
         };
         let (values, raw) = staged_column(table, batch, path)?;
         let converted = convert_column(col, values, raw, table.time_zone);
         for e in converted.errors {
             errors.entry(e.row).or_default().push(e);
+        }
+        if col.source == ColumnSource::Document {
+            for e in unkept_documents(col, batch) {
+                errors.entry(e.row).or_default().push(e);
+            }
         }
         if converted.coerced + converted.rounded > 0 {
             adjusted.insert(
@@ -471,8 +505,10 @@ fn explode_rows(
     let mut late_errors: BTreeMap<usize, Vec<CellError>> = BTreeMap::new();
     for col in table.loaded_columns() {
         let array = match &col.source {
-            ColumnSource::Field(_) => take(&parent_arrays[&col.name], &indices, None)
-                .map_err(|e| arrow_error(table, e))?,
+            ColumnSource::Field(_) | ColumnSource::Document => {
+                { take(&parent_arrays[&col.name], &indices, None) }
+                    .map_err(|e| arrow_error(table, e))?
+            }
             ColumnSource::Element | ColumnSource::ArrayType => {
                 let values = if col.source == ColumnSource::Element {
                     &element_values

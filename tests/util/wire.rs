@@ -5,7 +5,7 @@
 //! No `mongod` can be installed on the project's machines. The official driver 3.x speaks only
 //! OP_MSG, so the server does too, and implements what the extractor needs: the handshake
 //! (`hello` and the legacy `isMaster`), `ping`, `buildInfo`, `find` with the filter subset the
-//! extractor sends (`{}`, equality, `$eq $gt $gte $lt $lte`, `$or`, `$and`, with MongoDB's type
+//! extractor sends (`{}`, equality, `$eq $gt $gte $lt $lte $in`, `$or`, `$and`, with MongoDB's type
 //! bracketing: a date only compares with dates) and inclusion projections (top-level and
 //! dotted), `getMore`, `killCursors` and `endSessions`. Any other command is answered
 //! `{ok: 0, code: 59}` and remembered, so a new command from the driver fails a test instead of
@@ -509,6 +509,15 @@ fn field_matches(value: Option<&Bson>, condition: &Bson) -> Result<bool, Command
         literal => return Ok(value.is_some_and(|v| equal(v, literal))),
     };
     for (op, operand) in operators {
+        if op == "$in" {
+            let items = operand
+                .as_array()
+                .ok_or_else(|| bad_value("$in needs an array"))?;
+            if !value.is_some_and(|v| items.iter().any(|item| equal(v, item))) {
+                return Ok(false);
+            }
+            continue;
+        }
         let wanted: fn(std::cmp::Ordering) -> bool = match op.as_str() {
             "$eq" => std::cmp::Ordering::is_eq,
             "$gt" => std::cmp::Ordering::is_gt,
