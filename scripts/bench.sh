@@ -803,6 +803,30 @@ vf_rows=$(python3 -c 'import json,sys; print(sum(t["expected"] for t in json.loa
 ' "$(secs "$(add "$ext_wall" "$tr2_wall")")"
 } | table
 
+# ================================================ 7. An incremental SmartDiet run
+section "7. Incremental SmartDiet run: 1% of the users changed"
+# The same dump with the first 1% of users edited (first target removed, events emptied,
+# update_date moved forward), then one `etl run` on the target loaded in section 4: the
+# window (the target's newest created/updated) keeps only what changed.
+changed=$((BENCH_USERS / 100))
+run_timed gen_dump_changed "$gen_dump" "$work/dump-changed" "$BENCH_USERS" "$changed"
+run_timed run_incremental env DATABASE_URL="$url_users" "$etl" --config "$work/config" --staging "$work/staging-inc" \
+    run --source dump --dump "$work/dump-changed/smartdiet"
+inc_wall=$WALL inc_rss=$RSS_KB
+keep_manifest run_incremental_extract "$work/staging-inc" extract
+keep_manifest run_incremental_load "$work/staging-inc" load
+inc_users=$(mf run_incremental_extract users rows)
+inc_upd=$(mf run_incremental_load users counts.updated)
+((inc_upd == changed)) || die "the incremental run updated $inc_upd users, expected $changed"
+first_wall=$(add "$(add "$ext_wall" "$tr2_wall")" "$ue_wall")
+{
+    printf 'run\tusers staged\tusers updated\tseconds\tpeak RSS MiB\tvs first load\n'
+    printf 'first load: extract + transform (2 threads) + load into empty tables\t%s\t%s\t%s\t-\t1.00x\n' "$(int "$BENCH_USERS")" "0" "$(secs "$first_wall")"
+    printf 'etl run, 1%% changed (whole dump read, window from the target)\t%s\t%s\t%s\t%s\t%s\n' "$(int "$inc_users")" "$(int "$inc_upd")" "$(secs "$inc_wall")" "$(mib "$inc_rss")" "$(awk -v a="$inc_wall" -v b="$first_wall" 'BEGIN { printf "%.1f%%", 100 * a / b }')"
+} | table
+note "'vs first load' = the incremental run's seconds as a share of the first load's (goal: at most 10%)."
+note "Link rows of the changed users: $(mf run_incremental_load '*' counts.deleted) deleted, $(mf run_incremental_load '*' counts.inserted) inserted (all tables)."
+
 out ""
 "$repo/scripts/bench_matomo_api.sh" "$work/bin/etl" | tee -a "$report.partial" # Matomo HTTP API source (issue 12)
 out "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (above ~0.5 before the bench = other work competed for the 2 cores)"
