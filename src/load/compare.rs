@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::Transaction;
 
-use super::plan::{self, key_match, stage_name, TablePlan};
+use super::plan::{self, counted_first, key_match, stage_name, TablePlan};
 use super::postgres::{run_steps, sql_error};
 use super::{LoadError, TableLoad};
 use crate::config::ddl::{ident, ident_list};
@@ -343,7 +343,7 @@ async fn scalar(tx: &Transaction<'_>, t: &TableSpec, sql: &str) -> Result<u64, L
 
 /// How many rows `sql` (one text column, the key) gives, and the first keys in order.
 async fn keys(tx: &Transaction<'_>, t: &TableSpec, sql: &str) -> Result<Diff, LoadError> {
-    let counted = format!("SELECT count(*) OVER (), k FROM ({sql}) d(k) ORDER BY k LIMIT {SHOWN}");
+    let counted = counted_first(sql, &["k"], SHOWN);
     let rows = tx
         .query(counted.as_str(), &[])
         .await
@@ -362,9 +362,7 @@ async fn keys_with_rows(
     t: &TableSpec,
     sql: &str,
 ) -> Result<(Diff, Vec<(String, String, String)>), LoadError> {
-    let counted = format!(
-        "SELECT count(*) OVER (), k, a, b FROM ({sql}) d(k, a, b) ORDER BY k LIMIT {SHOWN}"
-    );
+    let counted = counted_first(sql, &["k", "a", "b"], SHOWN);
     let rows = tx
         .query(counted.as_str(), &[])
         .await
