@@ -503,9 +503,9 @@ fn matomo_api_keys_are_checked_naming_file_table_and_key() {
     }
     // The API's keys are refused elsewhere.
     assert_refused(
-        "events_log:\n  columns:\n    - { name: id, sql_type: TEXT, template: \"{a}\" }\n  primary_key: [id]\n",
+        "events_log:\n  columns:\n    - { name: id, sql_type: TEXT, coalesce: [a, b] }\n  primary_key: [id]\n",
         "events_log",
-        "template",
+        "coalesce",
         "is for Matomo API tables",
     );
     assert_refused(

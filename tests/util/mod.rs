@@ -229,11 +229,16 @@ fn drop_databases_of_ended_processes(base: &str) {
         let (Some(_), Some(pid)) = (parts.next(), parts.next()) else {
             continue;
         };
-        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
         let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
         if !alive {
             // Another process may be dropping it too: ignore the outcome.
-            let _ = psql_stdin(base, &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+            let _ = psql_stdin(
+                base,
+                &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            );
         }
     }
 }
