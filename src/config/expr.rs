@@ -151,7 +151,7 @@ fn value_map(
     if entries.is_empty() && problems.is_empty() {
         problems.push(("value_map", "list at least one value".into()));
     }
-    let unmapped = match (&rc.default, rc.unmapped.as_deref()) {
+    let unmapped = match (&rc.default, rc.unmapped.as_ref().map(Option::as_deref)) {
         (Some(_), Some(_)) => {
             problems.push((
                 "unmapped",
@@ -159,6 +159,7 @@ fn value_map(
             ));
             Unmapped::Reject
         }
+        (Some(serde_yaml::Value::Null), None) => Unmapped::Null,
         (Some(value), None) => match config_value(value, col) {
             Ok(text) => Unmapped::Default(text),
             Err(m) => {
@@ -166,9 +167,9 @@ fn value_map(
                 Unmapped::Reject
             }
         },
-        (None, None | Some("reject")) => Unmapped::Reject,
-        (None, Some("null")) => Unmapped::Null,
-        (None, Some(other)) => {
+        (None, None | Some(Some("reject"))) => Unmapped::Reject,
+        (None, Some(None | Some("null"))) => Unmapped::Null,
+        (None, Some(Some(other))) => {
             problems.push((
                 "unmapped",
                 format!("`{other}`: `reject` or `null` (or give a `default`)"),
