@@ -87,6 +87,18 @@ fn annotated_reference_config_loads() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference");
     let config = Config::load(&dir).unwrap_or_else(|e| panic!("{e}"));
     assert!(config.table("users_targets").is_some());
+    let users = config.table("users").unwrap();
+    for (column, expression) in [("sex", true), ("birth_year", true), ("settings", true)] {
+        assert_eq!(
+            users.column(column).unwrap().expression.is_some(),
+            expression,
+            "{column}"
+        );
+    }
+    assert_eq!(
+        users.column("origin").unwrap().source,
+        ColumnSource::Computed(Computed::Const("mongodb".into()))
+    );
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! cast, is a reject naming the expression, with the source value as its raw value.
 //!
 //! The text of a value: a string as is; a number, boolean or date as the staged value prints
-//! (`1`, `1.5`, `true`); an extended JSON number (`{"$numberDecimal": "1.50"}`) as its digits;
+//! (`1`, `1.5`, `true`); an extended JSON number (`{"$numberDecimal": "1.50"}`) as its digits,
+//! a date (`{"$date": "2024-03-01T12:00:00Z"}`) as its ISO text;
 //! any other value that did not fit the staged type (a document, an array) as its relaxed
 //! extended JSON. NULL or missing has no text, and stays NULL.
 
@@ -15,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, StringArray, StringBuilder};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, TimeUnit};
 
 use super::convert::{convert_column, CellError, Converted};
 use crate::config::{ColumnSpec, Expression, JsonMode, NoMatch, Piece, SqlType, Unmapped};
@@ -224,10 +225,39 @@ pub(super) fn text(values: &ArrayRef, raw: Option<&StringArray>, row: usize) -> 
         if values.data_type() == &DataType::Null {
             return None;
         }
+        if let DataType::Timestamp(unit, tz) = values.data_type() {
+            return timestamp_text(values, *unit, tz.is_some(), row);
+        }
         return arrow::util::display::array_value_to_string(values, row).ok();
     }
     let raw = raw.filter(|raw| raw.is_valid(row))?.value(row);
     Some(raw_text(raw))
+}
+
+/// A timestamp as ISO text, `Z` when it is in UTC (arrow's own display needs its time zone
+/// database for that, which etl does not build).
+fn timestamp_text(values: &ArrayRef, unit: TimeUnit, utc: bool, row: usize) -> Option<String> {
+    use arrow::datatypes::{
+        TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType,
+    };
+    let t = match unit {
+        TimeUnit::Second => chrono::DateTime::from_timestamp(
+            values.as_primitive::<TimestampSecondType>().value(row),
+            0,
+        ),
+        TimeUnit::Millisecond => chrono::DateTime::from_timestamp_millis(
+            values.as_primitive::<TimestampMillisecondType>().value(row),
+        ),
+        TimeUnit::Microsecond => chrono::DateTime::from_timestamp_micros(
+            values.as_primitive::<TimestampMicrosecondType>().value(row),
+        ),
+        TimeUnit::Nanosecond => Some(chrono::DateTime::from_timestamp_nanos(
+            values.as_primitive::<TimestampNanosecondType>().value(row),
+        )),
+    }?;
+    let text = t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.f").to_string();
+    Some(if utc { text + "Z" } else { text })
 }
 
 /// A raw (relaxed extended JSON) value's text: strings unquoted, extended numbers as digits.
@@ -238,7 +268,7 @@ fn raw_text(raw: &str) -> String {
         Ok(Value::Object(o)) if o.len() == 1 => {
             let number = o.iter().next().and_then(|(k, v)| match (k.as_str(), v) {
                 (
-                    "$numberDecimal" | "$numberDouble" | "$numberLong" | "$numberInt",
+                    "$numberDecimal" | "$numberDouble" | "$numberLong" | "$numberInt" | "$date",
                     Value::String(s),
                 ) => Some(s.clone()),
                 _ => None,

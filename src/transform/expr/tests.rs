@@ -357,3 +357,34 @@ fn template_fills_parts_and_a_missing_part_gives_null() {
         )]
     );
 }
+
+#[test]
+fn dates_read_as_iso_text_whether_staged_typed_or_raw() {
+    let typed: ArrayRef = Arc::new(
+        arrow::array::TimestampMillisecondArray::from(vec![Some(1_709_294_400_000)])
+            .with_timezone("UTC"),
+    );
+    assert_eq!(
+        text(&typed, None, 0).as_deref(),
+        Some("2024-03-01T12:00:00Z")
+    );
+    let naive: ArrayRef = Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![Some(
+        1_709_294_400_000_000,
+    )]));
+    assert_eq!(
+        text(&naive, None, 0).as_deref(),
+        Some("2024-03-01T12:00:00")
+    );
+    let nulls: ArrayRef = Arc::new(StringArray::from(vec![None::<&str>]));
+    let raw = StringArray::from(vec![Some(r#"{"$date":"2024-03-01T12:00:00Z"}"#)]);
+    assert_eq!(
+        text(&nulls, Some(&raw), 0).as_deref(),
+        Some("2024-03-01T12:00:00Z")
+    );
+    let raw = StringArray::from(vec![Some(r#"{"$date":{"$numberLong":"-1"}}"#)]);
+    assert_eq!(
+        text(&nulls, Some(&raw), 0).as_deref(),
+        Some(r#"{"$date":{"$numberLong":"-1"}}"#),
+        "a date outside 0..9999 keeps its extended JSON"
+    );
+}
