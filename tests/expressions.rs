@@ -27,6 +27,19 @@ people:
     - { name: meta, sql_type: JSONB, source: meta_text, json: parse }
     - { name: meta_wrap, sql_type: JSONB, source: meta_text, json: wrap }
     - { name: level, sql_type: INTEGER, source: level, value_map: { low: 1, high: 3 }, default: 0 }
+
+# A link table: expressions on the parent's fields are computed per document and repeated on
+# every element's row.
+people_tags:
+  mongo_collection: people
+  columns:
+    - { name: person_id, sql_type: VARCHAR, nullable: false, foreign_key: people(id) }
+    - { name: tag, sql_type: VARCHAR, nullable: false, source: element }
+    - { name: person_sex, sql_type: TEXT, source: sex, value_map: { 1: m, "2": f }, unmapped: null }
+    - { name: label, sql_type: TEXT, template: "{name}#" }
+    - { name: via, sql_type: TEXT, const: tags }
+  unique: [person_id, tag]
+  explode: { parent_column: person_id, arrays: [{ field: tags }] }
 "#;
 
 fn person(id: &str, fields: Document) -> Document {
@@ -41,7 +54,8 @@ fn documents() -> Vec<Document> {
         person(
             "a1",
             doc! { "sex": 1_i32, "name": "Ann", "address": { "city": "Paris" },
-            "intro": "born in 1984", "meta_text": "{\"a\": [1, 2]}", "level": "low" },
+            "intro": "born in 1984", "meta_text": "{\"a\": [1, 2]}", "level": "low",
+            "tags": ["x", "y"] },
         ),
         person(
             "a2",
@@ -52,7 +66,7 @@ fn documents() -> Vec<Document> {
         person(
             "a3",
             doc! { "name": "Zoë", "address": { "city": "Köln" }, "intro": 1990_i32,
-            "meta_text": Bson::Null, "level": 7_i32 },
+            "meta_text": Bson::Null, "level": 7_i32, "tags": ["z"] },
         ),
         person("r1", doc! { "sex": 3_i32, "name": "Cy" }),
         person(
@@ -126,11 +140,26 @@ fn every_expression_loads_from_a_mongodump_and_refusals_are_rejects_with_reasons
         ]
     );
 
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT person_id, tag, person_sex, label, via FROM people_tags ORDER BY 1, 2"
+        )
+        .lines()
+        .collect::<Vec<_>>(),
+        ["a1|x|m|Ann#|tags", "a1|y|m|Ann#|tags", "a3|z||Zoë#|tags"]
+    );
+
     let latest = etl::staging::latest_run(&work.path().join("staging"), Stage::Transform)
         .unwrap()
         .unwrap();
     let manifest = latest.manifest(Stage::Transform).unwrap();
-    let counts = manifest.entries[0].counts;
+    let people = manifest
+        .entries
+        .iter()
+        .find(|e| e.name == "people")
+        .unwrap();
+    let counts = people.counts;
     assert_eq!(
         (
             counts.extracted,

@@ -1221,7 +1221,8 @@ fn check_text_sources(tables: &[TableSpec], problems: &mut Problems) {
                         Some(&c.name),
                         format!(
                             "reads `{path}` as text, which a plain JSONB column of `{}` reads \
-                             as JSON: give that column `json: parse`",
+                             as JSON: a field of a collection is staged one way (give that \
+                             column an expression too, e.g. `json: parse`, or read another field)",
                             t.source.name()
                         ),
                     );
