@@ -123,6 +123,7 @@ fn value_map(
 ) -> Result<ValueMap, Vec<KeyProblem>> {
     let mut problems = Vec::new();
     let mut entries: HashMap<String, Option<String>> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     for (key, target) in map {
         let Some(from) = scalar_text(key) else {
             problems.push((
@@ -131,6 +132,16 @@ fn value_map(
             ));
             continue;
         };
+        if !seen.insert(from.clone()) {
+            problems.push((
+                "value_map",
+                format!(
+                    "key `{from}` is listed twice (keys are compared as text: 1 and \"1\" are \
+                     one key)"
+                ),
+            ));
+            continue;
+        }
         let to = match target {
             serde_yaml::Value::Null => None,
             value => match config_value(value, col) {
@@ -141,12 +152,7 @@ fn value_map(
                 }
             },
         };
-        if entries.insert(from.clone(), to).is_some() {
-            problems.push((
-                "value_map",
-                format!("key `{from}` is listed twice (keys are compared as text: 1 and \"1\" are one key)"),
-            ));
-        }
+        entries.insert(from, to);
     }
     if entries.is_empty() && problems.is_empty() {
         problems.push(("value_map", "list at least one value".into()));

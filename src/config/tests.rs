@@ -753,6 +753,18 @@ fn every_expression_problem_of_a_config_is_listed_at_once() {
         .replace("const: coach", "const: coach, value_map: {a: b}");
     let err = load_yaml(&yaml).expect_err("refused");
     assert_eq!(err.problems.len(), 3, "{err}");
+    // Each names its column, beside its position and key.
+    for (column, key) in [
+        ("kind", "additional_columns[1].const"),
+        ("year", "additional_columns[3].regex"),
+        ("meta", "additional_columns[4].json"),
+    ] {
+        assert!(
+            err.problems.iter().any(|p| p.key.as_deref() == Some(key)
+                && p.message.starts_with(&format!("column `{column}`: "))),
+            "{err}"
+        );
+    }
 }
 
 #[test]

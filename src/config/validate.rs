@@ -925,7 +925,12 @@ fn build_column(
     kind: FileKind,
 ) -> Result<ColumnSpec, Vec<super::expr::KeyProblem>> {
     let mut col = column_source(rc, in_explode, kind).map_err(|e| vec![e])?;
-    super::expr::apply(rc, &mut col)?;
+    super::expr::apply(rc, &mut col).map_err(|found| {
+        found
+            .into_iter()
+            .map(|(key, message)| (key, format!("column `{}`: {message}", rc.name)))
+            .collect::<Vec<_>>()
+    })?;
     Ok(col)
 }
 
