@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use crate::config::{ColumnSource, Config, Source, TableSpec};
+use crate::config::{ColumnSource, ColumnSpec, Config, Source, TableSpec};
 use crate::extract::keys::{self as source_keys, SourceKey};
 use crate::extract::{ExtractError, ExtractOptions};
 use crate::load::{self, LoadError, LoadOptions, Sink, TableLoad};
@@ -194,8 +194,12 @@ pub(crate) async fn run(
 /// The key columns of a table whose key is its source's own: `_id` alone for MongoDB (a
 /// table with one row per document), the upsert key's columns for Matomo.
 fn keyed_by_source(t: &TableSpec) -> Option<Vec<String>> {
-    let field = |name: &String| match t.column(name).map(|c| &c.source) {
-        Some(ColumnSource::Field(f)) => Some(f.clone()),
+    // A key computed by an expression is not the source's own key.
+    let field = |name: &String| match t.column(name).filter(|c| c.expression.is_none()) {
+        Some(ColumnSpec {
+            source: ColumnSource::Field(f),
+            ..
+        }) => Some(f.clone()),
         _ => None,
     };
     match t.source {

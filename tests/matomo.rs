@@ -266,3 +266,49 @@ fn an_invalid_matomo_date_rejects_its_row_with_the_raw_value() {
         0
     );
 }
+
+/// Column expressions work on Matomo columns too: a `value_map` on a tinyint (with a reject
+/// for an unlisted value and a `default`), a `template` over two columns, a `regex` and a
+/// `const`.
+#[test]
+fn matomo_columns_take_expressions() {
+    let db = matomo_database("matomo_expr");
+    let work = Workdir::new();
+    work.write(
+        "config/matomo_schemas.yaml",
+        r#"
+matomo_log_visit:
+  primary_key: [idvisit]
+  columns:
+    - { name: idvisit, sql_type: "NUMERIC(20,0)", nullable: false }
+    - { name: referer, sql_type: TEXT, source: referer_type, value_map: { 1: direct, 2: search, 3: website } }
+    - { name: visitor_kind, sql_type: TEXT, source: visitor_returning, value_map: { 0: new, 1: returning }, default: other }
+    - { name: label, sql_type: TEXT, template: "visit {idvisit} on site {idsite}" }
+    - { name: lang, sql_type: TEXT, source: location_browser_lang, regex: '^([a-z]{2})' }
+    - { name: origin, sql_type: TEXT, nullable: false, const: matomo }
+"#,
+    );
+    let url = fresh_database("matomo_expr");
+    let text = run_matomo(&work, &db, &url);
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT idvisit, referer, visitor_kind, label, lang, origin FROM matomo_log_visit \
+             ORDER BY idvisit"
+        )
+        .lines()
+        .collect::<Vec<_>>(),
+        [
+            "1|search|returning|visit 1 on site 1|fr|matomo",
+            "2|||visit 2 on site 1||matomo",
+        ]
+    );
+    assert_eq!(transform_counts(&text, "matomo_log_visit"), [3, 2, 1, 0]);
+    let shown = rejects(&work, "matomo_log_visit");
+    assert!(
+        shown.contains("18446744073709551615")
+            && shown.contains("referer: value_map: value not in the map")
+            && shown.contains(r#"{"referer":"255"}"#),
+        "{shown}"
+    );
+}

@@ -803,3 +803,32 @@ fn a_mapping_added_after_the_extract_is_replayed_offline_from_the_visit_json() {
         ]
     );
 }
+
+/// Column expressions work on API tables too: a `value_map` on an action key, a `regex` on a
+/// visit key (a string on site 1, a number on site 2), a `const`.
+#[test]
+fn api_columns_take_expressions() {
+    util::require_services(util::POSTGRES_VARS);
+    let case = Case::new("api_expr", |yaml| {
+        yaml.replace(
+            "    - { name: experiments, sql_type: JSONB }\n",
+            "    - { name: experiments, sql_type: JSONB }\n    - { name: kind, sql_type: TEXT, source: element.type, value_map: { action: page, download: file }, default: other }\n    - { name: visit_no, sql_type: INTEGER, source: idVisit, regex: '^(\\d)' }\n    - { name: origin, sql_type: TEXT, nullable: false, const: api }\n",
+        )
+    });
+    case.etl(&["run", "--source", "matomo-api"], &[]);
+    let shown = util::psql(
+        &case.url,
+        "SELECT action_id || '=' || kind || '/' || visit_no || '/' || origin FROM matomo \
+         WHERE idvisit IN ('101', '201') ORDER BY 1",
+    );
+    assert_eq!(
+        shown.lines().collect::<Vec<_>>(),
+        [
+            "101_0=page/1/api",
+            "101_1=other/1/api",
+            "101_2=other/1/api",
+            "201_0=file/2/api",
+            "201_1=other/2/api",
+        ]
+    );
+}

@@ -472,6 +472,7 @@ async fn missing_columns_are_all_named_with_their_table() {
         nullable: true,
         foreign_key: None,
         source: ColumnSource::Field("campaign_name".into()),
+        expression: None,
     });
     let err = db.extract(&visits, None, 100).await.unwrap_err();
     match &err {
@@ -542,6 +543,7 @@ fn table_reading(source: &str, columns: &str, watermark: &str) -> TableSpec {
             nullable: true,
             foreign_key: None,
             source: ColumnSource::Field(n.into()),
+            expression: None,
         })
         .collect();
     table
@@ -689,6 +691,7 @@ async fn every_mariadb_type_maps_as_documented() {
             nullable: true,
             foreign_key: None,
             source: ColumnSource::Field(n.into()),
+            expression: None,
         })
         .collect();
     let (batch, _, stats) = db.extract(&types, None, 10).await.unwrap();

@@ -6,6 +6,7 @@
 //! known to be consistent (columns exist, foreign keys resolve, no cycles, key columns set).
 
 pub mod ddl;
+mod expr;
 mod raw;
 mod sql_type;
 #[cfg(test)]
@@ -164,6 +165,82 @@ pub struct ColumnSpec {
     pub nullable: bool,
     pub foreign_key: Option<ForeignKey>,
     pub source: ColumnSource,
+    /// What is done to the source's value before the cast to `sql_type` (`value_map`,
+    /// `regex`, `json`); `const` and `template` are sources ([`Computed`]).
+    pub expression: Option<Expression>,
+}
+
+impl ColumnSpec {
+    /// The fields (paths, Matomo columns) whose values the column reads as text: the source
+    /// of a `value_map`, `regex` or `json`, the fields a `template` names.
+    pub fn text_sources(&self) -> Vec<&str> {
+        match &self.source {
+            ColumnSource::Field(path) if self.expression.is_some() => vec![path.as_str()],
+            ColumnSource::Computed(computed) => computed
+                .operands()
+                .into_iter()
+                .filter_map(|o| match o {
+                    Operand::Field(path) => Some(path.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A rule applied to a column's source value, on its text (see `transform::expr`).
+#[derive(Debug, Clone)]
+pub enum Expression {
+    ValueMap(ValueMap),
+    Regex {
+        regex: regex::Regex,
+        no_match: NoMatch,
+    },
+    Json(JsonMode),
+}
+
+impl Expression {
+    /// How a reject names the expression.
+    pub fn describe(&self) -> String {
+        match self {
+            Expression::ValueMap(_) => "value_map".into(),
+            Expression::Regex { regex, .. } => format!("regex `{}`", regex.as_str()),
+            Expression::Json(JsonMode::Wrap) => "json: wrap".into(),
+            Expression::Json(JsonMode::Parse) => "json: parse".into(),
+        }
+    }
+}
+
+/// `value_map`: source text -> the column's text (`None`: NULL), and what unlisted values get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueMap {
+    pub entries: std::collections::HashMap<String, Option<String>>,
+    pub unmapped: Unmapped,
+}
+
+/// What a `value_map` gives a source value it does not list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unmapped {
+    Reject,
+    Null,
+    Default(String),
+}
+
+/// What a `regex` gives a text it does not match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoMatch {
+    Null,
+    Reject,
+}
+
+/// `json`: how a text becomes a JSONB value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonMode {
+    /// The text as a JSON string.
+    Wrap,
+    /// The text parsed as JSON; not JSON is a reject.
+    Parse,
 }
 
 /// Where a column's value comes from.
@@ -196,6 +273,8 @@ pub enum Computed {
     Coalesce(Vec<Operand>),
     /// A JSON object: per key, the first of its sources holding a value.
     JsonObject(Vec<(String, Vec<Operand>)>),
+    /// The same text on every row (`const`), known to cast to the column's type.
+    Const(String),
 }
 
 /// A part of a template.
@@ -229,6 +308,7 @@ impl Computed {
                 .collect(),
             Computed::Coalesce(ops) => ops.iter().collect(),
             Computed::JsonObject(keys) => keys.iter().flat_map(|(_, ops)| ops).collect(),
+            Computed::Const(_) => Vec::new(),
         }
     }
 }

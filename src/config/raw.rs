@@ -115,6 +115,40 @@ pub(super) struct RawColumn {
     /// A JSON object (`matomo_api.yaml`): key -> a source, or a list of sources of which the
     /// first holding a value is taken; keys without a value are left out.
     pub json_object: Option<indexmap_lite::OrderedSources>,
+    /// Source value -> column value (`{1: male, 2: female}`), compared on the source value's
+    /// text (a string as is, a number as written: `1` and `"1"` are the same key); a NULL or
+    /// missing source stays NULL. Targets are cast to `sql_type` when the config loads.
+    pub value_map: Option<serde_yaml::Mapping>,
+    /// With `value_map`: the value of every source value the map does not list (`null`:
+    /// NULL).
+    #[serde(default, deserialize_with = "present")]
+    pub default: Option<serde_yaml::Value>,
+    /// With `value_map`, when no `default`: `reject` (the default: the row is rejected with
+    /// its value) or `null` (the column is NULL).
+    #[serde(default, deserialize_with = "present")]
+    pub unmapped: Option<Option<String>>,
+    /// The same value on every row, cast to `sql_type` when the config loads.
+    #[serde(rename = "const", default, deserialize_with = "present")]
+    pub constant: Option<serde_yaml::Value>,
+    /// A regular expression (Rust `regex` syntax) searched in the source value's text; the
+    /// first capture group, cast to `sql_type` as a text value would be, is the column's value.
+    pub regex: Option<String>,
+    /// With `regex`, when the text does not match (or the first group takes no part):
+    /// `null` (the default) or `reject`.
+    pub no_match: Option<String>,
+    /// JSONB columns: `wrap` (the source value's text as a JSON string) or `parse` (the text
+    /// is JSON; a text that is not is a reject).
+    pub json: Option<String>,
+}
+
+/// A key given, even as `null` (serde reads a `null` `Option` as absent): `unmapped: null`
+/// and `default: null` mean NULL, not "not set".
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// Which arrays of a document become rows.

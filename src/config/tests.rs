@@ -87,6 +87,18 @@ fn annotated_reference_config_loads() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference");
     let config = Config::load(&dir).unwrap_or_else(|e| panic!("{e}"));
     assert!(config.table("users_targets").is_some());
+    let users = config.table("users").unwrap();
+    for (column, expression) in [("sex", true), ("birth_year", true), ("settings", true)] {
+        assert_eq!(
+            users.column(column).unwrap().expression.is_some(),
+            expression,
+            "{column}"
+        );
+    }
+    assert_eq!(
+        users.column("origin").unwrap().source,
+        ColumnSource::Computed(Computed::Const("mongodb".into()))
+    );
 }
 
 #[test]
@@ -503,9 +515,9 @@ fn matomo_api_keys_are_checked_naming_file_table_and_key() {
     }
     // The API's keys are refused elsewhere.
     assert_refused(
-        "events_log:\n  columns:\n    - { name: id, sql_type: TEXT, template: \"{a}\" }\n  primary_key: [id]\n",
+        "events_log:\n  columns:\n    - { name: id, sql_type: TEXT, coalesce: [a, b] }\n  primary_key: [id]\n",
         "events_log",
-        "template",
+        "coalesce",
         "is for Matomo API tables",
     );
     assert_refused(
@@ -514,4 +526,268 @@ fn matomo_api_keys_are_checked_naming_file_table_and_key() {
         "lag_days",
         "is for Matomo API tables",
     );
+}
+
+const EXPR_OK: &str = "
+people:
+  include_base: true
+  additional_columns:
+    - { name: sex, sql_type: VARCHAR(6), value_map: { 1: male, \"2\": female, x: null }, unmapped: null }
+    - { name: kind, sql_type: TEXT, const: coach }
+    - { name: prompt, sql_type: TEXT, template: \"prompt_{name}_{address.city}\" }
+    - { name: year, sql_type: SMALLINT, source: intro, regex: '(\\d{4})', no_match: reject }
+    - { name: meta, sql_type: JSONB, source: meta_text, json: parse }
+    - { name: level, sql_type: INTEGER, source: level, value_map: { low: 1 }, default: 0 }
+";
+
+#[test]
+fn column_expressions_load_as_declared() {
+    let config = load_yaml(EXPR_OK).unwrap_or_else(|e| panic!("{e}"));
+    let t = config.table("people").unwrap();
+    let sex = t.column("sex").unwrap();
+    let Some(Expression::ValueMap(map)) = &sex.expression else {
+        panic!("{sex:?}")
+    };
+    assert_eq!(map.entries.get("1"), Some(&Some("male".to_string())));
+    assert_eq!(map.entries.get("2"), Some(&Some("female".to_string())));
+    assert_eq!(map.entries.get("x"), Some(&None));
+    assert_eq!(map.unmapped, Unmapped::Null);
+    assert_eq!(
+        t.column("kind").unwrap().source,
+        ColumnSource::Computed(Computed::Const("coach".into()))
+    );
+    let prompt = t.column("prompt").unwrap();
+    assert_eq!(prompt.text_sources(), ["name", "address.city"]);
+    assert!(matches!(
+        t.column("year").unwrap().expression,
+        Some(Expression::Regex {
+            no_match: NoMatch::Reject,
+            ..
+        })
+    ));
+    let level = t.column("level").unwrap();
+    let Some(Expression::ValueMap(map)) = &level.expression else {
+        panic!("{level:?}")
+    };
+    assert_eq!(map.unmapped, Unmapped::Default("0".into()));
+    // Expression sources are staged as text; the template's fields are staged too.
+    let fields = crate::staging::fields::fields_for_collection(&config, "people", false);
+    for path in ["sex", "intro", "meta_text", "name", "address.city"] {
+        let f = fields.iter().find(|f| f.path == path).unwrap();
+        assert_eq!(f.kind, crate::staging::fields::FieldKind::Text, "{path}");
+    }
+    assert!(!fields
+        .iter()
+        .any(|f| f.path == "kind" || f.path == "prompt"));
+    // `default: null` is NULL, not "no default".
+    let config = load_yaml(&EXPR_OK.replace("default: 0", "default: null")).unwrap();
+    let level = config.table("people").unwrap().column("level").unwrap();
+    let Some(Expression::ValueMap(map)) = &level.expression else {
+        panic!("{level:?}")
+    };
+    assert_eq!(map.unmapped, Unmapped::Null);
+}
+
+/// Each kind of bad expression is refused naming table, column position and key.
+#[test]
+fn bad_column_expressions_are_refused_naming_the_key() {
+    let sex = "{ name: sex, sql_type: VARCHAR(6), value_map: { 1: male, \"2\": female, x: null }, unmapped: null }";
+    let year =
+        "{ name: year, sql_type: SMALLINT, source: intro, regex: '(\\d{4})', no_match: reject }";
+    let meta = "{ name: meta, sql_type: JSONB, source: meta_text, json: parse }";
+    let kind = "{ name: kind, sql_type: TEXT, const: coach }";
+    let prompt = "{ name: prompt, sql_type: TEXT, template: \"prompt_{name}_{address.city}\" }";
+    let level =
+        "{ name: level, sql_type: INTEGER, source: level, value_map: { low: 1 }, default: 0 }";
+    for (from, to, key, needle) in [
+        (
+            year,
+            year.replace("(\\d{4})", "([0-9]"),
+            "[3].regex",
+            "not a valid regular expression",
+        ),
+        (
+            year,
+            year.replace("(\\d{4})", "\\d{4}"),
+            "[3].regex",
+            "has no capture group",
+        ),
+        (
+            year,
+            year.replace("reject", "skip"),
+            "[3].no_match",
+            "`null` or `reject`",
+        ),
+        (
+            meta,
+            meta.replace("JSONB", "TEXT"),
+            "[4].json",
+            "is for JSONB columns",
+        ),
+        (
+            meta,
+            meta.replace("parse", "eval"),
+            "[4].json",
+            "`wrap` or `parse`",
+        ),
+        (
+            kind,
+            kind.replace("TEXT", "INTEGER"),
+            "[1].const",
+            "does not fit INTEGER",
+        ),
+        (
+            kind,
+            kind.replace("coach", "[a, b]"),
+            "[1].const",
+            "is not a text, number or boolean",
+        ),
+        (
+            kind,
+            kind.replace("const: coach", "const: coach, source: x"),
+            "[1].const",
+            "takes no `source`",
+        ),
+        (
+            kind,
+            kind.replace("const: coach", "const: coach, regex: '(a)'"),
+            "[1].const",
+            "one expression, found const, regex",
+        ),
+        (
+            prompt,
+            prompt.replace("prompt_{name}_{address.city}", "prompt"),
+            "[2].template",
+            "names no source",
+        ),
+        (
+            prompt,
+            prompt.replace("{name}", "{}"),
+            "[2].template",
+            "not a field path",
+        ),
+        (
+            kind,
+            kind.replace("coach", "null"),
+            "[1].const",
+            "is not a text, number or boolean",
+        ),
+        (
+            prompt,
+            prompt.replace("{name}_", "{name_"),
+            "[2].template",
+            "not closed",
+        ),
+        (
+            sex,
+            sex.replace("male,", "toolongvalue,"),
+            "[0].value_map",
+            "`1` -> `toolongvalue` does not fit VARCHAR(6)",
+        ),
+        (
+            sex,
+            sex.replace("\"2\"", "\"1\""),
+            "[0].value_map",
+            "listed twice",
+        ),
+        (
+            sex,
+            sex.replace("\"2\"", "[2]"),
+            "[0].value_map",
+            "is not a text, number or boolean",
+        ),
+        (
+            sex,
+            sex.replace("unmapped: null", "unmapped: keep"),
+            "[0].unmapped",
+            "`reject` or `null`",
+        ),
+        (
+            sex,
+            sex.replace("unmapped: null", "unmapped: null, default: x"),
+            "[0].unmapped",
+            "not both",
+        ),
+        (
+            sex,
+            sex.replace("value_map: { 1: male, \"2\": female, x: null }, ", ""),
+            "[0].unmapped",
+            "goes with `value_map`",
+        ),
+        (
+            year,
+            year.replace("regex: '(\\d{4})', ", ""),
+            "[3].no_match",
+            "goes with `regex`",
+        ),
+        (
+            level,
+            level.replace("default: 0", "default: zero"),
+            "[5].default",
+            "does not fit INTEGER",
+        ),
+        (
+            level,
+            level.replace("{ low: 1 }", "{ low: one }"),
+            "[5].value_map",
+            "`low` -> `one` does not fit INTEGER",
+        ),
+        (
+            level,
+            level.replace("{ low: 1 }", "{}"),
+            "[5].value_map",
+            "at least one value",
+        ),
+    ] {
+        assert!(EXPR_OK.contains(from), "{from}");
+        let yaml = EXPR_OK.replace(from, &to);
+        assert_refused(&yaml, "people", &format!("additional_columns{key}"), needle);
+    }
+}
+
+#[test]
+fn every_expression_problem_of_a_config_is_listed_at_once() {
+    let yaml = EXPR_OK
+        .replace("(\\d{4})", "\\d")
+        .replace("JSONB, source: meta_text", "TEXT, source: meta_text")
+        .replace("const: coach", "const: coach, value_map: {a: b}");
+    let err = load_yaml(&yaml).expect_err("refused");
+    assert_eq!(err.problems.len(), 3, "{err}");
+    // Each names its column, beside its position and key.
+    for (column, key) in [
+        ("kind", "additional_columns[1].const"),
+        ("year", "additional_columns[3].regex"),
+        ("meta", "additional_columns[4].json"),
+    ] {
+        assert!(
+            err.problems.iter().any(|p| p.key.as_deref() == Some(key)
+                && p.message.starts_with(&format!("column `{column}`: "))),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn an_expression_on_a_serial_column_or_a_watermark_is_refused() {
+    assert_refused(
+        "t:\n  columns:\n    - { name: id, sql_type: SERIAL, const: 1 }\n  primary_key: [id]\n",
+        "t",
+        "columns[0].const",
+        "PostgreSQL generates it",
+    );
+    assert_refused(
+        "t:\n  columns:\n    - { name: id, sql_type: TEXT }\n    - { name: n, sql_type: INTEGER, value_map: {a: 1} }\n  primary_key: [id]\n  watermark: n\n",
+        "t",
+        "watermark",
+        "computed by an expression",
+    );
+}
+
+#[test]
+fn a_field_read_as_text_and_as_plain_jsonb_in_one_collection_is_refused() {
+    let yaml = "a:\n  columns:\n    - { name: id, sql_type: TEXT, source: _id }\n    - { name: m, sql_type: JSONB, source: meta }\n  primary_key: [id]\n  mongo_collection: docs\nb:\n  columns:\n    - { name: id, sql_type: TEXT, source: _id }\n    - { name: m, sql_type: TEXT, source: meta, regex: '(.)' }\n  primary_key: [id]\n  mongo_collection: docs\n";
+    assert_refused(yaml, "b", "m", "reads `meta` as text");
+    // The same in another collection is fine.
+    load_yaml(&yaml.replacen("mongo_collection: docs", "mongo_collection: other", 1))
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -255,6 +255,7 @@ fn keep_source_column(
         nullable: true,
         foreign_key: None,
         source: ColumnSource::Document,
+        expression: None,
     });
 }
 
@@ -457,6 +458,7 @@ fn table_columns(
                 nullable: false,
                 foreign_key: None,
                 source: ColumnSource::Field(src.into()),
+                expression: None,
             });
         }
     }
@@ -480,7 +482,11 @@ fn table_columns(
                     columns.push(col);
                 }
             }
-            Err((k, message)) => p(&key(k), message),
+            Err(found) => {
+                for (k, message) in found {
+                    p(&key(k), message);
+                }
+            }
         }
     }
     if columns.is_empty() {
@@ -562,7 +568,7 @@ fn table_explode(
     p: &mut impl FnMut(&str, String),
 ) -> Option<ExplodeSpec> {
     let Some(re) = raw.explode.as_ref() else {
-        check_not_exploded(raw, columns, p);
+        check_not_exploded(raw, kind, columns, p);
         return None;
     };
     if kind == FileKind::MatomoApi {
@@ -718,7 +724,12 @@ fn check_exploded_arrays(
 }
 
 /// A table without `explode` has no children mode and no column taking an array element.
-fn check_not_exploded(raw: &RawTable, columns: &[ColumnSpec], p: &mut impl FnMut(&str, String)) {
+fn check_not_exploded(
+    raw: &RawTable,
+    kind: FileKind,
+    columns: &[ColumnSpec],
+    p: &mut impl FnMut(&str, String),
+) {
     if raw.children.is_some() {
         p(
             "children",
@@ -726,7 +737,10 @@ fn check_not_exploded(raw: &RawTable, columns: &[ColumnSpec], p: &mut impl FnMut
         );
     }
     for c in columns {
-        if reads_element(c) || matches!(c.source, ColumnSource::Computed(_)) {
+        // MongoDB and Matomo tables compute `template` and `const` per document or row.
+        let api_computed =
+            kind == FileKind::MatomoApi && matches!(c.source, ColumnSource::Computed(_));
+        if reads_element(c) || api_computed {
             p(
                 "columns",
                 format!(
@@ -841,6 +855,12 @@ fn table_watermark(
                     "watermark",
                     format!("names column `{col}`, which the table does not have"),
                 ),
+                Some(c) if c.expression.is_some() || matches!(c.source, ColumnSource::Computed(_)) => {
+                    p(
+                        "watermark",
+                        format!("column `{col}` is computed by an expression; a watermark is read as is"),
+                    )
+                }
                 Some(c) if !is_watermark_type(c.sql_type) => p(
                     "watermark",
                     format!(
@@ -898,8 +918,25 @@ fn is_watermark_type(ty: SqlType) -> bool {
     )
 }
 
-/// Checks one column; on error returns the failing sub-key and the message.
+/// Checks one column with its expression; on error returns every failing sub-key and message.
 fn build_column(
+    rc: &RawColumn,
+    in_explode: bool,
+    kind: FileKind,
+) -> Result<ColumnSpec, Vec<super::expr::KeyProblem>> {
+    let mut col = column_source(rc, in_explode, kind).map_err(|e| vec![e])?;
+    super::expr::apply(rc, &mut col).map_err(|found| {
+        found
+            .into_iter()
+            .map(|(key, message)| (key, format!("column `{}`: {message}", rc.name)))
+            .collect::<Vec<_>>()
+    })?;
+    Ok(col)
+}
+
+/// Checks one column's name, type, key and source; on error returns the failing sub-key and
+/// the message.
+fn column_source(
     rc: &RawColumn,
     in_explode: bool,
     kind: FileKind,
@@ -930,7 +967,8 @@ fn build_column(
         if rc.source.is_some() {
             return Err((
                 "source",
-                "a column takes `source` or one of `template`, `coalesce`, `json_object`".into(),
+                "a column takes `source` or one of `template`, `coalesce`, `json_object`, `const`"
+                    .into(),
             ));
         }
         ColumnSource::Computed(computed)
@@ -981,6 +1019,7 @@ fn build_column(
         nullable: rc.nullable.unwrap_or(true),
         foreign_key,
         source,
+        expression: None,
     })
 }
 
@@ -1001,7 +1040,8 @@ fn api_operand(text: &str) -> Result<Operand, String> {
     }
 }
 
-/// `template`, `coalesce` or `json_object`, when the column has one (API tables only).
+/// `template` (any table), `coalesce` or `json_object` (API tables only), when the column
+/// has one; a `const` column is told apart later (`super::expr`), with its type.
 fn computed_source(
     rc: &RawColumn,
     kind: FileKind,
@@ -1015,7 +1055,7 @@ fn computed_source(
     let Some(first) = keys.first().copied() else {
         return Ok(None);
     };
-    if kind != FileKind::MatomoApi {
+    if kind != FileKind::MatomoApi && first != "template" {
         return Err((
             first,
             format!("is for Matomo API tables ({MATOMO_API_FILE}) for now"),
@@ -1034,7 +1074,12 @@ fn computed_source(
             .collect::<Result<Vec<_>, _>>()
     };
     if let Some(text) = &rc.template {
-        return parse_template(text)
+        let operand = if kind == FileKind::MatomoApi {
+            api_operand
+        } else {
+            field_operand
+        };
+        return parse_template(text, operand)
             .map(|pieces| Some(Computed::Template(pieces)))
             .map_err(|m| ("template", m));
     }
@@ -1051,8 +1096,21 @@ fn computed_source(
     Ok(Some(Computed::JsonObject(keys)))
 }
 
-/// `"{idVisit}_{element_index}"` -> text and sources; `{{` and `}}` are literal braces.
-fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
+/// A source of a MongoDB or Matomo table's template: a field path or column name.
+fn field_operand(text: &str) -> Result<Operand, String> {
+    if valid_path(text) {
+        Ok(Operand::Field(text.to_string()))
+    } else {
+        Err(format!("`{text}` is not a field path"))
+    }
+}
+
+/// `"{idVisit}_{element_index}"` -> text and sources (each read by `operand`); `{{` and `}}`
+/// are literal braces.
+fn parse_template(
+    text: &str,
+    operand: fn(&str) -> Result<Operand, String>,
+) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut literal = String::new();
     let mut chars = text.chars().peekable();
@@ -1082,7 +1140,7 @@ fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
                 if !literal.is_empty() {
                     pieces.push(Piece::Text(std::mem::take(&mut literal)));
                 }
-                pieces.push(Piece::Value(api_operand(name.trim())?));
+                pieces.push(Piece::Value(operand(name.trim())?));
             }
             '}' => return Err("a `}` closes nothing (write `}}` for a brace)".into()),
             c => literal.push(c),
@@ -1130,12 +1188,49 @@ fn check_cross_table(tables: &[TableSpec], problems: &mut Problems) {
             );
         }
     }
+    check_text_sources(tables, problems);
     for t in tables {
         for c in &t.columns {
             if let Some(fk) = &c.foreign_key {
                 let key = format!("{}.foreign_key", c.name);
                 for message in foreign_key_problems(tables, c, fk) {
                     problems.add(&t.file, Some(&t.name), Some(&key), message);
+                }
+            }
+        }
+    }
+}
+
+/// A MongoDB field staged for a plain JSONB column holds JSON (a string with its quotes),
+/// so an expression of a table on the same collection cannot read it as text.
+fn check_text_sources(tables: &[TableSpec], problems: &mut Problems) {
+    let json_fields: Vec<(&Source, &str)> = tables
+        .iter()
+        .flat_map(|t| t.columns.iter().map(move |c| (t, c)))
+        .filter(|(_, c)| c.sql_type == SqlType::Jsonb && c.expression.is_none())
+        .filter_map(|(t, c)| match &c.source {
+            ColumnSource::Field(path) => Some((&t.source, path.as_str())),
+            _ => None,
+        })
+        .collect();
+    for t in tables
+        .iter()
+        .filter(|t| matches!(t.source, Source::Mongo { .. }))
+    {
+        for c in &t.columns {
+            for path in c.text_sources() {
+                if json_fields.contains(&(&t.source, path)) {
+                    problems.add(
+                        &t.file,
+                        Some(&t.name),
+                        Some(&c.name),
+                        format!(
+                            "reads `{path}` as text, which a plain JSONB column of `{}` reads \
+                             as JSON: a field of a collection is staged one way (give that \
+                             column an expression too, e.g. `json: parse`, or read another field)",
+                            t.source.name()
+                        ),
+                    );
                 }
             }
         }

@@ -427,6 +427,12 @@ impl<'a> ReadPlan<'a> {
                 }
             }
         }
+        // The columns templates name, after the others.
+        for field in table.loaded_columns().flat_map(|c| c.text_sources()) {
+            if !columns.contains(&field) {
+                columns.push(field);
+            }
+        }
         let source_name = |target: &str| match table.column(target).map(|c| &c.source) {
             Some(ColumnSource::Field(field)) => Some(field.as_str()),
             _ => None,

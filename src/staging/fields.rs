@@ -154,14 +154,26 @@ pub fn fields_for_collection(
             }
     });
     let mut keep = keep_documents;
-    for t in tables {
+    let tables: Vec<_> = tables.collect();
+    for t in &tables {
         for c in &t.columns {
             match &c.source {
-                ColumnSource::Field(path) => add(path, FieldKind::for_sql_type(c.sql_type)),
+                ColumnSource::Field(path) if c.expression.is_none() => {
+                    add(path, FieldKind::for_sql_type(c.sql_type))
+                }
                 ColumnSource::Document => keep = true,
                 _ => {}
             }
         }
+    }
+    // Expressions read text; a field a plain column also reads keeps that column's type (the
+    // config refuses a JSONB one, whose text would be JSON).
+    for c in tables.iter().flat_map(|t| &t.columns) {
+        for path in c.text_sources() {
+            add(path, FieldKind::Text);
+        }
+    }
+    for t in &tables {
         for array in t.explode.iter().flat_map(|e| &e.arrays) {
             add(&array.field, FieldKind::IdList);
         }

@@ -576,6 +576,7 @@ mod tests {
             nullable,
             foreign_key: None,
             source: ColumnSource::Field(name.into()),
+            expression: None,
         }
     }
 

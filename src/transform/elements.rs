@@ -18,6 +18,7 @@ use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 
 use super::convert::{convert_column, CellError};
+use super::expr;
 use super::rows::{
     arrow_error, output_schema, staged_column, Adjusted, BatchOutput, DocIds, Reject,
 };
@@ -112,18 +113,23 @@ pub(super) fn element_rows(
     let mut errors: BTreeMap<usize, Vec<CellError>> = BTreeMap::new();
     let mut adjusted = BTreeMap::new();
     for col in table.loaded_columns() {
-        let resolved = match &col.source {
-            ColumnSource::Computed(computed) => {
-                computed_column(table, batch, items, &rows, computed)?
+        let tz = table.time_zone;
+        let converted = match &col.source {
+            ColumnSource::Computed(Computed::Const(text)) => {
+                expr::const_column(col, text, rows.parent.len(), tz)
             }
-            source => resolve(table, batch, items, &rows, &operand_of(source))?,
+            ColumnSource::Computed(computed) => {
+                let r = computed_column(table, batch, items, &rows, computed)?;
+                convert_column(col, &r.values, r.raw.as_ref(), tz)
+            }
+            source => {
+                let r = resolve(table, batch, items, &rows, &operand_of(source))?;
+                match &col.expression {
+                    Some(e) => expr::evaluate(col, e, &r.values, r.raw.as_ref(), tz),
+                    None => convert_column(col, &r.values, r.raw.as_ref(), tz),
+                }
+            }
         };
-        let converted = convert_column(
-            col,
-            &resolved.values,
-            resolved.raw.as_ref(),
-            table.time_zone,
-        );
         for e in converted.errors {
             errors.entry(e.row).or_default().push(e);
         }
@@ -241,19 +247,9 @@ fn present(r: &Resolved, row: usize) -> bool {
         .is_none_or(|s| !s.value(row).is_empty())
 }
 
-/// A value's text: typed values as PostgreSQL prints them, raw JSON strings unquoted.
+/// A value's text, as expressions read it ([`expr::text`]).
 fn text(r: &Resolved, row: usize) -> Option<String> {
-    if r.values.is_valid(row) {
-        if let Some(s) = r.values.as_string_opt::<i32>() {
-            return Some(s.value(row).to_string());
-        }
-        return arrow::util::display::array_value_to_string(&r.values, row).ok();
-    }
-    let raw = r.raw.as_ref().filter(|raw| raw.is_valid(row))?.value(row);
-    Some(match serde_json::from_str::<serde_json::Value>(raw) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => raw.to_string(),
-    })
+    expr::text(&r.values, r.raw.as_ref(), row)
 }
 
 /// A value as JSON: text as a string, numbers and booleans as themselves, raw as parsed.
@@ -303,28 +299,20 @@ fn computed_column(
                 })
                 .collect();
             let resolved = resolve_all(&operands)?;
-            let mut out = StringBuilder::new();
-            for row in 0..n {
-                let mut value = String::new();
-                let mut next = resolved.iter();
-                let mut complete = true;
-                for piece in pieces {
-                    match piece {
-                        Piece::Text(t) => value.push_str(t),
-                        Piece::Value(_) => match next.next().and_then(|r| text(r, row)) {
-                            Some(t) => value.push_str(&t),
-                            None => complete = false,
-                        },
-                    }
-                }
-                // A missing part leaves no value: a NOT NULL column then rejects the row.
-                out.append_option(complete.then_some(value));
-            }
+            let parts: Vec<_> = resolved
+                .iter()
+                .map(|r| (&r.values, r.raw.as_ref()))
+                .collect();
             Ok(Resolved {
-                values: Arc::new(out.finish()),
+                values: Arc::new(expr::fill_template(pieces, &parts, n)),
                 raw: None,
             })
         }
+        // Handled by the caller (`expr::const_column`), with the column's type.
+        Computed::Const(text) => Ok(Resolved {
+            values: Arc::new(StringArray::from(vec![Some(text.as_str()); n])),
+            raw: None,
+        }),
         Computed::JsonObject(keys) => {
             let resolved: Vec<(String, Vec<Resolved>)> = keys
                 .iter()

@@ -77,7 +77,9 @@ pub(super) fn key_plan<'a>(table: &'a TableSpec, extract: &ManifestEntry) -> Key
     let mut columns = Vec::new();
     for name in names {
         match table.column(name) {
-            Some(c) if matches!(c.source, ColumnSource::Field(_)) => columns.push(c),
+            Some(c) if matches!(c.source, ColumnSource::Field(_)) && c.expression.is_none() => {
+                columns.push(c)
+            }
             _ => {
                 return KeyPlan::Incomplete(format!(
                     "key column `{name}` is not read from a field of `{source}`"

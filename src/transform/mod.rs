@@ -20,6 +20,7 @@ mod convert;
 mod dedupe;
 mod duplicates;
 mod elements;
+pub(crate) mod expr;
 mod keys;
 mod pg_input;
 mod rows;

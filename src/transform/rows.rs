@@ -14,9 +14,10 @@ use arrow::compute::{filter_record_batch, take};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
-use super::convert::{convert_column, display_value, target_type, CellError};
+use super::convert::{convert_column, display_value, target_type, CellError, Converted};
+use super::expr;
 use super::TransformError;
-use crate::config::{ColumnSource, Source, TableSpec};
+use crate::config::{ColumnSource, ColumnSpec, Computed, Operand, Source, TableSpec};
 use crate::staging::fields::{
     DOCUMENT_BSON, DOCUMENT_ERROR, ID_FIELD, KEPT_DOCUMENT, KEPT_DOCUMENT_ERROR, RAW_SUFFIX,
 };
@@ -311,13 +312,9 @@ fn convert_fields(
     let mut errors: BTreeMap<usize, Vec<CellError>> = BTreeMap::new();
     let mut adjusted = BTreeMap::new();
     for col in table.loaded_columns() {
-        let path = match &col.source {
-            ColumnSource::Field(path) => path.as_str(),
-            ColumnSource::Document => KEPT_DOCUMENT,
-            _ => continue,
+        let Some(converted) = convert_field(table, batch, col)? else {
+            continue;
         };
-        let (values, raw) = staged_column(table, batch, path)?;
-        let converted = convert_column(col, values, raw, table.time_zone);
         for e in converted.errors {
             errors.entry(e.row).or_default().push(e);
         }
@@ -341,6 +338,45 @@ fn convert_fields(
         errors.insert(*row, vec![e.clone()]);
     }
     Ok((arrays, errors, adjusted))
+}
+
+/// One column read from the document (or Matomo row): a field, with its expression if it has
+/// one, the whole document, a `const` or a `template`; `None` for the other sources.
+fn convert_field(
+    table: &TableSpec,
+    batch: &RecordBatch,
+    col: &ColumnSpec,
+) -> Result<Option<Converted>, TransformError> {
+    let tz = table.time_zone;
+    let path = match &col.source {
+        ColumnSource::Field(path) => path.as_str(),
+        ColumnSource::Document => KEPT_DOCUMENT,
+        ColumnSource::Computed(Computed::Const(text)) => {
+            return Ok(Some(expr::const_column(col, text, batch.num_rows(), tz)))
+        }
+        ColumnSource::Computed(Computed::Template(pieces)) => {
+            let mut parts = Vec::new();
+            for operand in Computed::Template(pieces.clone()).operands() {
+                let Operand::Field(path) = operand else {
+                    continue;
+                };
+                parts.push(staged_column(table, batch, path)?);
+            }
+            return Ok(Some(expr::template_column(
+                col,
+                pieces,
+                &parts,
+                batch.num_rows(),
+                tz,
+            )));
+        }
+        _ => return Ok(None),
+    };
+    let (values, raw) = staged_column(table, batch, path)?;
+    Ok(Some(match &col.expression {
+        Some(expression) => expr::evaluate(col, expression, values, raw, tz),
+        None => convert_column(col, values, raw, tz),
+    }))
 }
 
 fn direct_rows(
@@ -505,7 +541,9 @@ fn explode_rows(
     let mut late_errors: BTreeMap<usize, Vec<CellError>> = BTreeMap::new();
     for col in table.loaded_columns() {
         let array = match &col.source {
-            ColumnSource::Field(_) | ColumnSource::Document => {
+            ColumnSource::Field(_)
+            | ColumnSource::Document
+            | ColumnSource::Computed(Computed::Template(_) | Computed::Const(_)) => {
                 { take(&parent_arrays[&col.name], &indices, None) }
                     .map_err(|e| arrow_error(table, e))?
             }
@@ -525,7 +563,7 @@ fn explode_rows(
             // Validation keeps these in API tables, which `elements` transforms.
             ColumnSource::ElementField(_)
             | ColumnSource::ElementIndex
-            | ColumnSource::Computed(_) => {
+            | ColumnSource::Computed(Computed::Coalesce(_) | Computed::JsonObject(_)) => {
                 return Err(TransformError::MissingField {
                     table: table.name.clone(),
                     source_name: table.source.name().to_string(),
