@@ -426,12 +426,16 @@ async fn restore(
     };
     if written > 0 {
         // The restored rows now carry this transaction's id: remember the one they stood for.
+        // The earlier aliases are read once, before the insert: a subquery per row planned
+        // as a scan of etl.restored rescanned the rows this very statement adds (quadratic:
+        // a 1M-row rollback ran for minutes).
         let alias = format!(
-            "INSERT INTO etl.restored (table_name, key, restored_xmin, original_xmin) \
-             SELECT {table}, h.key, {CURRENT_XID}, COALESCE((SELECT r2.original_xmin \
-             FROM etl.restored r2 WHERE r2.table_name = {table} \
-             AND r2.restored_xmin = h.row_xmin AND r2.key = h.key LIMIT 1), h.row_xmin) \
-             FROM etl.history h WHERE {records}",
+            "WITH prior AS MATERIALIZED (SELECT key, restored_xmin, min(original_xmin) AS xmin \
+             FROM etl.restored WHERE table_name = {table} GROUP BY key, restored_xmin) \
+             INSERT INTO etl.restored (table_name, key, restored_xmin, original_xmin) \
+             SELECT {table}, h.key, {CURRENT_XID}, COALESCE(p.xmin, h.row_xmin) \
+             FROM etl.history h LEFT JOIN prior p ON p.restored_xmin = h.row_xmin \
+             AND p.key = h.key WHERE {records}",
             table = literal(&t.name),
         );
         exec(tx, &t.name, &alias).await?;
