@@ -240,6 +240,8 @@ pub fn write_dump_changed(
         write_collection(&db, name, docs.iter())?;
     }
     let mut rng = Lcg::new(42);
+    // After every user's own update (user i: minute i plus up to 1000), at any size.
+    let edited = int(users).saturating_add(1_000).max(500_000);
     let path = db.join("users.bson");
     let file = std::fs::File::create(&path).map_err(SampleError::io(&path))?;
     let mut w = std::io::BufWriter::new(file);
@@ -252,7 +254,7 @@ pub fn write_dump_changed(
                 }
             }
             u.insert("registered_events", Vec::<Bson>::new());
-            u.insert("update_date", at(500_000));
+            u.insert("update_date", at(edited));
         }
         w.write_all(&bson::to_vec(&u)?)
             .map_err(SampleError::io(&path))?;
