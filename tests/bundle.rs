@@ -108,25 +108,8 @@ impl Case {
     }
 }
 
-fn apply(dir: &Path, url: &str) -> Output {
-    std::process::Command::new("psql")
-        .current_dir(dir)
-        .args([
-            url,
-            "-X",
-            "-q",
-            "-1",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            "load.sql",
-        ])
-        .output()
-        .unwrap()
-}
-
 fn applied(dir: &Path, url: &str) -> String {
-    let out = apply(dir, url);
+    let out = apply_bundle(dir, url);
     assert!(
         out.status.success(),
         "psql: {}\n{}",
@@ -273,7 +256,7 @@ fn a_corrupted_bundle_is_refused_before_anything_changes() {
         stdout(&out)
     );
     let target = fresh_database("bundle_corrupt");
-    let out = apply(&bundle, &target);
+    let out = apply_bundle(&bundle, &target);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("does not match SHA256SUMS"),
@@ -309,7 +292,7 @@ fn bundles_apply_in_order_and_once_and_give_the_live_loads_tables() {
     let out = check(&case, &second, Some(&other));
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains(first_run), "{}", stdout(&out));
-    let out = apply(&second, &other);
+    let out = apply_bundle(&second, &other);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains(&format!("apply run {first_run} first")),

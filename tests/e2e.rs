@@ -355,21 +355,7 @@ fn sql_export_loads_with_psql_to_the_same_rows() {
     case.etl(&["load", "--to", "sql", "--out", out_dir.to_str().unwrap()]);
     let file = find_file(&out_dir, "load.sql").expect("load.sql");
     let other = fresh_database("e2e_sql_file");
-    // A bundle is applied from its folder (its data files are named relative to it).
-    let out = std::process::Command::new("psql")
-        .current_dir(file.parent().unwrap())
-        .args([
-            other.as_str(),
-            "-X",
-            "-q",
-            "-1",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            "load.sql",
-        ])
-        .output()
-        .unwrap();
+    let out = apply_bundle(file.parent().unwrap(), &other);
     assert!(out.status.success(), "{}", stderr(&out));
     for table in SMARTDIET_TABLES.iter().filter(|t| **t != "users_logbook") {
         assert_eq!(

@@ -166,20 +166,7 @@ fn bundle_and_apply(work: &Workdir, url: &str) -> String {
 }
 
 fn apply(dir: &Path, url: &str) {
-    let out = std::process::Command::new("psql")
-        .current_dir(dir)
-        .args([
-            url,
-            "-X",
-            "-q",
-            "-1",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            "load.sql",
-        ])
-        .output()
-        .unwrap();
+    let out = apply_bundle(dir, url);
     assert!(out.status.success(), "psql: {}", stderr(&out));
 }
 

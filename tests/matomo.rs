@@ -3,64 +3,9 @@
 
 mod util;
 
-use std::process::Command;
-
 use util::*;
 
 /// A fresh MariaDB database holding the fixture tables and rows; returns its name.
-fn matomo_database(name: &str) -> String {
-    let db = format!("{name}_{}", std::process::id());
-    mariadb(
-        "",
-        &format!("DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db} CHARACTER SET utf8mb4;"),
-    );
-    let fixtures = repo().join("tests/fixtures/matomo");
-    let sql = std::fs::read_to_string(fixtures.join("schema.sql")).unwrap()
-        + &std::fs::read_to_string(fixtures.join("rows.sql")).unwrap();
-    mariadb(&db, &sql);
-    db
-}
-
-fn mariadb(db: &str, sql: &str) -> String {
-    use std::io::Write;
-    require_services(MARIADB_VARS);
-    let mut child = Command::new("mariadb")
-        .args([
-            "-h",
-            &service_var("MATOMO_HOST"),
-            "-P",
-            &service_var("MATOMO_PORT"),
-            "-u",
-            &service_var("MATOMO_USER"),
-            "-N",
-            "-B",
-        ])
-        // The client reads the password from the environment: not on a command line `ps` shows.
-        .env(
-            "MYSQL_PWD",
-            std::env::var("MATOMO_PASSWORD").unwrap_or_default(),
-        )
-        .args(if db.is_empty() {
-            vec![]
-        } else {
-            vec![db.to_string()]
-        })
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mariadb client on PATH");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(sql.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "mariadb: {}", stderr(&out));
-    stdout(&out)
-}
-
 fn run_matomo(work: &Workdir, db: &str, url: &str) -> String {
     let mut text = String::new();
     for args in [

@@ -700,20 +700,7 @@ fn weekly_partitions_are_created_by_the_load_and_the_bundle_alike() {
         .map(|e| e.path())
         .find(|p| p.is_dir())
         .unwrap();
-    let out = std::process::Command::new("psql")
-        .current_dir(&run)
-        .args([
-            other.as_str(),
-            "-X",
-            "-q",
-            "-1",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            "load.sql",
-        ])
-        .output()
-        .unwrap();
+    let out = util::apply_bundle(&run, &other);
     assert!(out.status.success(), "{}", util::stderr(&out));
     assert_eq!(
         util::table_digest(&other, "matomo"),

@@ -435,20 +435,7 @@ fn a_prune_bundle_runs_the_live_statements_and_leaves_the_same_tables() {
         };
         assert!(found, "not in the bundle: {s}");
     }
-    let applied = std::process::Command::new("psql")
-        .current_dir(&run)
-        .args([
-            bundle_url.as_str(),
-            "-X",
-            "-q",
-            "-1",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            "load.sql",
-        ])
-        .output()
-        .unwrap();
+    let applied = apply_bundle(&run, &bundle_url);
     assert!(
         applied.status.success(),
         "{}",

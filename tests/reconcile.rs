@@ -10,7 +10,7 @@ mod util;
 mod wire;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use bson::Document;
 use util::smartdiet::{self, oid, Sizes};
@@ -282,58 +282,6 @@ fn a_source_without_a_table_keyed_by_the_document_is_reported_not_compared() {
 }
 
 /// A fresh MariaDB database holding the Matomo fixture tables and rows; returns its name.
-fn matomo_database(name: &str) -> String {
-    let db = format!("{name}_{}", std::process::id());
-    mariadb(
-        "",
-        &format!("DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db} CHARACTER SET utf8mb4;"),
-    );
-    let fixtures = repo().join("tests/fixtures/matomo");
-    let sql = std::fs::read_to_string(fixtures.join("schema.sql")).unwrap()
-        + &std::fs::read_to_string(fixtures.join("rows.sql")).unwrap();
-    mariadb(&db, &sql);
-    db
-}
-
-fn mariadb(db: &str, sql: &str) -> String {
-    use std::io::Write;
-    require_services(MARIADB_VARS);
-    let mut child = Command::new("mariadb")
-        .args([
-            "-h",
-            &service_var("MATOMO_HOST"),
-            "-P",
-            &service_var("MATOMO_PORT"),
-            "-u",
-            &service_var("MATOMO_USER"),
-            "-N",
-            "-B",
-        ])
-        .env(
-            "MYSQL_PWD",
-            std::env::var("MATOMO_PASSWORD").unwrap_or_default(),
-        )
-        .args(if db.is_empty() {
-            vec![]
-        } else {
-            vec![db.to_string()]
-        })
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mariadb client on PATH");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(sql.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "mariadb: {}", stderr(&out));
-    stdout(&out)
-}
-
 #[test]
 fn reconcile_compares_matomo_keys_and_loads_missing_rows_by_key() {
     let db = matomo_database("reconcile_matomo");

@@ -272,6 +272,80 @@ pub fn psql(url: &str, sql: &str) -> String {
     stdout(&out)
 }
 
+/// Applies the SQL bundle in `dir` the way its README says (`psql -1 -f load.sql` from the
+/// folder: its data files are named relative to it).
+pub fn apply_bundle(dir: &Path, url: &str) -> Output {
+    Command::new("psql")
+        .current_dir(dir)
+        .args([
+            url,
+            "-X",
+            "-q",
+            "-1",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            "load.sql",
+        ])
+        .output()
+        .unwrap()
+}
+
+/// A MariaDB database named `<name>_<pid>` holding the Matomo fixture (schema and rows).
+pub fn matomo_database(name: &str) -> String {
+    let db = format!("{name}_{}", std::process::id());
+    mariadb(
+        "",
+        &format!("DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db} CHARACTER SET utf8mb4;"),
+    );
+    let fixtures = repo().join("tests/fixtures/matomo");
+    let sql = std::fs::read_to_string(fixtures.join("schema.sql")).unwrap()
+        + &std::fs::read_to_string(fixtures.join("rows.sql")).unwrap();
+    mariadb(&db, &sql);
+    db
+}
+
+/// Runs `sql` with the mariadb client in `db` (none when empty); returns its output.
+pub fn mariadb(db: &str, sql: &str) -> String {
+    use std::io::Write;
+    require_services(MARIADB_VARS);
+    let mut child = Command::new("mariadb")
+        .args([
+            "-h",
+            &service_var("MATOMO_HOST"),
+            "-P",
+            &service_var("MATOMO_PORT"),
+            "-u",
+            &service_var("MATOMO_USER"),
+            "-N",
+            "-B",
+        ])
+        // The client reads the password from the environment: not on a command line `ps` shows.
+        .env(
+            "MYSQL_PWD",
+            std::env::var("MATOMO_PASSWORD").unwrap_or_default(),
+        )
+        .args(if db.is_empty() {
+            vec![]
+        } else {
+            vec![db.to_string()]
+        })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mariadb client on PATH");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "mariadb: {}", stderr(&out));
+    stdout(&out)
+}
+
 pub fn psql_stdin(url: &str, input: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new("psql")
