@@ -524,3 +524,88 @@ fn unsupported_types_and_missing_columns_are_errors_naming_table_and_column() {
         stderr(&out)
     );
 }
+
+/// Two sources mapped onto one key without prefixes: `shared` comes from both tables.
+const CONFLICT_CONFIG: &str = r#"
+settings:
+  primary_key: [name]
+  columns:
+    - { name: name, sql_type: TEXT, nullable: false }
+    - { name: value, sql_type: TEXT }
+    - { name: origin, sql_type: TEXT, nullable: false }
+  sources:
+    - postgres_table: tls_variable
+      columns:
+        - { name: origin, const: variable }
+    - postgres_table: tls_system
+      columns:
+        - { name: origin, template: "system #{id}" }
+"#;
+
+#[test]
+fn a_key_given_by_two_sources_is_a_conflict_with_both_rows_rejected() {
+    let work = Workdir::new();
+    let source = fresh_database("pgsrc_conflict_src");
+    let target = fresh_database("pgsrc_conflict_dst");
+    psql(&source, TOTALIS_SOURCE);
+    work.write("pgconf/postgres_schemas.yaml", CONFLICT_CONFIG);
+    etl_ok(
+        &work,
+        &["--config", "pgconf", "run", "--source", "postgres"],
+        &source,
+        &target,
+    );
+    // `theme` only in tls_variable; the NULL name is a reject; `shared` in both: neither row
+    // is loaded over the other.
+    assert_eq!(
+        psql(
+            &target,
+            "SELECT name, value, origin FROM settings ORDER BY name"
+        )
+        .lines()
+        .collect::<Vec<_>>(),
+        ["theme|dark|variable"]
+    );
+    let found = rejects(&latest_run(&work).root.join("rejects/settings.parquet"));
+    let conflicts: Vec<&(String, String, String)> = found
+        .iter()
+        .filter(|(_, reason, _)| reason.contains("key conflict"))
+        .collect();
+    assert_eq!(conflicts.len(), 2, "{found:#?}");
+    let ids: Vec<&str> = conflicts.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, ["tls_system: shared", "tls_variable: shared"]);
+    for (_, reason, _) in &conflicts {
+        assert_eq!(
+            reason,
+            "name: key conflict: 2 rows give key `shared` (from tls_variable, tls_system); none is loaded"
+        );
+    }
+    // The raw value holds the row's values (as JSON text under the key column's name).
+    assert!(
+        conflicts[0].2.contains("system #1") && conflicts[1].2.contains("42"),
+        "{conflicts:#?}"
+    );
+    let transformed = latest_run(&work).manifest(Stage::Transform).unwrap();
+    let settings = transformed
+        .entries
+        .iter()
+        .find(|e| e.name == "settings")
+        .unwrap();
+    assert_eq!(
+        (
+            settings.counts.extracted,
+            settings.counts.transformed,
+            settings.counts.rejected
+        ),
+        (4, 1, 3)
+    );
+    // A rerun changes nothing.
+    let digest = table_digest(&target, "settings");
+    etl_ok(
+        &work,
+        &["--config", "pgconf", "run", "--source", "postgres"],
+        &source,
+        &target,
+    );
+    assert_eq!(table_digest(&target, "settings"), digest);
+}
