@@ -609,3 +609,54 @@ fn a_key_given_by_two_sources_is_a_conflict_with_both_rows_rejected() {
     );
     assert_eq!(table_digest(&target, "settings"), digest);
 }
+
+#[test]
+fn a_sql_bundle_rejects_the_parent_cycle_like_the_live_load() {
+    let work = Workdir::new();
+    let source = fresh_database("pgsrc_bundle_src");
+    let target = fresh_database("pgsrc_bundle_dst");
+    psql(&source, TOTALIS_SOURCE);
+    let config = example_config();
+    etl_ok(
+        &work,
+        &[
+            "--config", &config, "run", "--source", "postgres", "--to", "sql", "--out", "bundle",
+        ],
+        &source,
+        &target,
+    );
+    let bundle = std::fs::read_dir(work.path().join("bundle"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let out = std::process::Command::new("psql")
+        .args([
+            target.as_str(),
+            "-X",
+            "-q",
+            "-1",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            "load.sql",
+        ])
+        .current_dir(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        psql(&target, "SELECT document_key, reason FROM etl_load_rejects WHERE table_name = 'categories' ORDER BY 1")
+            .lines()
+            .collect::<Vec<_>>(),
+        [
+            "5|parent cycle 5 -> 7 -> 6 -> 5 (categories(id))",
+            "6|parent cycle 6 -> 5 -> 7 -> 6 (categories(id))",
+            "7|parent cycle 7 -> 6 -> 5 -> 7 (categories(id))",
+            "8|foreign key not found in categories(id)",
+            "9|foreign key not found in categories(id)",
+        ]
+    );
+    assert_eq!(count(&target, "SELECT count(*) FROM categories"), 4);
+}
