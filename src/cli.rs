@@ -84,7 +84,10 @@ pub enum SourceArg {
     Matomo,
     /// Matomo's HTTP Reporting API (MATOMO_URL, MATOMO_KEY, MATOMO_SITE).
     MatomoApi,
-    /// Live MongoDB and Matomo.
+    /// Tables of a source PostgreSQL (SOURCE_DATABASE_URL or SOURCE_POSTGRES_*).
+    Postgres,
+    /// Live MongoDB and Matomo, plus the Matomo API and the source PostgreSQL when the
+    /// environment configures them.
     All,
 }
 
@@ -471,7 +474,14 @@ fn extract_options(cli: &Cli, args: &ExtractArgs) -> Result<extract::ExtractOpti
         (SourceArg::Mongo | SourceArg::All, _) => {
             Some(extract::MongoInput::Live(MongoSettings::from_env()))
         }
-        (SourceArg::Matomo | SourceArg::MatomoApi, _) => None,
+        (SourceArg::Matomo | SourceArg::MatomoApi | SourceArg::Postgres, _) => None,
+    };
+    let postgres = match args.source {
+        SourceArg::Postgres => Some(PostgresSettings::source_from_env().map_err(CliError::Usage)?),
+        SourceArg::All if PostgresSettings::source_configured() => {
+            Some(PostgresSettings::source_from_env().map_err(CliError::Usage)?)
+        }
+        _ => None,
     };
     let matomo_api = match args.source {
         SourceArg::MatomoApi => Some(MatomoApiSettings::from_env().map_err(CliError::Usage)?),
@@ -490,6 +500,7 @@ fn extract_options(cli: &Cli, args: &ExtractArgs) -> Result<extract::ExtractOpti
         mongo,
         matomo,
         matomo_api,
+        postgres,
         target: configured_target(),
         tables: args.tables.clone(),
         full: args.full,

@@ -63,15 +63,20 @@ fn var(name: &str) -> Option<String> {
 /// How settings read variables: the process environment in `from_env`, a table in tests.
 type Vars<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-fn default_sslmode(vars: Vars) -> String {
-    vars("POSTGRES_SSLMODE")
-        .or_else(|| vars("PGSSLMODE"))
+fn default_sslmode(vars: Vars, prefix: &str) -> String {
+    vars(&format!("{prefix}POSTGRES_SSLMODE"))
+        .or_else(|| vars("PGSSLMODE").filter(|_| prefix.is_empty()))
         .unwrap_or_else(|| "prefer".into())
 }
 
-fn default_sslrootcert(vars: Vars) -> Option<String> {
-    vars("POSTGRES_SSLROOTCERT").or_else(|| vars("PGSSLROOTCERT"))
+fn default_sslrootcert(vars: Vars, prefix: &str) -> Option<String> {
+    vars(&format!("{prefix}POSTGRES_SSLROOTCERT"))
+        .or_else(|| vars("PGSSLROOTCERT").filter(|_| prefix.is_empty()))
 }
+
+/// Prefix of the variables naming a source PostgreSQL (`SOURCE_DATABASE_URL`,
+/// `SOURCE_POSTGRES_HOST`, ...): the same names as the target's, so a user reads one list.
+pub const SOURCE_PREFIX: &str = "SOURCE_";
 
 /// A port number from a variable; the message names the variable, not the value (a value
 /// pasted into the wrong variable may be a secret).
@@ -107,34 +112,57 @@ impl PostgresSettings {
     }
 
     fn from_vars(vars: Vars) -> Result<PostgresSettings, String> {
-        if let Some(url) = vars("DATABASE_URL") {
-            return Self::parse_url(&url, "DATABASE_URL", vars);
+        Self::from_prefixed(vars, "")
+    }
+
+    /// The source PostgreSQL of `--source postgres`: `SOURCE_DATABASE_URL`, or
+    /// `SOURCE_POSTGRES_HOST/PORT/DATABASE/USER/PASSWORD` (and `_SSLMODE`, `_SSLROOTCERT`).
+    pub fn source_from_env() -> Result<PostgresSettings, String> {
+        Self::from_prefixed(&var, SOURCE_PREFIX)
+    }
+
+    /// Whether the environment names a source PostgreSQL (`all` then reads it).
+    pub fn source_configured() -> bool {
+        ["DATABASE_URL", "POSTGRES_HOST", "POSTGRES_DATABASE"]
+            .iter()
+            .any(|v| var(&format!("{SOURCE_PREFIX}{v}")).is_some())
+    }
+
+    fn from_prefixed(vars: Vars, prefix: &str) -> Result<PostgresSettings, String> {
+        let name = |v: &str| format!("{prefix}{v}");
+        if let Some(url) = vars(&name("DATABASE_URL")) {
+            return Self::parse_url(&url, &name("DATABASE_URL"), vars, prefix);
         }
         Ok(PostgresSettings {
-            host: vars("POSTGRES_HOST").unwrap_or_else(|| "localhost".into()),
-            port: port(vars, "POSTGRES_PORT", 5432)?,
-            database: vars("POSTGRES_DATABASE").unwrap_or_else(|| "postgres".into()),
-            user: vars("POSTGRES_USER").unwrap_or_else(|| "postgres".into()),
-            password: vars("POSTGRES_PASSWORD"),
-            sslmode: default_sslmode(vars),
-            sslrootcert: default_sslrootcert(vars),
+            host: vars(&name("POSTGRES_HOST")).unwrap_or_else(|| "localhost".into()),
+            port: port(vars, &name("POSTGRES_PORT"), 5432)?,
+            database: vars(&name("POSTGRES_DATABASE")).unwrap_or_else(|| "postgres".into()),
+            user: vars(&name("POSTGRES_USER")).unwrap_or_else(|| "postgres".into()),
+            password: vars(&name("POSTGRES_PASSWORD")),
+            sslmode: default_sslmode(vars, prefix),
+            sslrootcert: default_sslrootcert(vars, prefix),
         })
     }
 
     /// Parses `postgres://user:pass@host:port/db?sslmode=...` (see [`UrlParts`] for where the
     /// password ends). Errors name the part that is wrong, never the URL's text.
     pub fn from_url(url: &str) -> Result<PostgresSettings, String> {
-        Self::parse_url(url, "DATABASE_URL", &var)
+        Self::parse_url(url, "DATABASE_URL", &var, "")
     }
 
-    fn parse_url(url: &str, name: &str, vars: Vars) -> Result<PostgresSettings, String> {
+    fn parse_url(
+        url: &str,
+        name: &str,
+        vars: Vars,
+        prefix: &str,
+    ) -> Result<PostgresSettings, String> {
         let parts = UrlParts::parse(url, name, &["postgres", "postgresql"])?;
         let sslmode = parts
             .query("sslmode")
-            .unwrap_or_else(|| default_sslmode(vars));
+            .unwrap_or_else(|| default_sslmode(vars, prefix));
         let sslrootcert = parts
             .query("sslrootcert")
-            .or_else(|| default_sslrootcert(vars));
+            .or_else(|| default_sslrootcert(vars, prefix));
         Ok(PostgresSettings {
             host: parts.host,
             port: parts.port.unwrap_or(5432),
@@ -876,6 +904,48 @@ mod tests {
             );
             assert!(!err.contains("xyzzy"), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn source_postgres_reads_its_own_variables_never_the_targets() {
+        let table = [
+            ("DATABASE_URL", "postgres://t:target-pw@target.example/t"),
+            ("POSTGRES_HOST", "target.example"),
+            ("PGSSLMODE", "require"),
+            ("SOURCE_POSTGRES_HOST", "legacy.example"),
+            ("SOURCE_POSTGRES_PORT", "6543"),
+            ("SOURCE_POSTGRES_DATABASE", "totalis"),
+            ("SOURCE_POSTGRES_PASSWORD", "s3cret-xyzzy"),
+        ];
+        let src = PostgresSettings::from_prefixed(&vars(&table), SOURCE_PREFIX).unwrap();
+        assert_eq!(
+            (
+                src.host.as_str(),
+                src.port,
+                src.database.as_str(),
+                src.user.as_str()
+            ),
+            ("legacy.example", 6543, "totalis", "postgres")
+        );
+        assert_eq!(src.password(), Some("s3cret-xyzzy"));
+        // The target's TLS variables are the target's.
+        assert_eq!(src.sslmode, "prefer");
+        assert!(!format!("{src} {src:?}").contains("xyzzy"));
+        let url = [(
+            "SOURCE_DATABASE_URL",
+            "postgres://u:p%40w-xyzzy@h:1/d?sslmode=disable",
+        )];
+        let src = PostgresSettings::from_prefixed(&vars(&url), SOURCE_PREFIX).unwrap();
+        assert_eq!(
+            (src.host.as_str(), src.port, src.sslmode.as_str()),
+            ("h", 1, "disable")
+        );
+        let bad = [("SOURCE_POSTGRES_PORT", "xyzzy")];
+        let err = PostgresSettings::from_prefixed(&vars(&bad), SOURCE_PREFIX).unwrap_err();
+        assert!(
+            err.contains("SOURCE_POSTGRES_PORT") && !err.contains("xyzzy"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -161,6 +161,7 @@ async fn against_source(
             Source::Mongo { .. } => source.mongo.is_some(),
             Source::Matomo { .. } => source.matomo.is_some(),
             Source::MatomoApi { .. } => source.matomo_api.is_some(),
+            Source::Postgres { .. } => source.postgres.is_some(),
         })
         .collect();
     let verdicts = load::compare(target, &tables, expected, &opts.compare).await?;

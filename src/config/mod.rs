@@ -1,7 +1,8 @@
 //! The validated configuration every stage works from.
 //!
-//! `Config::load` reads `schemas.yaml` (MongoDB tables) and `matomo_schemas.yaml` (Matomo
-//! tables) from the config folder, checks everything in one pass and reports every problem at
+//! `Config::load` reads `schemas.yaml` (MongoDB tables), `matomo_schemas.yaml` (Matomo
+//! tables), `matomo_api.yaml` and `postgres_schemas.yaml` (source PostgreSQL tables) from the
+//! config folder, checks everything in one pass and reports every problem at
 //! once (file, table, key). After that no stage re-checks the config: a `TableSpec` is
 //! known to be consistent (columns exist, foreign keys resolve, no cycles, key columns set).
 
@@ -22,6 +23,7 @@ pub use sql_type::SqlType;
 pub const MONGO_FILE: &str = "schemas.yaml";
 pub const MATOMO_FILE: &str = "matomo_schemas.yaml";
 pub const MATOMO_API_FILE: &str = "matomo_api.yaml";
+pub const POSTGRES_FILE: &str = "postgres_schemas.yaml";
 
 /// All target tables, in load order (foreign keys first, `export_order` breaking ties).
 #[derive(Debug, Clone)]
@@ -44,6 +46,8 @@ pub enum Source {
     /// Matomo's HTTP Reporting API; `method` (`Live.getLastVisitsDetails`) names the staged
     /// folder.
     MatomoApi { method: String },
+    /// A table of a source PostgreSQL (`schema.table`, or a table on the search path).
+    Postgres { table: String },
 }
 
 impl Source {
@@ -53,6 +57,7 @@ impl Source {
             Source::Mongo { collection } => collection,
             Source::Matomo { table } => table,
             Source::MatomoApi { method } => method,
+            Source::Postgres { table } => table,
         }
     }
 }
@@ -78,6 +83,8 @@ pub struct TableSpec {
     pub dedupe: Option<DedupeSpec>,
     /// Fields a document must have (non-null) to give a row; the others are filtered.
     pub filter_exists: Vec<String>,
+    /// Fields whose value's text must equal the given one; the other rows are filtered.
+    pub filter_equals: Vec<(String, String)>,
     pub watermark: Watermark,
     pub time_zone: chrono_tz::Tz,
     /// `keep_source`: the table's last column is [`KEEP_SOURCE_COLUMN`], the whole document.
@@ -86,6 +93,18 @@ pub struct TableSpec {
     pub lag_days: u32,
     /// Range partitioning of the target, when declared.
     pub partition: Option<PartitionSpec>,
+    /// Set when several source tables feed the table (`sources:`), each with its mapping.
+    /// `source` is then the first of them, and `columns` hold the first one's sources.
+    pub parts: Vec<TablePart>,
+}
+
+/// One source of a table fed by several: its own column mapping onto the same columns.
+#[derive(Debug, Clone)]
+pub struct TablePart {
+    pub source: Source,
+    pub columns: Vec<ColumnSpec>,
+    /// This source's `filter.equals`.
+    pub filter_equals: Vec<(String, String)>,
 }
 
 /// A table partitioned by range on a time column, one partition per period.
@@ -145,6 +164,24 @@ impl TableSpec {
             .as_ref()
             .filter(|e| e.children == Children::Replace)
             .map(|e| e.parent_column.as_str())
+    }
+
+    /// The table as each of its sources fills it: itself when it has one source; with
+    /// `sources:`, one copy per source with that source and its columns.
+    pub fn part_specs(&self) -> Vec<TableSpec> {
+        if self.parts.is_empty() {
+            return vec![self.clone()];
+        }
+        self.parts
+            .iter()
+            .map(|part| TableSpec {
+                source: part.source.clone(),
+                columns: part.columns.clone(),
+                filter_equals: part.filter_equals.clone(),
+                parts: Vec::new(),
+                ..self.clone()
+            })
+            .collect()
     }
 
     /// Tables this one references (without itself).

@@ -15,6 +15,9 @@ pub(super) struct RawTable {
     pub mongo_collection: Option<String>,
     /// MariaDB table the rows come from (Matomo config only; default: the table name).
     pub matomo_table: Option<String>,
+    /// Source PostgreSQL table the rows come from (`postgres_schemas.yaml` only; default: the
+    /// table name). `schema.table` names a table outside the search path.
+    pub postgres_table: Option<String>,
     /// The Matomo API method the rows come from (`matomo_api.yaml` only): `visits`
     /// (`Live.getLastVisitsDetails`, one staged row per visit; the default).
     pub matomo_api: Option<String>,
@@ -68,10 +71,31 @@ pub(super) struct RawTable {
     /// MongoDB tables with one row per document (no `explode`, no `dedupe`).
     #[serde(default)]
     pub keep_source: bool,
+    /// `postgres_schemas.yaml`: several source tables feeding this one, each with its own
+    /// mapping of the table's `columns` (which then declare only names and types). Two
+    /// sources giving the same key are a conflict: every row with that key is rejected.
+    #[serde(default)]
+    pub sources: Vec<RawSourcePart>,
     /// Range partitioning of the target on a time column (`{column: action_timestamp, every:
     /// week}`): the table is created `PARTITION BY RANGE`, and each load creates the
     /// partitions its rows need, inside its transaction. Its keys must include the column.
     pub partition: Option<RawPartition>,
+}
+
+/// One source of a table fed by several (`sources:`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSourcePart {
+    /// The source PostgreSQL table (`table` or `schema.table`).
+    pub postgres_table: String,
+    /// How this source fills the table's columns: `name` plus `source`, `template`,
+    /// `const`, `value_map`, `regex` or `json` (the type is the table's). A column not listed
+    /// reads the source column of its name.
+    #[serde(default)]
+    pub columns: Vec<RawColumn>,
+    /// Rows of this source to leave out, by rule (`equals: {name: Daniel}`): counted as
+    /// filtered.
+    pub filter: Option<RawFilter>,
 }
 
 /// How a table is partitioned.
@@ -93,7 +117,8 @@ pub(super) struct RawColumn {
     pub name: String,
     /// PostgreSQL type: VARCHAR[(n)], CHAR(n), TEXT, SMALLINT, INTEGER, BIGINT, SERIAL,
     /// BIGSERIAL, BOOLEAN, REAL, DOUBLE PRECISION, NUMERIC[(p,s)], TIMESTAMP, TIMESTAMPTZ,
-    /// DATE, TIME, BYTEA, JSONB.
+    /// DATE, TIME, BYTEA, JSONB. (In a `sources:` entry, left out: the table's column's.)
+    #[serde(default)]
     pub sql_type: String,
     /// Whether NULL is allowed (default true). A NULL in a NOT NULL column is a reject.
     pub nullable: Option<bool>,
@@ -191,6 +216,9 @@ pub(super) struct RawFilter {
     /// Document fields that must exist and be non-null.
     #[serde(default)]
     pub exists: Vec<String>,
+    /// Field -> the text its value must have (`{name: Daniel}`); other rows are filtered.
+    #[serde(default)]
+    pub equals: indexmap_lite::OrderedMap,
 }
 
 /// A YAML map read in file order (serde's HashMap would lose it; error messages and dedupe

@@ -791,3 +791,109 @@ fn a_field_read_as_text_and_as_plain_jsonb_in_one_collection_is_refused() {
     load_yaml(&yaml.replacen("mongo_collection: docs", "mongo_collection: other", 1))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+fn load_postgres_yaml(yaml: &str) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(POSTGRES_FILE), yaml).unwrap();
+    Config::load(dir.path())
+}
+
+/// Asserts a `postgres_schemas.yaml` is refused with a problem on `table` and `key`.
+fn assert_postgres_refused(yaml: &str, table: &str, key: &str, needle: &str) {
+    let err = load_postgres_yaml(yaml).expect_err("config should be refused");
+    let hit = err.problems.iter().any(|p| {
+        p.table.as_deref() == Some(table)
+            && p.key.as_deref().is_some_and(|k| k.contains(key))
+            && p.message.contains(needle)
+            && p.file.ends_with(POSTGRES_FILE)
+    });
+    assert!(hit, "expected `{table}` `{key}` `{needle}`, got:\n{err}");
+}
+
+#[test]
+fn totalis_example_config_loads_with_its_three_tables_and_four_sources() {
+    let config = Config::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/totalis"),
+    )
+    .unwrap();
+    let names: Vec<&str> = config.tables.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["coaches", "categories", "app_config"]);
+    let coaches = config.table("coaches").unwrap();
+    assert_eq!(
+        coaches.source,
+        Source::Postgres {
+            table: "tls_coach".into()
+        }
+    );
+    assert_eq!(coaches.watermark, Watermark::Column("created_at".into()));
+    let app = config.table("app_config").unwrap();
+    let sources: Vec<String> = app
+        .part_specs()
+        .iter()
+        .map(|t| t.source.name().to_string())
+        .collect();
+    assert_eq!(
+        sources,
+        ["tls_prompt", "tls_variable", "tls_system", "tls_coach"]
+    );
+    assert_eq!(app.watermark, Watermark::None);
+    let daniel = app.part_specs().pop().unwrap();
+    assert_eq!(
+        daniel.filter_equals,
+        [("name".to_string(), "Daniel".to_string())]
+    );
+    assert_eq!(
+        daniel.column("key").unwrap().source,
+        ColumnSource::Computed(Computed::Const("default_coach".into()))
+    );
+}
+
+#[test]
+fn postgres_tables_refuse_keys_of_other_sources_and_bad_table_names() {
+    assert_postgres_refused(
+        "t:\n  mongo_collection: x\n  columns: [{ name: id, sql_type: INTEGER }]\n",
+        "t",
+        "mongo_collection",
+        POSTGRES_FILE,
+    );
+    assert_postgres_refused(
+        "t:\n  postgres_table: \"a.b.c\"\n  columns: [{ name: id, sql_type: INTEGER }]\n",
+        "t",
+        "postgres_table",
+        "schema.table",
+    );
+    let err = load_yaml("t:\n  postgres_table: x\n  columns: [{ name: id, sql_type: INTEGER }]\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("postgres_table"), "{err}");
+}
+
+#[test]
+fn sources_are_checked_against_the_table_columns() {
+    let base =
+        "t:\n  primary_key: [k]\n  columns:\n    - { name: k, sql_type: TEXT, nullable: false }\n";
+    assert_postgres_refused(
+        &format!("{base}  sources:\n    - postgres_table: a\n      columns: [{{ name: nope, source: x }}]\n"),
+        "t",
+        "sources[0].columns[0].name",
+        "no column `nope`",
+    );
+    assert_postgres_refused(
+        &format!("{base}  sources:\n    - postgres_table: a\n      columns: [{{ name: k, sql_type: INTEGER }}]\n"),
+        "t",
+        "sources[0].columns[0]",
+        "are the table's",
+    );
+    assert_postgres_refused(
+        &format!("{base}  watermark: k\n  sources:\n    - postgres_table: a\n"),
+        "t",
+        "watermark",
+        "several sources",
+    );
+    // An expression is checked against the table column's type.
+    assert_postgres_refused(
+        &format!("{base}  sources:\n    - postgres_table: a\n      columns: [{{ name: k, source: x, json: wrap }}]\n"),
+        "t",
+        "sources[0].columns.k.json",
+        "JSONB",
+    );
+}

@@ -32,6 +32,7 @@ enum FileKind {
     Mongo,
     Matomo,
     MatomoApi,
+    Postgres,
 }
 
 struct Problems {
@@ -65,6 +66,7 @@ pub(super) fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
         (MONGO_FILE, FileKind::Mongo),
         (MATOMO_FILE, FileKind::Matomo),
         (MATOMO_API_FILE, FileKind::MatomoApi),
+        (POSTGRES_FILE, FileKind::Postgres),
     ] {
         let path = dir.join(file_name);
         let text = match std::fs::read_to_string(&path) {
@@ -93,7 +95,8 @@ pub(super) fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
             None,
             None,
             format!(
-                "no config found: expected {MONGO_FILE}, {MATOMO_FILE} and/or {MATOMO_API_FILE} in {}",
+                "no config found: expected {MONGO_FILE}, {MATOMO_FILE}, {MATOMO_API_FILE} and/or \
+                 {POSTGRES_FILE} in {}",
                 dir.display()
             ),
         );
@@ -179,14 +182,27 @@ fn build_table(
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         p("name", "table names are letters, digits and `_`".into());
     }
-    let source = table_source(name, &raw, kind, p);
+    let mut source = table_source(name, &raw, kind, p);
     let mut columns = table_columns(&raw, kind, p);
+    let parts = table_parts(&raw, kind, &columns, p);
+    if let Some(first) = parts.first() {
+        source = first.source.clone();
+        columns = first.columns.clone();
+    }
     let (primary_key, conflict_key) = table_keys(&raw, &columns, p);
     let explode = table_explode(&raw, kind, &columns, p);
     let dedupe = table_dedupe(&raw, &columns, &conflict_key, p);
     let filter_exists = table_filter(&raw, p);
     check_strategy(&raw, p);
     let watermark = table_watermark(&raw, kind, &columns, p);
+    if !parts.is_empty() && raw.watermark.is_some() {
+        p(
+            "watermark",
+            "a table fed by several sources reads them whole: each source has its own clock, \
+             so one target watermark cannot start their windows"
+                .into(),
+        );
+    }
     let time_zone = table_time_zone(&raw, p);
     let lag_days = table_lag_days(&raw, kind, p);
     let partition = table_partition(name, &raw, &columns, &primary_key, p);
@@ -218,11 +234,132 @@ fn build_table(
         explode,
         dedupe,
         filter_exists,
+        filter_equals: table_filter_equals(raw.filter.as_ref()),
         watermark,
         time_zone,
         keep_source: raw.keep_source && kind == FileKind::Mongo,
         lag_days,
         partition,
+        parts,
+    }
+}
+
+/// `sources:` (source PostgreSQL tables only): each source's mapping of the table's columns,
+/// built as the table's own columns are, with the type, nullability and foreign key of the
+/// table's column of that name.
+fn table_parts(
+    raw: &RawTable,
+    kind: FileKind,
+    target: &[ColumnSpec],
+    p: &mut impl FnMut(&str, String),
+) -> Vec<TablePart> {
+    if raw.sources.is_empty() {
+        return Vec::new();
+    }
+    if kind != FileKind::Postgres {
+        p(
+            "sources",
+            format!("is for source PostgreSQL tables ({POSTGRES_FILE})"),
+        );
+        return Vec::new();
+    }
+    if raw.postgres_table.is_some() {
+        p(
+            "postgres_table",
+            "a table with `sources:` names its tables there".into(),
+        );
+    }
+    let mut parts = Vec::new();
+    for (i, part) in raw.sources.iter().enumerate() {
+        let key = |k: &str| format!("sources[{i}].{k}");
+        if !is_source_table_name(&part.postgres_table) {
+            p(
+                &key("postgres_table"),
+                format!("`{}` is not `table` or `schema.table`", part.postgres_table),
+            );
+        }
+        for (j, rc) in part.columns.iter().enumerate() {
+            if !target.iter().any(|c| c.name == rc.name) {
+                p(
+                    &key(&format!("columns[{j}].name")),
+                    format!("the table has no column `{}`", rc.name),
+                );
+            }
+            if rc.json_object.is_some() {
+                p(
+                    &key(&format!("columns[{j}].json_object")),
+                    "is for Matomo API tables".into(),
+                );
+            }
+            if !rc.sql_type.is_empty() || rc.nullable.is_some() || rc.foreign_key.is_some() {
+                p(
+                    &key(&format!("columns[{j}]")),
+                    format!(
+                        "column `{}`: the type, nullability and foreign key are the table's: \
+                         declare them in its `columns`",
+                        rc.name
+                    ),
+                );
+            }
+        }
+        let mut columns = Vec::new();
+        for col in target {
+            let own = part.columns.iter().find(|c| c.name == col.name);
+            let rc = part_column(col, own);
+            match build_column(&rc, false, kind) {
+                Ok(built) => columns.push(built),
+                Err(found) => {
+                    for (k, message) in found {
+                        p(&key(&format!("columns.{}.{k}", col.name)), message);
+                    }
+                }
+            }
+        }
+        if part.filter.as_ref().is_some_and(|f| !f.exists.is_empty()) {
+            p(
+                &key("filter.exists"),
+                "a source's filter takes `equals`".into(),
+            );
+        }
+        parts.push(TablePart {
+            source: Source::Postgres {
+                table: part.postgres_table.clone(),
+            },
+            columns,
+            filter_equals: table_filter_equals(part.filter.as_ref()),
+        });
+    }
+    parts
+}
+
+/// A source's column: its own keys with the table column's type, nullability and key.
+fn part_column(target: &ColumnSpec, own: Option<&RawColumn>) -> RawColumn {
+    let base = RawColumn {
+        name: target.name.clone(),
+        sql_type: target.sql_type.to_string(),
+        nullable: Some(target.nullable),
+        foreign_key: target
+            .foreign_key
+            .as_ref()
+            .map(|fk| format!("{}({})", fk.table, fk.column)),
+        ..Default::default()
+    };
+    let Some(own) = own else {
+        return base;
+    };
+    RawColumn {
+        source: own.source.clone(),
+        template: own.template.clone(),
+        coalesce: own.coalesce.clone(),
+        json_object: None,
+        value_map: own.value_map.clone(),
+        default: own.default.clone(),
+        unmapped: own.unmapped.clone(),
+        constant: own.constant.clone(),
+        regex: own.regex.clone(),
+        no_match: own.no_match.clone(),
+        json: own.json.clone(),
+        ..base
     }
 }
 
@@ -368,7 +505,11 @@ fn table_source(
     kind: FileKind,
     p: &mut impl FnMut(&str, String),
 ) -> Source {
+    if raw.postgres_table.is_some() && kind != FileKind::Postgres {
+        p("postgres_table", format!("belongs in {POSTGRES_FILE}"));
+    }
     match kind {
+        FileKind::Postgres => postgres_source(name, raw, p),
         FileKind::Mongo | FileKind::Matomo if raw.matomo_api.is_some() => {
             p("matomo_api", format!("belongs in {MATOMO_API_FILE}"));
             Source::Matomo {
@@ -436,6 +577,51 @@ fn table_source(
                 method: crate::staging::matomo_api::VISITS_METHOD.into(),
             }
         }
+    }
+}
+
+/// A source PostgreSQL table: MongoDB-, Matomo- and API-only keys are refused.
+fn postgres_source(name: &str, raw: &RawTable, p: &mut impl FnMut(&str, String)) -> Source {
+    for (set, key) in [
+        (raw.mongo_collection.is_some(), "mongo_collection"),
+        (raw.matomo_table.is_some(), "matomo_table"),
+        (raw.matomo_api.is_some(), "matomo_api"),
+        (raw.include_base, "include_base"),
+        (raw.explode.is_some(), "explode"),
+        (raw.dedupe.is_some(), "dedupe"),
+        (raw.keep_source, "keep_source"),
+    ] {
+        if set {
+            p(
+                key,
+                format!("is not a key of source PostgreSQL tables ({POSTGRES_FILE})"),
+            );
+        }
+    }
+    let table = raw
+        .postgres_table
+        .clone()
+        .unwrap_or_else(|| name.to_string());
+    if !is_source_table_name(&table) {
+        p(
+            "postgres_table",
+            format!("`{table}` is not `table` or `schema.table` (letters, digits, `_`, `$`)"),
+        );
+    }
+    Source::Postgres { table }
+}
+
+/// `table` or `schema.table`, each part a plain identifier (it is quoted in the query, but a
+/// name PostgreSQL would fold or that holds a dot is more likely a typo than a table).
+fn is_source_table_name(name: &str) -> bool {
+    let part = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+    };
+    match name.split_once('.') {
+        Some((schema, table)) => part(schema) && part(table),
+        None => part(name),
     }
 }
 
@@ -808,13 +994,18 @@ fn table_filter(raw: &RawTable, p: &mut impl FnMut(&str, String)) -> Vec<String>
         .as_ref()
         .map(|f| f.exists.clone())
         .unwrap_or_default();
-    if raw.filter.is_some() && filter_exists.is_empty() {
+    if raw.filter.as_ref().is_some_and(|f| f.equals.0.is_empty()) && filter_exists.is_empty() {
         p(
             "filter.exists",
             "list the fields a document must have".into(),
         );
     }
     filter_exists
+}
+
+/// `filter.equals`: field -> text, in file order.
+fn table_filter_equals(filter: Option<&super::raw::RawFilter>) -> Vec<(String, String)> {
+    filter.map(|f| f.equals.0.clone()).unwrap_or_default()
 }
 
 /// The Python strategy names: accepted when the declarative form says the same.

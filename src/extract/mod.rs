@@ -1,4 +1,5 @@
-//! Extract stage: MongoDB (live or mongodump) and Matomo tables into staged Parquet.
+//! Extract stage: MongoDB (live or mongodump), Matomo tables and source PostgreSQL tables
+//! into staged Parquet.
 //!
 //! Per source collection or table: pick the window (target watermark, or the one recorded by
 //! the last loaded run; `--since` and `GLOBAL_DATE_THRESHOLD` move it back; `--full` and
@@ -15,6 +16,7 @@ pub mod matomo;
 pub mod matomo_api;
 mod mongo_live;
 pub mod mongodump;
+pub(crate) mod postgres;
 pub mod window;
 
 use std::collections::BTreeMap;
@@ -53,6 +55,8 @@ pub struct ExtractOptions {
     pub matomo: Option<MatomoSettings>,
     /// Matomo's HTTP API, if its tables are extracted.
     pub matomo_api: Option<MatomoApiSettings>,
+    /// The source PostgreSQL (`SOURCE_*`), if its tables are extracted.
+    pub postgres: Option<PostgresSettings>,
     /// The target, when configured: windows start at its watermarks.
     pub target: Option<PostgresSettings>,
     pub tables: Option<Vec<String>>,
@@ -77,6 +81,8 @@ pub enum ExtractError {
     Matomo(#[from] matomo::MatomoError),
     #[error(transparent)]
     MatomoApi(#[from] matomo_api::MatomoApiError),
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgSourceError),
     #[error("collection `{collection}`: {message}")]
     Mongo { collection: String, message: String },
     #[error("{0}")]
@@ -185,9 +191,99 @@ pub async fn run(
             manifest.entries.push(entry);
         }
     }
+    if let Some(settings) = &opts.postgres {
+        let entries = extract_postgres(settings, &tables, &windows, &stage_dir, &progress).await?;
+        manifest.entries.extend(entries);
+    }
     let reports = manifest.entries.iter().map(ExtractReport::of).collect();
     manifest.write(&stage_dir)?;
     Ok((run, reports))
+}
+
+/// Every source PostgreSQL table the selected tables read, each once into
+/// `postgres/<table>/`, with the earliest window of the tables reading it.
+async fn extract_postgres(
+    settings: &PostgresSettings,
+    tables: &[&TableSpec],
+    windows: &std::collections::HashMap<String, Window>,
+    stage_dir: &Path,
+    progress: &Progress,
+) -> Result<Vec<ManifestEntry>, ExtractError> {
+    // A table fed by several sources reads each of them with its own columns.
+    let specs: Vec<TableSpec> = tables
+        .iter()
+        .filter(|t| matches!(t.source, Source::Postgres { .. }))
+        .flat_map(|t| t.part_specs())
+        .collect();
+    let mut sources: BTreeMap<&str, Vec<&TableSpec>> = BTreeMap::new();
+    for t in &specs {
+        sources.entry(t.source.name()).or_default().push(t);
+    }
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    let client = postgres::connect(settings).await?;
+    let mut entries = Vec::new();
+    for (source, readers) in sources {
+        let window = Window::earliest(readers.iter().map(|t| &windows[&t.name]));
+        let plan = postgres::ReadPlan::new(source, &readers)?;
+        let rel = format!("{}/{source}", SourceKind::Postgres.as_str());
+        let dir = stage_dir.join(&rel);
+        let bar = progress.rows(source);
+        let started = Instant::now();
+        let mut writer: Option<(BackgroundWriter, arrow::datatypes::SchemaRef)> = None;
+        let stats = postgres::extract_table(
+            &client,
+            &plan,
+            readers.len(),
+            window.since.as_ref(),
+            BATCH_ROWS,
+            |batch| {
+                bar.inc(batch.num_rows() as u64);
+                if writer.is_none() {
+                    let part =
+                        PartWriter::new(&dir, &rel, batch.schema()).map_err(|e| e.to_string())?;
+                    writer = Some((BackgroundWriter::spawn(part), batch.schema()));
+                }
+                match writer.as_mut() {
+                    Some((w, _)) => w.write(&batch).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                }
+            },
+        )
+        .await?;
+        bar.finish();
+        let (files, schema) = match writer {
+            Some((w, schema)) => (w.finish()?, staging::schema_pairs(&schema)),
+            None => (Vec::new(), Vec::new()),
+        };
+        if stats.unfit > 0 {
+            tracing::warn!(
+                table = source,
+                values = stats.unfit,
+                "values Arrow cannot hold (infinity, BC dates, NaN) staged as text in `__raw` \
+                 columns: transform rejects their rows"
+            );
+        }
+        tracing::info!(table = source, rows = stats.rows, window = %window, "extracted");
+        entries.push(ManifestEntry {
+            name: source.to_string(),
+            source: Some(SourceKind::Postgres),
+            rows: stats.rows,
+            files,
+            schema,
+            window_since: window.since.clone().filter(|_| stats.windowed),
+            window_reason: if stats.windowed || window.since.is_none() {
+                window.reason.clone()
+            } else {
+                "all: the tables reading it have different watermark columns".into()
+            },
+            watermarks: stats.watermarks.into_iter().collect(),
+            seconds: started.elapsed().as_secs_f64(),
+            ..Default::default()
+        });
+    }
+    Ok(entries)
 }
 
 /// One MongoDB extract: every collection the selected tables read, from one input.

@@ -291,6 +291,7 @@ mod tests {
             mongo: None,
             matomo: None,
             matomo_api: None,
+            postgres: None,
             target: None,
             tables: None,
             full: false,

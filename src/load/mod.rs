@@ -86,6 +86,8 @@ pub(crate) struct OrphanReject {
     pub column: String,
     pub value: String,
     pub references: String,
+    /// Left out for being on a parent cycle; `value` is the cycle's path.
+    pub cycle: bool,
 }
 
 /// What `etl load --dry-run --prune` found in the target for one table.
@@ -443,10 +445,14 @@ fn write_orphans(run: &RunDir, loads: &[TableLoad]) -> Result<(), StagingError> 
             .map(|o| RejectRow {
                 document_id: o.key.clone(),
                 column: o.column.clone(),
-                reason: format!(
-                    "{}: foreign key `{}` not found in {}",
-                    o.column, o.value, o.references
-                ),
+                reason: if o.cycle {
+                    format!("{}: parent cycle {} ({})", o.column, o.value, o.references)
+                } else {
+                    format!(
+                        "{}: foreign key `{}` not found in {}",
+                        o.column, o.value, o.references
+                    )
+                },
                 raw_value: Some(serde_json::json!({ &o.column: o.value }).to_string()),
             })
             .collect();

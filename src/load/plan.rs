@@ -188,6 +188,8 @@ pub(crate) struct OrphanCheck {
     pub(crate) sql: String,
     /// A self reference may need several passes (a child of an orphan is an orphan).
     pub(crate) repeat: bool,
+    /// A parent cycle check: the value it returns is the cycle's path (`3 -> 4 -> 3`).
+    pub(crate) cycle: bool,
 }
 
 impl Step {
@@ -700,16 +702,71 @@ pub(crate) fn key_match(key: &[String]) -> String {
         .join(" AND ")
 }
 
-/// One check per foreign key: deletes the stage's rows whose key points nowhere.
+/// One check per foreign key: deletes the stage's rows whose key points nowhere. A
+/// self-referencing key (a category tree) is first checked for parent cycles: the rows on a
+/// cycle would satisfy the key (PostgreSQL checks it at the statement's end, when every row
+/// of the cycle is there) and load a tree that is not one. Their descendants then have no
+/// parent left and go as orphans.
 fn orphan_checks(t: &TableSpec, names: &Names) -> Vec<OrphanCheck> {
-    let key_expr = format!(
+    let mut checks = cycle_checks(t, names);
+    checks.extend(missing_parent_checks(t, names));
+    checks
+}
+
+/// `concat_ws(',', s.k1::text, ...)`: the stage row's conflict key, for reject messages.
+fn stage_key_expr(t: &TableSpec) -> String {
+    format!(
         "concat_ws(',', {})",
         t.conflict_key
             .iter()
             .map(|k| format!("s.{}::text", ident(k)))
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    )
+}
+
+/// Per self-referencing foreign key: deletes the stage's rows that are their own ancestor,
+/// following parents through the stage and, for keys the load does not bring, the target
+/// (an update may close a cycle with rows already loaded). Returns each row's key and the
+/// cycle's path from it (`3 -> 4 -> 5 -> 3`). Each walk stops at a node it has seen, so it
+/// ends on any data.
+fn cycle_checks(t: &TableSpec, names: &Names) -> Vec<OrphanCheck> {
+    let key_expr = stage_key_expr(t);
+    let (stage, target) = (&names.stage, &names.target);
+    t.columns
+        .iter()
+        .filter_map(|c| c.foreign_key.as_ref().map(|fk| (c, fk)))
+        .filter(|(_, fk)| fk.table == t.name)
+        .map(|(c, fk)| {
+            let (col, id) = (ident(&c.name), ident(&fk.column));
+            OrphanCheck {
+                column: c.name.clone(),
+                references: format!("{}({})", fk.table, fk.column),
+                sql: format!(
+                    "DELETE FROM {stage} s USING (WITH RECURSIVE \
+                     edges(k, p) AS (SELECT e.{id}, e.{col} FROM {stage} e UNION ALL \
+                     SELECT t.{id}, t.{col} FROM {target} t WHERE NOT EXISTS \
+                     (SELECT 1 FROM {stage} e2 WHERE e2.{id} = t.{id})), \
+                     walk(start, cur, path) AS (SELECT w.{id}, w.{col}, ARRAY[w.{id}::text] \
+                     FROM {stage} w WHERE w.{col} IS NOT NULL UNION ALL \
+                     SELECT w.start, e.p, w.path || e.k::text FROM walk w JOIN edges e \
+                     ON e.k = w.cur WHERE w.cur <> w.start AND e.p IS NOT NULL \
+                     AND NOT (e.k::text = ANY(w.path))) \
+                     SELECT DISTINCT ON (start) start, \
+                     array_to_string(path || cur::text, ' -> ') AS path \
+                     FROM walk WHERE cur = start ORDER BY start) c \
+                     WHERE s.{id} = c.start RETURNING {key_expr}, c.path"
+                ),
+                repeat: false,
+                cycle: true,
+            }
+        })
+        .collect()
+}
+
+/// One check per foreign key: deletes the stage's rows whose key points nowhere.
+fn missing_parent_checks(t: &TableSpec, names: &Names) -> Vec<OrphanCheck> {
+    let key_expr = stage_key_expr(t);
     let stage = &names.stage;
     t.columns
         .iter()
@@ -737,6 +794,7 @@ fn orphan_checks(t: &TableSpec, names: &Names) -> Vec<OrphanCheck> {
                     ident(&fk.column)
                 ),
                 repeat: self_ref,
+                cycle: false,
             }
         })
         .collect()
@@ -956,6 +1014,35 @@ mod tests {
         // Upserted link tables keep removed elements: no parent delete.
         let menu = plan_table(&config, config.table("menu_recipes").unwrap(), 10, true);
         assert!(deletes(arms(&menu).1).is_empty());
+    }
+
+    /// A category tree's cycle (`5 -> 7 -> 6 -> 5`) satisfied its own foreign key and
+    /// loaded: the self reference is now checked for cycles before the orphans.
+    #[test]
+    fn a_self_reference_is_checked_for_parent_cycles_before_orphans() {
+        let config = config();
+        let plan = plan_table(&config, config.table("categories").unwrap(), 10, true);
+        let (_, loaded) = arms(&plan);
+        let checks: Vec<&OrphanCheck> = loaded
+            .iter()
+            .filter_map(|s| match s {
+                Step::Orphans(check) => Some(check),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(checks.len(), 2, "{checks:?}");
+        assert!(checks[0].cycle && !checks[0].repeat, "{:?}", checks[0]);
+        assert!(
+            checks[0].sql.contains("WITH RECURSIVE"),
+            "{}",
+            checks[0].sql
+        );
+        assert!(!checks[1].cycle && checks[1].repeat, "{:?}", checks[1]);
+        // Tables without a self reference get no cycle check.
+        let users = plan_table(&config, config.table("users").unwrap(), 10, true);
+        assert!(statements(&users.steps)
+            .iter()
+            .all(|s| !s.contains("WITH RECURSIVE")));
     }
 
     #[test]

@@ -279,6 +279,7 @@ async fn run_step(
                 column: check.column.clone(),
                 value: row.get::<_, Option<String>>(1).unwrap_or_default(),
                 references: check.references.clone(),
+                cycle: check.cycle,
             }));
             if rows.is_empty() || !check.repeat {
                 break;

@@ -453,7 +453,14 @@ fn write_step(
 
 /// The orphan check, its rows kept in `etl_load_rejects`.
 fn orphans_into_rejects(table: &TablePlan, check: &OrphanCheck, run: &str) -> String {
-    let reason = literal(&format!("foreign key not found in {}", check.references));
+    let reason = if check.cycle {
+        format!(
+            "'parent cycle ' || v || {}",
+            literal(&format!(" ({})", check.references))
+        )
+    } else {
+        literal(&format!("foreign key not found in {}", check.references))
+    };
     let insert = format!(
         "WITH gone(k, v) AS ({}) INSERT INTO etl_load_rejects (run_id, table_name, \
          document_key, column_name, value, reason) SELECT {run}, {}, k, {}, v, {reason} FROM gone",

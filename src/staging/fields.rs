@@ -180,6 +180,10 @@ pub fn fields_for_collection(
         for path in &t.filter_exists {
             add(path, FieldKind::Json);
         }
+        // Compared on their text, as `value_map` reads a field.
+        for (path, _) in &t.filter_equals {
+            add(path, FieldKind::Text);
+        }
     }
     if keep {
         fields.push(StagedField {

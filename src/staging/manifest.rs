@@ -190,6 +190,8 @@ pub enum SourceKind {
     /// Matomo's HTTP Reporting API.
     #[serde(rename = "matomo-api")]
     MatomoApi,
+    /// Tables of a source PostgreSQL.
+    Postgres,
 }
 
 impl SourceKind {
@@ -200,6 +202,7 @@ impl SourceKind {
             SourceKind::Dump => "dump",
             SourceKind::Matomo => "matomo",
             SourceKind::MatomoApi => "matomo-api",
+            SourceKind::Postgres => "postgres",
         }
     }
 }

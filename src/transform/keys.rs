@@ -112,7 +112,7 @@ pub(super) fn source_keys(
         Source::Mongo { .. } => batch
             .column_by_name(DOCUMENT_ERROR)
             .and_then(|c| c.as_string_opt::<i32>()),
-        Source::Matomo { .. } | Source::MatomoApi { .. } => None,
+        Source::Matomo { .. } | Source::MatomoApi { .. } | Source::Postgres { .. } => None,
     };
     let mut arrays = Vec::with_capacity(columns.len());
     // A key value the source has but that does not convert: the key is unknown.

@@ -22,6 +22,7 @@ mod duplicates;
 mod elements;
 pub(crate) mod expr;
 mod keys;
+mod parts;
 mod pg_input;
 mod rows;
 
@@ -114,6 +115,7 @@ pub(crate) fn run(
     // Each staged file once, whatever the number of tables reading it.
     let mut to_verify: Vec<&staging::FileEntry> = selected
         .iter()
+        .flat_map(|t| t.part_specs())
         .filter_map(|t| extract.entry(t.source.name()))
         .flat_map(|e| &e.files)
         .collect();
@@ -154,6 +156,9 @@ pub(crate) fn run(
     let results: Vec<Result<(ManifestEntry, TableReport), TransformError>> = selected
         .par_iter()
         .map(|table| match extract.entry(table.source.name()) {
+            _ if !table.parts.is_empty() => {
+                parts::transform_parts(table, &extract, &extract_dir, &out_dir, &rejects_dir)
+            }
             Some(entry) => transform_table(
                 table,
                 entry,

@@ -135,7 +135,7 @@ fn apply_filter(
     batch: &RecordBatch,
     filtered: &mut BTreeMap<String, u64>,
 ) -> Result<RecordBatch, TransformError> {
-    if table.filter_exists.is_empty() {
+    if table.filter_exists.is_empty() && table.filter_equals.is_empty() {
         return Ok(batch.clone());
     }
     let mut keep = vec![true; batch.num_rows()];
@@ -153,6 +153,20 @@ fn apply_filter(
         }
         *filtered
             .entry(format!("filter: `{path}` missing or null"))
+            .or_default() += dropped;
+    }
+    for (path, wanted) in &table.filter_equals {
+        let (values, raw) = staged_column(table, batch, path)?;
+        let mut dropped = 0;
+        for (row, k) in keep.iter_mut().enumerate() {
+            let equal = super::expr::text(values, raw, row).is_some_and(|t| &t == wanted);
+            if *k && !equal && !refused.contains_key(&row) {
+                *k = false;
+                dropped += 1;
+            }
+        }
+        *filtered
+            .entry(format!("filter: `{path}` is not `{wanted}`"))
             .or_default() += dropped;
     }
     filter_record_batch(batch, &BooleanArray::from(keep)).map_err(|e| arrow_error(table, e))
@@ -267,7 +281,7 @@ impl DocIds {
         let key_sources: Vec<String> = match &table.source {
             Source::Mongo { .. } => vec![ID_FIELD.to_string()],
             Source::MatomoApi { .. } => vec![crate::staging::matomo_api::VISIT_ID.to_string()],
-            Source::Matomo { .. } => table
+            Source::Matomo { .. } | Source::Postgres { .. } => table
                 .primary_key
                 .iter()
                 .filter_map(|k| table.column(k))
