@@ -62,6 +62,9 @@ DB_USERS=etl_bench_users
 DB_HIST0=etl_bench_hist0
 DB_HIST=etl_bench_hist
 DB_USERS0=etl_bench_users0
+DB_PGSRC=etl_bench_pgsrc
+DB_PGDST=etl_bench_pgdst
+DB_PGFLOOR=etl_bench_pgfloor
 LVA=matomo_log_link_visit_action
 OUTFILE=$ETL_TEST_MARIADB_OUTFILE_DIR/etl_bench_lva_$$.tsv
 
@@ -79,7 +82,13 @@ cleanup() {
     if [[ $BENCH_KEEP != 1 ]]; then
         psql "$PG_ADMIN" -X -q -c "DROP DATABASE IF EXISTS $DB_EMPTY WITH (FORCE)" \
             -c "DROP DATABASE IF EXISTS $DB_FULL WITH (FORCE)" \
-            -c "DROP DATABASE IF EXISTS $DB_USERS WITH (FORCE)" >/dev/null 2>&1 || true
+            -c "DROP DATABASE IF EXISTS $DB_USERS WITH (FORCE)" \
+            -c "DROP DATABASE IF EXISTS $DB_USERS0 WITH (FORCE)" \
+            -c "DROP DATABASE IF EXISTS $DB_HIST0 WITH (FORCE)" \
+            -c "DROP DATABASE IF EXISTS $DB_HIST WITH (FORCE)" \
+            -c "DROP DATABASE IF EXISTS $DB_PGSRC WITH (FORCE)" \
+            -c "DROP DATABASE IF EXISTS $DB_PGDST WITH (FORCE)" \
+            -c "DROP DATABASE IF EXISTS $DB_PGFLOOR WITH (FORCE)" >/dev/null 2>&1 || true
         my -e "DROP DATABASE IF EXISTS $MY_DB" >/dev/null 2>&1 || true
     fi
     if ((rc != 0)); then
@@ -826,6 +835,64 @@ first_wall=$(add "$(add "$ext_wall" "$tr2_wall")" "$ue_wall")
 } | table
 note "'vs first load' = the incremental run's seconds as a share of the first load's (goal: at most 10%)."
 note "Link rows of the changed users: $(mf run_incremental_load '*' counts.deleted) deleted, $(mf run_incremental_load '*' counts.inserted) inserted (all tables)."
+
+# ====================================================== 8. PostgreSQL to PostgreSQL
+section "8. PostgreSQL to PostgreSQL ($(int "$N") rows, 10 columns)"
+# A 10-column source table generated in SQL, moved by `etl run --source postgres` into an
+# empty target, beside the floor: `COPY (SELECT ...) TO STDOUT | COPY ... FROM STDIN` into the
+# same table (`etl schema` DDL) in another database.
+fresh_pg_db $DB_PGSRC
+fresh_pg_db $DB_PGDST
+fresh_pg_db $DB_PGFLOOR
+url_pgsrc=$PG_BASE/$DB_PGSRC
+progress "$DB_PGSRC: items ($(int "$N") rows, 10 columns)"
+pg "$url_pgsrc" -c "CREATE TABLE items (id bigint PRIMARY KEY, n integer, big bigint, price numeric(12,2),
+    name text, note text, active boolean, created timestamp, day date, meta jsonb)" \
+    -c "INSERT INTO items SELECT i, i % 1000, i * 7919, (i % 100000) / 100.0, 'item ' || i,
+    CASE WHEN i % 10 = 0 THEN NULL ELSE repeat(md5(i::text), 1 + i % 3) END, i % 2 = 0,
+    timestamp '2024-01-01' + i * interval '1 second', date '2024-01-01' + (i % 365),
+    jsonb_build_object('k', i % 17, 'tags', jsonb_build_array('a', i % 5))
+    FROM generate_series(1, $N) i" -c "VACUUM ANALYZE items" >/dev/null
+mkdir -p "$work/config-pg"
+cat >"$work/config-pg/postgres_schemas.yaml" <<'YAML'
+items:
+  postgres_table: items
+  primary_key: [id]
+  columns:
+    - { name: id, sql_type: BIGINT, nullable: false }
+    - { name: n, sql_type: INTEGER }
+    - { name: big, sql_type: BIGINT }
+    - { name: price, sql_type: "NUMERIC(12,2)" }
+    - { name: name, sql_type: TEXT }
+    - { name: note, sql_type: TEXT }
+    - { name: active, sql_type: BOOLEAN }
+    - { name: created, sql_type: TIMESTAMP }
+    - { name: day, sql_type: DATE }
+    - { name: meta, sql_type: JSONB }
+YAML
+run_timed pg_to_pg env SOURCE_DATABASE_URL="$url_pgsrc" DATABASE_URL="$PG_BASE/$DB_PGDST" "$etl" \
+    --config "$work/config-pg" --staging "$work/staging-pg" run --source postgres
+pgpg_wall=$WALL pgpg_rss=$RSS_KB
+keep_manifest pg_to_pg_extract "$work/staging-pg" extract
+keep_manifest pg_to_pg_load "$work/staging-pg" load
+pgpg_ext=$(mf pg_to_pg_extract items seconds)
+pgpg_load=$(mf pg_to_pg_load items seconds)
+[[ $(pg_value "$PG_BASE/$DB_PGDST" "SELECT count(*) FROM items") == "$N" ]] || die "$DB_PGDST.items does not hold $N rows"
+"$etl" --config "$work/config-pg" schema >"$work/schema-pg.sql" 2>"$logs/schema-pg.err" || die "etl schema (postgres config) failed"
+pg "$PG_BASE/$DB_PGFLOOR" -f "$work/schema-pg.sql" >/dev/null
+pg_cols="id, n, big, price, name, note, active, created, day, meta"
+run_timed pg_to_pg_floor bash -c 'psql -X -q -v ON_ERROR_STOP=1 "$1" -c "COPY (SELECT $3 FROM items) TO STDOUT" |
+    psql -X -q -v ON_ERROR_STOP=1 "$2" -c "COPY items ($3) FROM STDIN"' _ "$url_pgsrc" "$PG_BASE/$DB_PGFLOOR" "$pg_cols"
+pgfl_wall=$WALL
+check_pg="SELECT count(*), sum(id), sum(n), sum(price), sum(length(note)), count(*) FILTER (WHERE active), min(created)::text, max(day)::text, sum(length(meta::text)) FROM items"
+[[ $(pg_value "$PG_BASE/$DB_PGDST" "$check_pg") == "$(pg_value "$PG_BASE/$DB_PGFLOOR" "$check_pg")" ]] ||
+    note "WARNING: aggregates of etl's items and the floor's differ"
+{
+    printf 'path\tseconds\trows/s\tpeak RSS MiB\tvs floor\n'
+    printf 'etl run --source postgres (extract %s s + transform + load %s s)\t%s\t%s\t%s\t%s\n' "$(secs "$pgpg_ext")" "$(secs "$pgpg_load")" "$(secs "$pgpg_wall")" "$(rate "$N" "$pgpg_wall")" "$(mib "$pgpg_rss")" "$(ratio "$(rate_raw "$N" "$pgpg_wall")" "$(rate_raw "$N" "$pgfl_wall")")"
+    printf 'floor: psql COPY TO STDOUT | psql COPY FROM STDIN\t%s\t%s\t-\t1.00x\n' "$(secs "$pgfl_wall")" "$(rate "$N" "$pgfl_wall")"
+} | table
+note "vs floor compares rows/s (goal >= 0.80x). pgloader is not installed on this machine: no pgloader row."
 
 out ""
 "$repo/scripts/bench_matomo_api.sh" "$work/bin/etl" | tee -a "$report.partial" # Matomo HTTP API source (issue 12)

@@ -199,7 +199,8 @@ pub struct VerifyArgs {
     /// Only these target tables (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "a,b")]
     pub tables: Option<Vec<String>>,
-    /// Compare the values of N random keys per table (counts and keys stay complete).
+    /// Compare the values of N random keys per table, among those both sides hold (counts and
+    /// keys stay complete).
     #[arg(long, value_name = "N")]
     pub sample: Option<u64>,
     /// Compare the target with this PostgreSQL database instead of the source.

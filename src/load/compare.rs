@@ -236,7 +236,12 @@ async fn compare_table(
     )
     .await?;
     let compared = match opts.sample {
-        Some(n) => format!("(SELECT * FROM {stage} ORDER BY random() LIMIT {n})"),
+        // Drawn among the keys both sides hold: a missing key is already counted, and a
+        // sample that drew it compared one key fewer than asked.
+        Some(n) => format!(
+            "(SELECT s.* FROM {stage} s WHERE EXISTS (SELECT 1 FROM {target} t WHERE {on}) \
+             ORDER BY random() LIMIT {n})"
+        ),
         None => stage.clone(),
     };
     let values: Vec<String> = t
