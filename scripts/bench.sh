@@ -848,7 +848,7 @@ url_pgsrc=$PG_BASE/$DB_PGSRC
 progress "$DB_PGSRC: items ($(int "$N") rows, 10 columns)"
 pg "$url_pgsrc" -c "CREATE TABLE items (id bigint PRIMARY KEY, n integer, big bigint, price numeric(12,2),
     name text, note text, active boolean, created timestamp, day date, meta jsonb)" \
-    -c "INSERT INTO items SELECT i, i % 1000, i * 7919, (i % 100000) / 100.0, 'item ' || i,
+    -c "INSERT INTO items SELECT i, i % 1000, i::bigint * 7919, (i % 100000) / 100.0, 'item ' || i,
     CASE WHEN i % 10 = 0 THEN NULL ELSE repeat(md5(i::text), 1 + i % 3) END, i % 2 = 0,
     timestamp '2024-01-01' + i * interval '1 second', date '2024-01-01' + (i % 365),
     jsonb_build_object('k', i % 17, 'tags', jsonb_build_array('a', i % 5))
