@@ -660,3 +660,61 @@ fn a_sql_bundle_rejects_the_parent_cycle_like_the_live_load() {
     );
     assert_eq!(count(&target, "SELECT count(*) FROM categories"), 4);
 }
+
+/// Columns named like the aliases the load, rollback and verify statements use (`t`, `s`,
+/// `h`, `r`, `p`, `d`, `k`): the history of an update once failed on "column reference `t` is
+/// ambiguous" (`to_jsonb(t)` named the column, not the row), rolling the whole load back. And
+/// a numeric with 200 decimals, which once failed the whole load.
+#[test]
+fn columns_named_like_the_statements_aliases_update_roll_back_and_verify() {
+    let work = Workdir::new();
+    let source = fresh_database("pgsrc_alias_src");
+    let target = fresh_database("pgsrc_alias_dst");
+    psql(
+        &source,
+        "CREATE TABLE letters (id int PRIMARY KEY, t text, s text, h int, r int, p int, d int, k int,
+         n numeric);
+         INSERT INTO letters VALUES (1, 'a', 'b', 1, 2, 3, 4, 5, 1.5),
+         (2, 'c', NULL, NULL, 0, 0, 0, 0, 1e-200);",
+    );
+    let columns: Vec<String> = ["t", "s"]
+        .iter()
+        .map(|c| format!("    - {{ name: {c}, sql_type: TEXT }}"))
+        .chain(
+            ["h", "r", "p", "d", "k"]
+                .iter()
+                .map(|c| format!("    - {{ name: {c}, sql_type: INTEGER }}")),
+        )
+        .chain(["    - { name: n, sql_type: NUMERIC }".to_string()])
+        .collect();
+    work.write(
+        "alias/postgres_schemas.yaml",
+        &format!(
+            "letters:\n  postgres_table: letters\n  primary_key: [id]\n  columns:\n    \
+             - {{ name: id, sql_type: INTEGER, nullable: false }}\n{}\n",
+            columns.join("\n")
+        ),
+    );
+    let run = ["--config", "alias", "run", "--source", "postgres", "--full"];
+    etl_ok(&work, &run, &source, &target);
+    let first = table_digest(&target, "letters");
+    // 200 digits after the point (the binary COPY once held the scale in an i8).
+    assert_eq!(
+        psql(&target, "SELECT n = 1e-200 FROM letters WHERE id = 2").trim(),
+        "t"
+    );
+    psql(&source, "UPDATE letters SET t = 'z', k = 9 WHERE id = 1");
+    etl_ok(&work, &run, &source, &target);
+    assert_eq!(
+        psql(&target, "SELECT t, k FROM letters WHERE id = 1").trim(),
+        "z|9"
+    );
+    etl_ok(
+        &work,
+        &["--config", "alias", "verify", "--source", "postgres"],
+        &source,
+        &target,
+    );
+    etl_ok(&work, &["--config", "alias", "rollback"], &source, &target);
+    assert_eq!(table_digest(&target, "letters"), first);
+}

@@ -265,7 +265,7 @@ async fn compare_table(
     )
     .await?;
     let diff_sql = format!(
-        "SELECT {key_s}, to_jsonb(s)::text, to_jsonb(t)::text FROM {compared} s \
+        "SELECT {key_s}, to_jsonb(s.*)::text, to_jsonb(t.*)::text FROM {compared} s \
          JOIN {target} t ON {on} WHERE {differ}"
     );
     let (diff, rows) = keys_with_rows(tx, t, &diff_sql).await?;

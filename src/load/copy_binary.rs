@@ -100,7 +100,8 @@ fn encode_value(
         ),
         DataType::Decimal128(_, scale) => {
             let v = column.as_primitive::<Decimal128Type>().value(row);
-            numeric(v < 0, &v.unsigned_abs().to_string(), *scale, out)?;
+            let scale = usize::try_from(*scale).map_err(|_| format!("negative scale {scale}"))?;
+            numeric(v < 0, &v.unsigned_abs().to_string(), scale, out)?;
         }
         DataType::Timestamp(_, _) => {
             let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
@@ -168,14 +169,18 @@ fn numeric_text(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
     {
         return Err(invalid());
     }
-    let scale = i8::try_from(frac_part.len()).map_err(|_| invalid())?;
-    numeric(negative, &format!("{int_part}{frac_part}"), scale, out)
+    // PostgreSQL keeps up to 16383 digits after the point (`1e-200` has 200).
+    numeric(
+        negative,
+        &format!("{int_part}{frac_part}"),
+        frac_part.len(),
+        out,
+    )
 }
 
 /// `numeric` from the decimal digits of |value| with `scale` of them after the point:
 /// ndigits, weight, sign, dscale, then base-10000 digits, most significant first.
-fn numeric(negative: bool, digits: &str, scale: i8, out: &mut Vec<u8>) -> Result<(), String> {
-    let scale = usize::try_from(scale).map_err(|_| format!("negative scale {scale}"))?;
+fn numeric(negative: bool, digits: &str, scale: usize, out: &mut Vec<u8>) -> Result<(), String> {
     let digits = digits.as_bytes();
     // Pad so the integer part and the fraction each split into groups of 4 digits.
     let (int_len, frac_len) = if digits.len() > scale {
@@ -277,6 +282,15 @@ mod tests {
             assert_eq!(decode(&out), (0, 0, sign, 0, vec![]), "{text}");
         }
         assert!(numeric_any("twelve", &mut Vec::new()).is_err());
+    }
+
+    /// `1e-200` (a source numeric) once failed the whole load: the scale was held in an i8.
+    #[test]
+    fn numerics_with_more_than_127_decimals_encode() {
+        let mut out = Vec::new();
+        numeric_text(&format!("0.{}1", "0".repeat(199)), &mut out).unwrap();
+        // 1e-200 = 1 x 10000^-50: one digit group, weight -50, dscale 200.
+        assert_eq!(decode(&out), (1, -50, 0, 200, vec![1]));
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub(crate) fn was_empty(table: &str) -> String {
 pub(crate) fn record_rows(t: &TableSpec, op: char, source: &str) -> String {
     format!(
         "INSERT INTO etl.history (load_seq, table_name, op, key, row, row_xmin) \
-         SELECT {LOAD_SEQ}, {}, '{op}', {}, to_jsonb(t), {} FROM {source}",
+         SELECT {LOAD_SEQ}, {}, '{op}', {}, to_jsonb(t.*), {} FROM {source}",
         literal(&t.name),
         key_json(t, "t"),
         xmin("t"),
@@ -144,7 +144,7 @@ pub(crate) fn record_rows(t: &TableSpec, op: char, source: &str) -> String {
 /// The `RETURNING` list of a statement whose rows (as `alias`) go to the history.
 pub(crate) fn returned_row(t: &TableSpec, alias: &str) -> String {
     format!(
-        "{} AS key, to_jsonb({alias}) AS row, {} AS row_xmin",
+        "{} AS key, to_jsonb({alias}.*) AS row, {} AS row_xmin",
         key_json(t, alias),
         xmin(alias)
     )
