@@ -232,6 +232,13 @@ fn json(mode: &str, sql_type: SqlType) -> Result<Expression, KeyProblem> {
 /// and `abc` a JSON string).
 fn config_value(value: &serde_yaml::Value, col: &ColumnSpec) -> Result<String, String> {
     let text = if col.sql_type == SqlType::Jsonb {
+        // serde_json would write them as `null`: a silent change.
+        if holds_non_finite(value) {
+            return Err(format!(
+                "{} holds NaN or infinity, which JSON cannot hold",
+                yaml_shown(value)
+            ));
+        }
         serde_json::to_string(value)
             .map_err(|e| format!("{} is not JSON: {e}", yaml_shown(value)))?
     } else {
@@ -246,6 +253,19 @@ fn config_value(value: &serde_yaml::Value, col: &ColumnSpec) -> Result<String, S
     crate::transform::expr::check_fits(col, &text)
         .map_err(|reason| format!("`{text}` does not fit {}: {reason}", col.sql_type))?;
     Ok(text)
+}
+
+/// Whether a YAML value holds `.nan` or `.inf` anywhere.
+fn holds_non_finite(value: &serde_yaml::Value) -> bool {
+    match value {
+        serde_yaml::Value::Number(n) => n.as_f64().is_some_and(|f| !f.is_finite()),
+        serde_yaml::Value::Sequence(items) => items.iter().any(holds_non_finite),
+        serde_yaml::Value::Mapping(m) => m
+            .iter()
+            .any(|(k, v)| holds_non_finite(k) || holds_non_finite(v)),
+        serde_yaml::Value::Tagged(t) => holds_non_finite(&t.value),
+        _ => false,
+    }
 }
 
 /// A YAML scalar's text: strings as is, numbers and booleans as written.

@@ -673,6 +673,12 @@ fn bad_column_expressions_are_refused_naming_the_key() {
             "is not a text, number or boolean",
         ),
         (
+            kind,
+            kind.replace("TEXT, const: coach", "JSONB, const: { a: .inf, b: [.nan] }"),
+            "[1].const",
+            "holds NaN or infinity",
+        ),
+        (
             prompt,
             prompt.replace("{name}_", "{name_"),
             "[2].template",

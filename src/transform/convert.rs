@@ -12,14 +12,14 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Date32Builder, Decimal128Builder, StringArray,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, Date32Builder, Decimal128Builder, Float32Array, Float64Array,
+    StringArray, TimestampMicrosecondBuilder,
 };
 use arrow::compute::{cast_with_options, interleave, CastOptions};
 use arrow::datatypes::{DataType, Date32Type, TimeUnit, TimestampMillisecondType};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
 
-use super::coerce::{coerce, coerced_array};
+use super::coerce::{coerce, coerced_array, Coerced};
 use crate::config::{ColumnSpec, SqlType};
 use crate::decimal::{fits_precision, Decimal, DecimalError, Rounding};
 use crate::pg_time;
@@ -109,6 +109,11 @@ pub(super) fn convert_column(
                 &mut coerced,
                 |row, reason, r| errors.push(error(row, reason, Some(r))),
             )
+        }
+        (SqlType::Real | SqlType::Double, DataType::Utf8) => {
+            floats_from_text(values.as_string::<i32>(), col.sql_type, |row, reason, r| {
+                errors.push(error(row, reason, Some(r.to_string())))
+            })
         }
         (SqlType::Numeric(Some((p, s))), DataType::Utf8) if p <= 38 => decimals_from_text(
             values.as_string::<i32>(),
@@ -494,6 +499,44 @@ pub(crate) fn parse_date_text(raw: &str) -> Option<DateTime<Utc>> {
 /// Decimal text -> Decimal128(p, s), rounded half away from zero to the scale like
 /// PostgreSQL's cast (counted in `rounded`); more integer digits than the type holds is a
 /// reject.
+/// Text into REAL / DOUBLE PRECISION by PostgreSQL's float input rules (`coerce`): a number
+/// beyond the type's range is refused, where arrow's cast read it as infinity.
+fn floats_from_text(
+    values: &StringArray,
+    ty: SqlType,
+    mut bad: impl FnMut(usize, String, &str),
+) -> ArrayRef {
+    let mut floats = Vec::with_capacity(values.len());
+    for (row, value) in values.iter().enumerate() {
+        let Some(text) = value else {
+            floats.push(None);
+            continue;
+        };
+        // Raw values are JSON: a text is a JSON string.
+        let raw = serde_json::Value::String(text.to_string()).to_string();
+        let float = match coerce(ty, &raw).map(|c| c.value) {
+            Ok(Coerced::Float(f)) => Ok(f),
+            Ok(_) => Err(format!("wrong type for {ty}")),
+            Err(reason) => Err(reason),
+        };
+        match float {
+            Ok(f) => floats.push(Some(f)),
+            Err(reason) => {
+                bad(row, reason, text);
+                floats.push(None);
+            }
+        }
+    }
+    if ty == SqlType::Real {
+        // `coerce` checked every value is within REAL's range.
+        #[allow(clippy::cast_possible_truncation)]
+        let singles: Vec<Option<f32>> = floats.into_iter().map(|f| f.map(|f| f as f32)).collect();
+        Arc::new(Float32Array::from(singles))
+    } else {
+        Arc::new(Float64Array::from(floats))
+    }
+}
+
 fn decimals_from_text(
     values: &StringArray,
     p: u32,
@@ -803,6 +846,41 @@ mod tests {
             .unwrap_err()
             .contains("does not fit"));
         assert_eq!(parse_decimal("1e-2147483648", 10, 2), Ok((0, true)));
+    }
+
+    /// A 1000-digit number staged as text (a source numeric) once loaded as Infinity into a
+    /// DOUBLE PRECISION column; PostgreSQL refuses it as out of range.
+    #[test]
+    fn text_beyond_a_float_s_range_is_refused_not_infinity() {
+        let huge = format!("1{}", "7".repeat(999));
+        let text: ArrayRef = Arc::new(StringArray::from(vec![
+            Some(huge.as_str()),
+            Some("1.5"),
+            Some("-Infinity"),
+            None,
+            Some("1e39"),
+            Some("abc"),
+        ]));
+        let c = convert_column(
+            &col("x", "DOUBLE PRECISION", true),
+            &text,
+            None,
+            chrono_tz::UTC,
+        );
+        let shown: Vec<String> = (0..6).map(|r| display_value(&c.array, r)).collect();
+        assert_eq!(shown, ["null", "1.5", "-inf", "null", "1e39", "null"]);
+        let reasons: Vec<(usize, &str)> = c
+            .errors
+            .iter()
+            .map(|e| (e.row, e.reason.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert_eq!(reasons[0].0, 0);
+        assert!(reasons[0].1.contains("out of range"), "{reasons:?}");
+        assert_eq!(reasons[1].0, 5);
+        let c = convert_column(&col("x", "REAL", true), &text, None, chrono_tz::UTC);
+        // 1e39 is beyond REAL.
+        assert!(c.errors.iter().any(|e| e.row == 4), "{:?}", c.errors);
     }
 
     /// Issue 9.7: the reference tool loaded these through PostgreSQL's input rules; etl
