@@ -250,8 +250,15 @@ fn config_value(value: &serde_yaml::Value, col: &ColumnSpec) -> Result<String, S
             )
         })?
     };
-    crate::transform::expr::check_fits(col, &text)
-        .map_err(|reason| format!("`{text}` does not fit {}: {reason}", col.sql_type))?;
+    crate::transform::expr::check_fits(col, &text).map_err(|reason| {
+        let refused = format!("`{text}` does not fit {}", col.sql_type);
+        // Some casts already say it in those words.
+        if reason.starts_with(&refused) {
+            reason
+        } else {
+            format!("{refused}: {reason}")
+        }
+    })?;
     Ok(text)
 }
 

@@ -674,6 +674,12 @@ fn bad_column_expressions_are_refused_naming_the_key() {
         ),
         (
             kind,
+            kind.replace("TEXT, const: coach", "\"NUMERIC(3,1)\", const: 99.99"),
+            "[1].const",
+            "`99.99` does not fit NUMERIC(3,1)",
+        ),
+        (
+            kind,
             kind.replace("TEXT, const: coach", "JSONB, const: { a: .inf, b: [.nan] }"),
             "[1].const",
             "holds NaN or infinity",
@@ -748,6 +754,14 @@ fn bad_column_expressions_are_refused_naming_the_key() {
         assert!(EXPR_OK.contains(from), "{from}");
         let yaml = EXPR_OK.replace(from, &to);
         assert_refused(&yaml, "people", &format!("additional_columns{key}"), needle);
+        // Said once: a cast that already names the value and type is not wrapped again.
+        for p in load_yaml(&yaml).expect_err("refused").problems {
+            assert!(
+                p.message.matches("does not fit").count() <= 1,
+                "{}",
+                p.message
+            );
+        }
     }
 }
 
