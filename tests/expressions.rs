@@ -8,7 +8,7 @@ mod util;
 use std::path::Path;
 
 use bson::{doc, Bson, Document};
-use etl::staging::{read_batches, Stage};
+use etl::staging::Stage;
 use util::*;
 
 const CONFIG: &str = r#"
@@ -82,28 +82,7 @@ fn documents() -> Vec<Document> {
 
 /// Rejected rows of a table: (document id, reason, raw value).
 fn rejects(run: &Path, table: &str) -> Vec<(String, String, String)> {
-    let (_, batches) = read_batches(&run.join(format!("rejects/{table}.parquet"))).unwrap();
-    let mut out = Vec::new();
-    for b in batches {
-        let col = |name: &str| {
-            b.column_by_name(name)
-                .unwrap()
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap()
-                .clone()
-        };
-        let (ids, reasons, raws) = (col("document_id"), col("reason"), col("raw_value"));
-        for i in 0..b.num_rows() {
-            out.push((
-                ids.value(i).to_string(),
-                reasons.value(i).to_string(),
-                raws.value(i).to_string(),
-            ));
-        }
-    }
-    out.sort();
-    out
+    reject_rows(&run.join(format!("rejects/{table}.parquet")))
 }
 
 #[test]

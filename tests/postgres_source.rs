@@ -7,9 +7,7 @@
 
 mod util;
 
-use std::path::Path;
-
-use etl::staging::{read_batches, Stage};
+use etl::staging::Stage;
 use util::*;
 
 const TOTALIS_SOURCE: &str = r#"
@@ -86,36 +84,6 @@ fn example_config() -> String {
         .to_string()
 }
 
-/// Rejected rows of a rejects file: (document id, reason, raw value), sorted.
-fn rejects(path: &Path) -> Vec<(String, String, String)> {
-    let (_, batches) = read_batches(path).unwrap();
-    let mut out = Vec::new();
-    for b in batches {
-        let col = |name: &str| {
-            b.column_by_name(name)
-                .unwrap()
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap()
-                .clone()
-        };
-        let (ids, reasons, raws) = (col("document_id"), col("reason"), col("raw_value"));
-        for i in 0..b.num_rows() {
-            out.push((
-                ids.value(i).to_string(),
-                reasons.value(i).to_string(),
-                if arrow::array::Array::is_null(&raws, i) {
-                    String::new()
-                } else {
-                    raws.value(i).to_string()
-                },
-            ));
-        }
-    }
-    out.sort();
-    out
-}
-
 fn latest_run(work: &Workdir) -> etl::staging::RunDir {
     etl::staging::latest_run(&work.path().join("staging"), Stage::Transform)
         .unwrap()
@@ -170,7 +138,7 @@ fn totalis_example_migrates_coaches_and_the_category_tree_and_reruns_change_noth
         ]
     );
     let run = latest_run(&work).root;
-    let orphans = rejects(&run.join("rejects/categories.orphans.parquet"));
+    let orphans = reject_rows(&run.join("rejects/categories.orphans.parquet"));
     let reasons: Vec<(&str, &str)> = orphans
         .iter()
         .map(|(id, reason, _)| (id.as_str(), reason.as_str()))
@@ -217,7 +185,7 @@ fn totalis_example_migrates_coaches_and_the_category_tree_and_reruns_change_noth
             "var_shared|\"42\"|t|Variable: shared|2024-03-04 00:00:00",
         ]
     );
-    let config_rejects = rejects(&run.join("rejects/app_config.parquet"));
+    let config_rejects = reject_rows(&run.join("rejects/app_config.parquet"));
     let mut reasons: Vec<&str> = config_rejects.iter().map(|(_, r, _)| r.as_str()).collect();
     reasons.sort();
     assert_eq!(
@@ -450,7 +418,7 @@ fn every_supported_type_round_trips_and_values_arrow_cannot_hold_are_rejects() {
     // Row 2: `infinity` and a BC date do not fit Arrow's staged types: the row is a reject
     // naming the column and the value, never a NULL.
     let run = latest_run(&work).root;
-    let found = rejects(&run.join("rejects/kinds.parquet"));
+    let found = reject_rows(&run.join("rejects/kinds.parquet"));
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_eq!(found[0].0, "2");
     assert!(
@@ -566,7 +534,7 @@ fn a_key_given_by_two_sources_is_a_conflict_with_both_rows_rejected() {
         .collect::<Vec<_>>(),
         ["theme|dark|variable"]
     );
-    let found = rejects(&latest_run(&work).root.join("rejects/settings.parquet"));
+    let found = reject_rows(&latest_run(&work).root.join("rejects/settings.parquet"));
     let conflicts: Vec<&(String, String, String)> = found
         .iter()
         .filter(|(_, reason, _)| reason.contains("key conflict"))

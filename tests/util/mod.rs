@@ -272,6 +272,27 @@ pub fn psql(url: &str, sql: &str) -> String {
     stdout(&out)
 }
 
+/// The rows of a rejects file: (document id, reason, raw value; "" when NULL), sorted.
+pub fn reject_rows(path: &Path) -> Vec<(String, String, String)> {
+    use arrow::array::{Array, AsArray};
+    let (_, batches) = etl::staging::read_batches(path).unwrap();
+    let mut out = Vec::new();
+    for b in batches {
+        let col = |name: &str| b.column_by_name(name).unwrap().as_string::<i32>().clone();
+        let (ids, reasons, raws) = (col("document_id"), col("reason"), col("raw_value"));
+        for i in 0..b.num_rows() {
+            let raw = if raws.is_null(i) { "" } else { raws.value(i) };
+            out.push((
+                ids.value(i).to_string(),
+                reasons.value(i).to_string(),
+                raw.to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Applies the SQL bundle in `dir` the way its README says (`psql -1 -f load.sql` from the
 /// folder: its data files are named relative to it).
 pub fn apply_bundle(dir: &Path, url: &str) -> Output {
